@@ -1,0 +1,204 @@
+"""The dataset spec: what each parquet column is.
+
+A dataset is a folder::
+
+    DIR/spec.json          this spec
+    DIR/train/*.parquet    splits, separated by time (train < valid < test)
+    DIR/valid/*.parquet
+    DIR/test/*.parquet
+    DIR/items/*.parquet    item side-information: item ID, pretrained/content embedding, categories
+
+Column kinds: one float label, dense float features, single-valued sparse int64 features,
+multi-valued sparse features (list<int64>, e.g. a user's recent item IDs), the item-ID column,
+the user-ID column (for GAUC) and a timestamp. Optionally the true click probability (synthetic
+data only), which gives the Bayes-optimal metrics on the test split.
+
+Sparse IDs are non-negative integers. The reader maps them into each table's ``vocab_size`` with
+``id_mapping``: ``"mod"`` (``id % vocab_size``; identity for IDs that are already dense) or
+``"hash"`` (a 64-bit mix, then modulo; for raw, sparse ID spaces). Item IDs are dense indices into
+the item table (``0 <= item_id < num_items``) so semantic-ID tables can be indexed by them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SPEC_FILE = "spec.json"
+SPLITS = ("train", "valid", "test")
+ITEMS_DIR = "items"
+ID_MAPPINGS = ("mod", "hash")
+
+
+class DataError(ValueError):
+    """Bad input data or spec. The message names the file and, where known, the column."""
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """One categorical feature, i.e. one embedding table's worth of IDs."""
+
+    name: str
+    """Column name; also the key in the batch's KeyedJaggedTensor."""
+    vocab_size: int
+    """Rows of its embedding table; raw IDs are mapped into [0, vocab_size)."""
+    multi: bool = False
+    """True for a list<int64> column (several IDs per row), False for a single int64 column."""
+    max_len: int = 0
+    """Multi-valued only: keep the last max_len values of each list (0 keeps all)."""
+    item_ref: bool = False
+    """Its values are item IDs (the item column, item-history lists): SIDs can replace them."""
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """Where item side-information lives and what its columns are."""
+
+    num_items: int
+    """Item IDs are 0..num_items-1."""
+    id_column: str = "item_id"
+    """Column holding the item ID."""
+    embedding_column: str | None = "embedding"
+    """list<float32> column of fixed length: the content / pretrained item embedding (None if absent)."""
+    embedding_dim: int = 0
+    """Length of each embedding (0 if there is no embedding column)."""
+    category_columns: tuple[str, ...] = ()
+    """int64 category columns (topic, genre ...)."""
+    text_columns: tuple[str, ...] = ()
+    """String columns (title, genres as text) that a text encoder may embed."""
+
+
+@dataclass
+class DatasetSpec:
+    """What the columns of a dataset's shards are. Saved as DIR/spec.json."""
+
+    name: str
+    label: str
+    dense: list[str]
+    sparse: list[SparseFeature]
+    item_id: str
+    user_id: str
+    timestamp: str
+    prob: str | None = None
+    """Column with the true click probability (synthetic data), or None."""
+    id_mapping: str = "mod"
+    """How raw sparse IDs become table rows: 'mod' or 'hash'."""
+    item_table: ItemTable | None = None
+    feature_groups: dict[str, list[str]] = field(default_factory=dict)
+    """Semantic groups of low-cardinality sparse features (e.g. user / context / item), for STORE."""
+    num_rows: dict[str, int] = field(default_factory=dict)
+    """Rows per split, as written (informational; the reader counts from the shards)."""
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def sparse_names(self) -> list[str]:
+        """KeyedJaggedTensor keys, in order."""
+        return [f.name for f in self.sparse]
+
+    def feature(self, name: str) -> SparseFeature:
+        for f in self.sparse:
+            if f.name == name:
+                return f
+        raise KeyError(f"no sparse feature {name!r} in spec {self.name!r}")
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column the reader needs from a shard."""
+        cols = [self.label, *self.dense, *self.sparse_names, self.user_id, self.item_id, self.timestamp]
+        if self.prob:
+            cols.append(self.prob)
+        return list(dict.fromkeys(cols))
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, where: str = SPEC_FILE) -> None:
+        def bad(msg: str) -> DataError:
+            return DataError(f"{where}: {msg}")
+
+        if self.id_mapping not in ID_MAPPINGS:
+            raise bad(f"id_mapping must be one of {ID_MAPPINGS}, got {self.id_mapping!r}")
+        names = self.sparse_names
+        if len(set(names)) != len(names):
+            raise bad(f"duplicate sparse feature names in {names}")
+        for f in self.sparse:
+            if f.vocab_size <= 0:
+                raise bad(f"sparse feature {f.name!r}: vocab_size must be > 0, got {f.vocab_size}")
+            if f.max_len < 0:
+                raise bad(f"sparse feature {f.name!r}: max_len must be >= 0, got {f.max_len}")
+        if self.item_id not in names:
+            raise bad(f"item_id column {self.item_id!r} must also be a sparse feature")
+        overlap = set(self.dense) & set(names)
+        if overlap:
+            raise bad(f"columns {sorted(overlap)} are both dense and sparse")
+        for group, cols in self.feature_groups.items():
+            unknown = [c for c in cols if c not in names]
+            if unknown:
+                raise bad(f"feature_groups[{group!r}] names unknown sparse features {unknown}")
+
+    # -- io --------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self, root: str | os.PathLike) -> Path:
+        """Write DIR/spec.json atomically."""
+        self.validate()
+        path = Path(root) / SPEC_FILE
+        atomic_write_text(path, self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = SPEC_FILE) -> DatasetSpec:
+        try:
+            d = dict(d)
+            d["sparse"] = [SparseFeature(**f) for f in d["sparse"]]
+            if d.get("item_table") is not None:
+                it = dict(d["item_table"])
+                it["category_columns"] = tuple(it.get("category_columns", ()))
+                it["text_columns"] = tuple(it.get("text_columns", ()))
+                d["item_table"] = ItemTable(**it)
+            spec = cls(**d)
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{where}: malformed spec ({e})") from None
+        spec.validate(where)
+        return spec
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> DatasetSpec:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root}: dataset folder does not exist")
+        path = root / SPEC_FILE
+        if not path.is_file():
+            raise DataError(f"{path}: missing spec file (is {root} a dataset folder?)")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d, where=str(path))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp name in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def split_dir(root: str | os.PathLike, split: str) -> Path:
+    if split not in SPLITS and split != ITEMS_DIR:
+        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return Path(root) / split
+
+
+def list_shards(folder: str | os.PathLike) -> list[Path]:
+    """The parquet shards of one split, sorted by name. Clear errors for missing/empty folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder does not exist")
+    shards = sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+    if not shards:
+        raise DataError(f"{folder}: no .parquet shards in folder")
+    return shards
