@@ -54,8 +54,8 @@ MAX_SEGMENTS = 64  # layouts (resumes on a different world size) per epoch that 
 # ID mapping
 # --------------------------------------------------------------------------------------------------
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A 64-bit finaliser (SplitMix64): spreads raw IDs uniformly before the modulo."""
-    x = x.astype(np.uint64, copy=True)
+    """A 64-bit finaliser (SplitMix64): spreads raw IDs uniformly before range reduction."""
+    x = x.astype(np.uint64)  # a fresh copy, updated in place below
     with np.errstate(over="ignore"):
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
@@ -66,9 +66,19 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def map_ids(ids: np.ndarray, vocab_size: int, mode: str, max_id: int | None = None) -> np.ndarray:
-    """Raw non-negative int64 IDs -> rows of a table of ``vocab_size`` rows."""
+    """Raw non-negative int64 IDs -> rows of a table of ``vocab_size`` rows.
+
+    ``hash``: SplitMix64, then the high 32 bits scaled into [0, vocab_size) (multiply-shift range
+    reduction: a multiply instead of a 64-bit division). ``mod``: ``id % vocab_size``.
+    """
     if mode == "hash":
-        return (splitmix64(ids) % np.uint64(vocab_size)).astype(np.int64)
+        if vocab_size >= 1 << 32:
+            return (splitmix64(ids) % np.uint64(vocab_size)).astype(np.int64)
+        h = splitmix64(ids)
+        h >>= np.uint64(32)
+        h *= np.uint64(vocab_size)
+        h >>= np.uint64(32)
+        return h.view(np.int64)
     if max_id is not None and max_id < vocab_size:
         return ids  # already in range: modulo is the identity
     return np.remainder(ids, vocab_size)
@@ -208,7 +218,7 @@ class Layout:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class _Columns:
-    """One decoded row group, IDs already mapped; rows in file order."""
+    """One decoded row group, IDs already mapped, rows in this epoch's order for the row group."""
 
     labels: np.ndarray  # (n,) float32
     dense: np.ndarray  # (n, F) float32
@@ -219,16 +229,14 @@ class _Columns:
     item_ids: np.ndarray
 
 
-def _gather_lists(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lists ``rows`` of a (offsets, values) list column -> (lengths, concatenated values)."""
-    starts = offsets[rows]
-    lengths = offsets[rows + 1] - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return lengths, values[:0]
-    out_offsets = np.cumsum(lengths) - lengths
-    idx = np.arange(total, dtype=np.int64) + np.repeat(starts - out_offsets, lengths)
-    return lengths, values[idx]
+def _gather_ranges(
+    starts: np.ndarray, lengths: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """values[starts[i] : starts[i] + lengths[i]] for each i, concatenated -> (offsets, values)."""
+    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    idx = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+    return offsets, values[idx]
 
 
 class _RowGroupDecoder:
@@ -265,7 +273,8 @@ class _RowGroupDecoder:
             return arr
         return map_ids(arr, vocab, self.spec.id_mapping, int(arr.max()) if arr.size else 0)
 
-    def decode(self, g: int) -> _Columns:
+    def decode(self, g: int, perm: np.ndarray | None) -> _Columns:
+        """Row group ``g``, validated and mapped, rows reordered by ``perm`` (None: file order)."""
         path, t = self._read(g)
         n = t.num_rows
 
@@ -273,7 +282,8 @@ class _RowGroupDecoder:
             col = t.column(name)
             if col.null_count:
                 raise DataError(f"{path}: column {name!r} has {col.null_count} null values")
-            return col.to_numpy().astype(dtype, copy=False)
+            arr = col.to_numpy().astype(dtype, copy=False)
+            return arr if perm is None else arr[perm]
 
         labels = numpy_col(self.spec.label, np.float32)
         if n and (labels.min() < 0 or labels.max() > 1 or np.isnan(labels).any()):
@@ -295,54 +305,49 @@ class _RowGroupDecoder:
             col = t.column(f.name).combine_chunks()
             if col.null_count:
                 raise DataError(f"{path}: column {f.name!r} has {col.null_count} null lists")
-            off = col.offsets.to_numpy().astype(np.int64) - col.offset
+            off = col.offsets.to_numpy().astype(np.int64)
             vals = col.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-            vals = vals[off[0] : off[-1]] if len(off) else vals[:0]
-            off = off - off[0]
+            starts, lengths = off[:-1], np.diff(off)
             if f.max_len:  # keep the last max_len values of each list
-                lengths = np.minimum(np.diff(off), f.max_len)
-                keep_from = off[1:] - lengths
-                new_off = np.concatenate([[0], np.cumsum(lengths)])
-                idx = np.arange(new_off[-1], dtype=np.int64) + np.repeat(keep_from - new_off[:-1], lengths)
-                vals, off = vals[idx], new_off
+                lengths = np.minimum(lengths, f.max_len)
+                starts = off[1:] - lengths
+            if perm is not None:
+                starts, lengths = starts[perm], lengths[perm]
+            off, vals = _gather_ranges(starts, lengths, vals)
             offsets.append(off)
             values.append(self._ids(path, f, vals, f.vocab_size))
         user_ids = self._ids(path, self.spec.user_id, numpy_col(self.spec.user_id, np.int64), None)
         item_ids = self._ids(path, self.spec.item_id, numpy_col(self.spec.item_id, np.int64), None)
         return _Columns(labels, dense, singles, offsets, values, user_ids, item_ids)
 
-    def assemble(self, pieces: list[tuple[_Columns, np.ndarray]]) -> Batch:
-        """Rows ``idx`` of each decoded row group -> one Batch (KJT values in key-major order)."""
+    def assemble(self, pieces: list[tuple[_Columns, int, int]]) -> Batch:
+        """Rows [a, b) of each decoded row group -> one Batch (KJT values in key-major order)."""
         spec = self.spec
-        cat = np.concatenate if len(pieces) > 1 else (lambda xs, axis=0: xs[0])
-        labels = cat([c.labels[i] for c, i in pieces])
-        dense = cat([c.dense[i] for c, i in pieces])
-        singles = cat([c.singles[:, i] for c, i in pieces], axis=1)
-        b = len(labels)
+        cat = np.concatenate if len(pieces) > 1 else (lambda xs: xs[0])
+        labels = cat([c.labels[a:b] for c, a, b in pieces])
+        size = len(labels)
         per_key_values, per_key_lengths = {}, {}
-        ones = np.ones(b, dtype=np.int64)
+        ones = np.ones(size, dtype=np.int32)
         for j, f in enumerate(self.singles):
-            per_key_values[f.name] = singles[j]
+            per_key_values[f.name] = cat([c.singles[j, a:b] for c, a, b in pieces])
             per_key_lengths[f.name] = ones
         for j, f in enumerate(self.multis):
-            lens, vals = zip(*(_gather_lists(c.multi_offsets[j], c.multi_values[j], i) for c, i in pieces))
-            per_key_lengths[f.name] = cat(list(lens))
-            per_key_values[f.name] = cat(list(vals))
+            per_key_values[f.name] = cat(
+                [c.multi_values[j][c.multi_offsets[j][a] : c.multi_offsets[j][b]] for c, a, b in pieces]
+            )
+            per_key_lengths[f.name] = cat([np.diff(c.multi_offsets[j][a : b + 1]) for c, a, b in pieces])
         keys = spec.sparse_names
         values = np.concatenate([per_key_values[k] for k in keys])
-        lengths = np.concatenate([per_key_lengths[k] for k in keys]).astype(np.int32)
+        lengths = np.concatenate([per_key_lengths[k] for k in keys]).astype(np.int32, copy=False)
         kjt = KeyedJaggedTensor(
-            keys=keys,
-            values=torch.from_numpy(values),
-            lengths=torch.from_numpy(lengths),
-            stride=b,
+            keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths), stride=size
         )
         return Batch(
-            dense=torch.from_numpy(np.ascontiguousarray(dense)),
+            dense=torch.from_numpy(np.ascontiguousarray(cat([c.dense[a:b] for c, a, b in pieces]))),
             sparse=kjt,
-            labels=torch.from_numpy(labels),
-            user_ids=torch.from_numpy(cat([c.user_ids[i] for c, i in pieces])),
-            item_ids=torch.from_numpy(cat([c.item_ids[i] for c, i in pieces])),
+            labels=torch.from_numpy(np.ascontiguousarray(labels)),
+            user_ids=torch.from_numpy(np.ascontiguousarray(cat([c.user_ids[a:b] for c, a, b in pieces]))),
+            item_ids=torch.from_numpy(np.ascontiguousarray(cat([c.item_ids[a:b] for c, a, b in pieces]))),
         )
 
 
@@ -417,9 +422,10 @@ class ParquetBatchReader:
             return np.arange(g)
         return np.random.default_rng([self.seed, self.epoch]).permutation(g)
 
-    def _row_perm(self, g: int, n: int) -> np.ndarray:
+    def _row_perm(self, g: int, n: int) -> np.ndarray | None:
+        """Order of the rows of row group g this epoch (None: file order)."""
         if not self.shuffle:
-            return np.arange(n)
+            return None
         return np.random.default_rng([self.seed, self.epoch, g]).permutation(n)
 
     def _remaining(self) -> np.ndarray:
@@ -453,8 +459,9 @@ class ParquetBatchReader:
         return max(0, hi - start)
 
     # -- iteration --------------------------------------------------------------------------------
-    def _batch_rows(self, j: int) -> list[tuple[int, np.ndarray]]:
-        """Batch j of this rank -> [(row group id, row indices in file order)]."""
+    def _batch_rows(self, j: int) -> list[tuple[int, int, int]]:
+        """Batch j of this rank -> [(row group id, first row, end row)], rows in the row group's
+        order this epoch (its file order permuted by ``_row_perm``)."""
         remaining, lo, hi, n = self._plan()
         bs = self.layout.batch_size
         a, b = lo + j * bs, min(lo + (j + 1) * bs, hi)
@@ -470,18 +477,17 @@ class ParquetBatchReader:
             intervals = np.concatenate([intervals, np.full((pad, 2), [last, last + 1])])
         order = self._order()
         cum = np.concatenate([[0], np.cumsum(self.index.rg_rows[order])])
-        pieces: list[tuple[int, np.ndarray]] = []
+        pieces: list[tuple[int, int, int]] = []  # (row group, first, end) in the row group's epoch order
         for start, end in intervals.tolist():
             while start < end:
                 k = int(np.searchsorted(cum, start, side="right")) - 1
-                g = int(order[k])
                 stop = min(end, int(cum[k + 1]))
-                perm = self._row_perm(g, int(self.index.rg_rows[g]))
-                rows = perm[start - cum[k] : stop - cum[k]]
-                if pieces and pieces[-1][0] == g:
-                    pieces[-1] = (g, np.concatenate([pieces[-1][1], rows]))
+                a, b = start - int(cum[k]), stop - int(cum[k])
+                g = int(order[k])
+                if pieces and pieces[-1][0] == g and pieces[-1][2] == a:
+                    pieces[-1] = (g, pieces[-1][1], b)
                 else:
-                    pieces.append((g, rows))
+                    pieces.append((g, a, b))
                 start = stop
         return pieces
 
@@ -491,14 +497,14 @@ class ParquetBatchReader:
         n = self._plan()[3]
         for j in range(self._skip + worker, n, num_workers):
             pieces = self._batch_rows(j)
-            needed = {g for g, _ in pieces}
+            needed = {g for g, _, _ in pieces}
             for g in list(cache):
                 if g not in needed:
                     del cache[g]  # row groups are visited in order: keep at most those of this batch
             for g in needed:
                 if g not in cache:
-                    cache[g] = decoder.decode(g)
-            batch = decoder.assemble([(cache[g], rows) for g, rows in pieces])
+                    cache[g] = decoder.decode(g, self._row_perm(g, int(self.index.rg_rows[g])))
+            batch = decoder.assemble([(cache[g], a, b) for g, a, b in pieces])
             yield self.transform(batch) if self.transform else batch
 
     def __iter__(self) -> Iterator[Batch]:
@@ -562,15 +568,16 @@ class ParquetBatchReader:
 
     def position(self) -> dict[str, int | str]:
         """Where this rank's next row lives: epoch, shard, row group, offset (for logs and humans)."""
-        if len(self) <= 0:
+        j = self._skip + self._batches_done
+        if j >= self._plan()[3]:
             return {"epoch": self.epoch, "shard": "", "row_group": -1, "offset": -1}
-        g, rows = self._batch_rows(self._skip + self._batches_done)[0]
-        shard = self.index.shards[int(self.index.rg_shard[g])].name
+        g, a, _ = self._batch_rows(j)[0]
+        perm = self._row_perm(g, int(self.index.rg_rows[g]))
         return {
             "epoch": self.epoch,
-            "shard": shard,
+            "shard": self.index.shards[int(self.index.rg_shard[g])].name,
             "row_group": int(self.index.rg_index[g]),
-            "offset": int(rows[0]),
+            "offset": a if perm is None else int(perm[a]),
         }
 
 
