@@ -1,0 +1,1 @@
+"""One module per public dataset, each with ``convert(cfg: ConvertConfig) -> DatasetSpec``."""
