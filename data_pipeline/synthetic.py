@@ -1,0 +1,723 @@
+"""Synthetic CTR data from a hidden generative model: a fair test bed for item IDs vs semantic IDs.
+
+``python -m data_pipeline generate --out DIR --rows N [...]`` writes a dataset folder (see
+``data_pipeline.spec``) in bounded memory: rows are generated and written in chunks, so a billion rows
+is just a bigger N and a longer wait.
+
+The hidden model (all parameters drawn from ``--seed``):
+
+* Items: a two-level topic hierarchy (coarse topic_l1 -> fine topic_l2), Zipf popularity, and a content
+  embedding = coarse centroid + fine offset + item noise (the "pretrained item embedding"). It is
+  written to DIR/items/ with the topics and a popularity bucket.
+* Users: a latent taste vector; a few favourite fine topics derived from it; static features (age,
+  gender, region, device) correlated with the taste; a Zipf-like activity level.
+* Rows: a user (by activity), an impressed item (from the user's favourite topics or by global
+  popularity), a recent history of items drawn from the user's favourites, a time (hour, weekday,
+  event-day flag) and dense features. The click is drawn from a logistic model whose item effect
+  comes mostly from the item's topics (so it generalises to tail items through semantics) plus an
+  item-specific bias large enough for an ID embedding to memorise head items, plus crosses (taste x
+  topic, age x coarse topic, hour x device, history x topic). The intercept is calibrated so the
+  mean click probability equals ``--ctr``; the true probability is written as ``click_prob``, so the
+  Bayes-optimal AUC / logloss on the test split are known.
+
+Timestamps increase through the rows; train / valid / test are the first / next / last fractions
+(split boundaries are one second apart, so every train time < every valid time < every test time).
+Same seed and flags give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from data_pipeline.spec import (
+    ITEMS_DIR,
+    SPLITS,
+    DataError,
+    DatasetSpec,
+    ItemTable,
+    SparseFeature,
+    atomic_write_text,
+)
+from data_pipeline.writer import ShardWriter, arrow_schema
+
+log = logging.getLogger(__name__)
+
+GENERATOR_FILE = "generator.json"
+T0 = 1_704_067_200  # 2024-01-01 00:00 UTC, a Monday
+DAY = 86_400
+
+# Static user features: name -> cardinality.
+USER_FEATURES = {"age": 7, "gender": 3, "region": 32, "device": 4}
+CONTEXT_FEATURES = {"hour": 24, "weekday": 7, "holiday": 2}
+# Dense features in order; --dense D keeps the first D (beyond these: pure-noise features).
+DENSE_FEATURES = (
+    "user_activity",
+    "user_ctr_prior",
+    "item_quality",
+    "item_price",
+    "item_popularity",
+    "item_age",
+    "session_depth",
+    "hist_len",
+)
+
+# Random streams: each part of the generator draws from its own, so e.g. the row chunks do not
+# shift when the item count changes the number of draws spent on items.
+_MODEL, _ITEMS, _ROWS, _CALIB = range(4)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Everything that determines a synthetic dataset (with the seed: byte for byte)."""
+
+    rows: int
+    """Total rows over all splits."""
+    items: int = 100_000
+    """Item catalog size; item IDs are 0..items-1."""
+    users: int = 50_000
+    """Number of users; user IDs are 0..users-1."""
+    seed: int = 0
+    """Seeds every parameter of the hidden model and every draw."""
+    dense: int = 8
+    """Number of dense float features (first ones are informative, extras are noise)."""
+    history_len: int = 20
+    """Max length of the hist_items list."""
+    valid_frac: float = 0.1
+    """Fraction of rows (by time, after train) in the valid split."""
+    test_frac: float = 0.1
+    """Fraction of rows (the last ones in time) in the test split."""
+    rows_per_shard: int = 1_000_000
+    """Rows per parquet shard."""
+    topics_l1: int = 16
+    """Number of coarse topics."""
+    topics_l2: int = 8
+    """Fine topics per coarse topic (fine topic IDs are global: 0..topics_l1*topics_l2-1)."""
+    emb_dim: int = 64
+    """Length of the item content embedding."""
+    zipf: float = 1.05
+    """Exponent of item popularity: p(rank r) ~ (r + 1)^-zipf."""
+    ctr: float = 0.1
+    """Target mean click probability (the intercept is calibrated to it)."""
+    days: int = 28
+    """Time span of the rows in days."""
+    chunk_rows: int = 65_536
+    """Rows generated per step (bounds memory; part of the random stream, so it changes the data)."""
+    name: str = "synthetic"
+    """Dataset name written into the spec."""
+
+    @property
+    def num_topics(self) -> int:
+        return self.topics_l1 * self.topics_l2
+
+    def split_rows(self) -> dict[str, int]:
+        n_valid = int(round(self.rows * self.valid_frac))
+        n_test = int(round(self.rows * self.test_frac))
+        return {"train": self.rows - n_valid - n_test, "valid": n_valid, "test": n_test}
+
+    def validate(self) -> None:
+        """Raise DataError naming the flag for any bad value."""
+
+        def need(ok: bool, flag: str, rule: str, value) -> None:
+            if not ok:
+                raise DataError(f"--{flag} {rule}, got {value!r}")
+
+        need(self.rows > 0, "rows", "must be > 0", self.rows)
+        need(self.users > 0, "users", "must be > 0", self.users)
+        need(self.dense >= 0, "dense", "must be >= 0", self.dense)
+        need(self.history_len > 0, "history-len", "must be > 0", self.history_len)
+        need(0 < self.valid_frac < 1, "valid-frac", "must be in (0, 1)", self.valid_frac)
+        need(0 < self.test_frac < 1, "test-frac", "must be in (0, 1)", self.test_frac)
+        need(
+            self.valid_frac + self.test_frac < 1,
+            "valid-frac",
+            "plus --test-frac must be < 1",
+            self.valid_frac + self.test_frac,
+        )
+        need(self.rows_per_shard > 0, "rows-per-shard", "must be > 0", self.rows_per_shard)
+        need(self.topics_l1 > 0, "topics-l1", "must be > 0", self.topics_l1)
+        need(self.topics_l2 > 0, "topics-l2", "must be > 0", self.topics_l2)
+        need(
+            self.items >= self.num_topics,
+            "items",
+            f"must be >= the number of fine topics (--topics-l1 x --topics-l2 = {self.num_topics})",
+            self.items,
+        )
+        need(self.emb_dim > 0, "emb-dim", "must be > 0", self.emb_dim)
+        need(self.zipf >= 0, "zipf", "must be >= 0", self.zipf)
+        need(0.001 <= self.ctr <= 0.9, "ctr", "must be in [0.001, 0.9]", self.ctr)
+        need(self.days > 0, "days", "must be > 0", self.days)
+        need(self.chunk_rows > 0, "chunk-rows", "must be > 0", self.chunk_rows)
+        for split, n in self.split_rows().items():
+            if n < 1:
+                raise DataError(
+                    f"--rows {self.rows} leaves the {split} split empty with --valid-frac "
+                    f"{self.valid_frac} and --test-frac {self.test_frac}; use more rows"
+                )
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _power_cdf(x: np.ndarray, n, a: float) -> np.ndarray:
+    """CDF of the density ~ x^-a on [1, n + 1]."""
+    if abs(a - 1.0) < 1e-9:
+        return np.log(x) / np.log(n + 1.0)
+    b = 1.0 - a
+    return (x**b - 1.0) / ((n + 1.0) ** b - 1.0)
+
+
+def _power_pmf(k: np.ndarray, n, a: float) -> np.ndarray:
+    """P(rank k) of _power_rank: the power law on [1, n + 1] discretised to unit bins (Zipf-like)."""
+    k = k.astype(np.float64)
+    return _power_cdf(k + 2.0, n, a) - _power_cdf(k + 1.0, n, a)
+
+
+def _power_scale(n, a: float):
+    """The constant of _power_rank for n ranks (precomputed per topic: it costs a pow per draw)."""
+    n = np.asarray(n, dtype=np.float64)
+    return np.log(n + 1.0) if abs(a - 1.0) < 1e-9 else (n + 1.0) ** (1.0 - a) - 1.0
+
+
+def _power_rank(u: np.ndarray, n, a: float, scale) -> np.ndarray:
+    """Ranks 0..n-1 (n may be an array) with Zipf-like P(k) ~ (k + 1)^-a, by inverting _power_cdf.
+
+    ``scale`` is ``_power_scale(n, a)``. O(1) per draw; a search over a cumulative table is
+    memory-bound and several times slower.
+    """
+    if abs(a - 1.0) < 1e-9:
+        x = np.exp(u * scale)
+    else:
+        x = (1.0 + u * scale) ** (1.0 / (1.0 - a))
+    return np.minimum(x.astype(np.int64) - 1, np.asarray(n) - 1)
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    return ((x - x.mean()) / (x.std() + 1e-9)).astype(np.float32)
+
+
+class HiddenModel:
+    """The generative model's parameters (drawn from the seed) and the per-chunk samplers.
+
+    Memory is O(items + users + topics), independent of the row count.
+    """
+
+    # Effect sizes (logit scale). The topic-driven item effect (coarse + fine + taste x topic) has a
+    # larger spread than the item-specific bias, which is still large enough to matter for head items.
+    SD_L1, SD_L2, SD_ITEM = 0.4, 0.4, 0.5
+    TASTE = 0.7  # user taste . fine-topic vector, ~N(0, 1) before scaling
+    SD_USER = 0.35
+    HIST_L2, HIST_L1 = 0.6, 0.3  # fraction of history items sharing the candidate's fine / coarse topic
+    FAV_TOPICS = 4  # favourite fine topics per user
+    FAV_SLOTS = 16  # favourite topics are stored as 16 equally likely slots (weights in 1/16 steps)
+    P_PERSONAL = 0.5  # impression drawn from the user's favourite topics (else by global popularity)
+    P_HIST_FAV = 0.8  # history item drawn from the user's favourite topics
+    LATENT = 16
+    USER_ZIPF = 0.7  # exponent of user activity (rows per user)
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        self.cfg = cfg
+        rng = _rng(cfg.seed, _MODEL)
+        n_items, n_users, n_topics, k = cfg.items, cfg.users, cfg.num_topics, self.LATENT
+
+        # -- topics -----------------------------------------------------------------------------
+        self.topic_parent = np.repeat(np.arange(cfg.topics_l1), cfg.topics_l2)  # fine -> coarse
+        l1_vec = rng.standard_normal((cfg.topics_l1, k))
+        self.topic_vec = (0.8 * l1_vec[self.topic_parent] + 0.6 * rng.standard_normal((n_topics, k))).astype(
+            np.float32
+        )
+        self.centroid = rng.standard_normal((cfg.topics_l1, cfg.emb_dim)).astype(np.float32)
+        self.offset = (0.5 * rng.standard_normal((n_topics, cfg.emb_dim))).astype(np.float32)
+        # Content also reveals a little of the item's own appeal (its hidden quality), along one axis.
+        q_dir = rng.standard_normal(cfg.emb_dim)
+        self.quality_dir = (q_dir / np.linalg.norm(q_dir)).astype(np.float32)
+        b_l1 = self.SD_L1 * rng.standard_normal(cfg.topics_l1)
+        b_l2 = self.SD_L2 * rng.standard_normal(n_topics)
+
+        # -- items ------------------------------------------------------------------------------
+        # Uneven topic sizes; every fine topic gets at least one item so per-topic sampling works.
+        topic_share = rng.dirichlet(np.full(n_topics, 2.0))
+        item_l2 = np.concatenate(
+            [rng.permutation(n_topics), rng.choice(n_topics, size=n_items - n_topics, p=topic_share)]
+        )
+        self.item_l2 = rng.permutation(item_l2).astype(np.int64)
+        self.item_l1 = self.topic_parent[self.item_l2].astype(np.int64)
+        # Popularity: a global rank (independent of the ID, so IDs carry no information themselves)
+        # and each item's rank within its fine topic (by global rank); both follow the same
+        # Zipf-like law, sampled in O(1) per draw by _power_rank.
+        self.rank_to_item = rng.permutation(n_items)
+        rank = np.empty(n_items, dtype=np.int64)
+        rank[self.rank_to_item] = np.arange(n_items)
+        self.by_topic = np.lexsort((rank, self.item_l2))  # grouped by topic, head items first
+        self.topic_start = np.searchsorted(self.item_l2[self.by_topic], np.arange(n_topics))
+        self.topic_size = np.diff(np.append(self.topic_start, n_items))
+        # Segments for _items_for_users: one per fine topic, then all items by global rank.
+        self.seg_items = np.concatenate([self.by_topic, self.rank_to_item])
+        self.seg_start = np.append(self.topic_start, n_items)
+        self.seg_size = np.append(self.topic_size, n_items)
+        self.seg_scale = _power_scale(self.seg_size, cfg.zipf)
+        quality = rng.standard_normal(n_items)
+        log_price = 0.5 * rng.standard_normal(n_topics)[self.item_l2] + 0.4 * rng.standard_normal(n_items)
+        log_age = np.log1p(rng.exponential(180.0, n_items))
+        self.item_base = (
+            b_l1[self.item_l1]
+            + b_l2[self.item_l2]
+            + self.SD_ITEM * rng.standard_normal(n_items)
+            + 0.25 * quality
+            - 0.15 * _standardize(log_price)
+            - 0.1 * _standardize(log_age)
+        ).astype(np.float32)
+        quality_seen = quality + 0.7 * rng.standard_normal(n_items)
+        self.item_quality = quality.astype(np.float32)
+
+        # -- users ------------------------------------------------------------------------------
+        self.user_vec = (rng.standard_normal((n_users, k)) / np.sqrt(k)).astype(np.float32)
+        # Favourite topics: the top few by (noisy) taste, weighted by softmax of the taste, stored as
+        # slots so a draw is one gather: slot s holds the topic whose cumulative weight covers s.
+        self.user_fav = np.empty((n_users, self.FAV_SLOTS), dtype=np.int32)
+        mid = (np.arange(self.FAV_SLOTS) + 0.5) / self.FAV_SLOTS
+        step = 16_384
+        for a in range(0, n_users, step):  # in blocks: users x topics may not fit at once
+            aff = self.user_vec[a : a + step] @ self.topic_vec.T
+            noisy = aff + rng.standard_normal(aff.shape, dtype=np.float32) * np.float32(0.5)
+            top = np.empty((aff.shape[0], self.FAV_TOPICS), dtype=np.int64)
+            for j in range(self.FAV_TOPICS):  # a few argmax passes beat argpartition here
+                top[:, j] = noisy.argmax(axis=1)
+                np.put_along_axis(noisy, top[:, j : j + 1], -np.inf, axis=1)
+            score = np.take_along_axis(aff, top, axis=1)
+            w = np.exp(2.0 * (score - score.max(axis=1, keepdims=True)))
+            cum = np.cumsum(w / w.sum(axis=1, keepdims=True), axis=1)
+            slot = np.minimum((cum[:, None, :] < mid[None, :, None]).sum(axis=2), self.FAV_TOPICS - 1)
+            self.user_fav[a : a + step] = np.take_along_axis(top, slot, axis=1)
+        # Static features correlated with taste: argmax of a random projection of it plus noise.
+        self.user_cat = {}
+        user_bias = self.SD_USER * rng.standard_normal(n_users)
+        for name, card in USER_FEATURES.items():
+            proj = rng.standard_normal((k, card)).astype(np.float32) * np.sqrt(k)
+            logits = self.user_vec @ proj + rng.gumbel(size=(n_users, card)).astype(np.float32)
+            self.user_cat[name] = logits.argmax(axis=1).astype(np.int64)
+            eff = 0.15 * rng.standard_normal(card)
+            user_bias = user_bias + eff[self.user_cat[name]]
+        activity_rank = rng.permutation(n_users)
+        self.rank_to_user = np.argsort(activity_rank)
+        self.user_scale = float(_power_scale(n_users, self.USER_ZIPF))
+        user_w = _power_pmf(activity_rank, n_users, self.USER_ZIPF)  # share of rows per user
+        # Heavier users have longer histories.
+        activity = 1.0 - activity_rank / max(n_users - 1, 1)
+        self.user_hist_p = (0.25 + 0.7 * activity).astype(np.float64)
+        self.user_base = user_bias.astype(np.float32)
+        self.user_dense = np.stack(
+            [
+                _standardize(np.log(user_w) + 0.1 * rng.standard_normal(n_users)),
+                _standardize(user_bias + 0.3 * rng.standard_normal(n_users)),
+            ],
+            axis=1,
+        )
+
+        # -- item popularity as observed: the marginal impression probability --------------------
+        slot_p = np.repeat(user_w / self.FAV_SLOTS, self.FAV_SLOTS)
+        topic_mass = np.bincount(self.user_fav.ravel(), weights=slot_p, minlength=n_topics)
+        in_topic = np.arange(n_items) - self.topic_start[self.item_l2[self.by_topic]]
+        size = self.topic_size[self.item_l2[self.by_topic]]
+        pop = (1 - self.P_PERSONAL) * _power_pmf(np.arange(n_items), n_items, cfg.zipf)[rank]
+        pop[self.by_topic] += (
+            self.P_PERSONAL * topic_mass[self.item_l2[self.by_topic]] * _power_pmf(in_topic, size, cfg.zipf)
+        )
+        self.pop = pop
+        pop_rank = np.empty(n_items, dtype=np.int64)
+        pop_rank[np.argsort(-pop, kind="stable")] = np.arange(n_items)
+        self.item_pop_bucket = np.minimum(9, (10 * np.log1p(pop_rank) / np.log1p(n_items)).astype(np.int64))
+        self.item_dense = np.stack(
+            [
+                _standardize(quality_seen),
+                _standardize(log_price),
+                _standardize(np.log(pop)),
+                _standardize(log_age),
+            ],
+            axis=1,
+        )
+
+        # -- crosses and context ----------------------------------------------------------------
+        self.age_x_l1 = (0.3 * rng.standard_normal((USER_FEATURES["age"], cfg.topics_l1))).astype(np.float32)
+        self.gender_x_l1 = (0.2 * rng.standard_normal((USER_FEATURES["gender"], cfg.topics_l1))).astype(
+            np.float32
+        )
+        hours = np.arange(24)
+        hour_eff = 0.25 * np.sin(2 * np.pi * (hours - 14) / 24) + 0.05 * rng.standard_normal(24)
+        self.hour_x_device = (
+            hour_eff[:, None] + 0.2 * rng.standard_normal((24, USER_FEATURES["device"]))
+        ).astype(np.float32)
+        self.weekday_eff = (0.1 * rng.standard_normal(7)).astype(np.float32)
+        self.holiday_days = rng.random(cfg.days + 2) < 0.1
+        self.holiday_eff = 0.3
+        self.intercept = 0.0
+        self.intercept = self._calibrate()
+
+    # -- sampling -----------------------------------------------------------------------------
+    def _items_for_users(self, users: np.ndarray, p_fav: float, rng: np.random.Generator) -> np.ndarray:
+        """One item per entry of ``users``: from a favourite topic with prob p_fav, else by popularity.
+
+        One uniform per draw picks the branch, the slot and the rank (its leftover fraction is again
+        uniform), and the global popularity law is segment number num_topics, so there is no masking.
+        """
+        u = rng.random(users.shape[0])
+        fav = u < p_fav
+        v = u * (self.FAV_SLOTS / p_fav)
+        slot = np.minimum(v.astype(np.int64), self.FAV_SLOTS - 1)
+        seg = np.where(fav, self.user_fav.ravel()[users * self.FAV_SLOTS + slot], self.cfg.num_topics)
+        w = np.where(fav, v - slot, (u - p_fav) / (1.0 - p_fav))
+        j = _power_rank(w, self.seg_size[seg], self.cfg.zipf, self.seg_scale[seg])
+        return self.seg_items[self.seg_start[seg] + j]
+
+    def sample(self, rng: np.random.Generator, ts: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows at the given timestamps (n,) int64: column name -> (n,) array, except ``hist_items`` =
+        (offsets (n + 1,) int32, values) and the extra key ``logit`` (the true logit, float64)."""
+        cfg = self.cfg
+        n = ts.shape[0]
+        users = self.rank_to_user[_power_rank(rng.random(n), cfg.users, self.USER_ZIPF, self.user_scale)]
+        items = self._items_for_users(users, self.P_PERSONAL, rng)
+        hist_len = rng.binomial(cfg.history_len, self.user_hist_p[users])
+        hist_row = np.repeat(np.arange(n), hist_len)
+        hist_items = self._items_for_users(users[hist_row], self.P_HIST_FAV, rng)
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(hist_len, out=offsets[1:])
+
+        l1, l2 = self.item_l1[items], self.item_l2[items]
+        day = (ts - T0) // DAY
+        hour = (ts // 3600) % 24
+        weekday = (ts // DAY + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+        holiday = self.holiday_days[np.clip(day, 0, self.holiday_days.shape[0] - 1)].astype(np.int64)
+        age, gender = self.user_cat["age"][users], self.user_cat["gender"][users]
+        device = self.user_cat["device"][users]
+        depth = rng.geometric(0.3, n) - 1
+
+        n_hist = np.maximum(hist_len, 1)
+        same_l2 = np.bincount(hist_row, weights=self.item_l2[hist_items] == l2[hist_row], minlength=n)
+        same_l1 = np.bincount(hist_row, weights=self.item_l1[hist_items] == l1[hist_row], minlength=n)
+        taste = np.einsum("nk,nk->n", self.user_vec[users], self.topic_vec[l2])
+        logit = (
+            self.intercept
+            + self.item_base[items]
+            + self.user_base[users]
+            + self.TASTE * taste
+            + self.age_x_l1[age, l1]
+            + self.gender_x_l1[gender, l1]
+            + self.hour_x_device[hour, device]
+            + self.weekday_eff[weekday]
+            + self.holiday_eff * holiday
+            + (self.HIST_L2 * same_l2 + self.HIST_L1 * same_l1) / n_hist
+            - 0.15 * np.log1p(depth)
+        )
+        prob = _sigmoid(logit)
+        label = rng.random(n) < prob
+
+        dense_all = [
+            self.user_dense[users, 0],
+            self.user_dense[users, 1],
+            self.item_dense[items, 0],
+            self.item_dense[items, 1],
+            self.item_dense[items, 2],
+            self.item_dense[items, 3],
+            (np.log1p(depth) - 0.9).astype(np.float32),
+            (hist_len / cfg.history_len).astype(np.float32),
+        ]
+        dense = dense_all[: cfg.dense]
+        if cfg.dense > len(dense_all):
+            noise = rng.standard_normal((cfg.dense - len(dense_all), n), dtype=np.float32)
+            dense += list(noise)
+        cols = {
+            "click": label.astype(np.float32),
+            **{name: d for name, d in zip(dense_names(cfg.dense), dense)},
+            "user_id": users,
+            "item_id": items,
+            "hist_items": (offsets, hist_items),
+            "item_topic_l1": l1,
+            "item_topic_l2": l2,
+            **{name: self.user_cat[name][users] for name in USER_FEATURES},
+            "hour": hour,
+            "weekday": weekday,
+            "holiday": holiday,
+            "ts": ts,
+            "click_prob": prob.astype(np.float32),
+            "logit": logit,  # not a column: for calibration
+        }
+        return cols
+
+    def _calibrate(self, n: int = 98_304, chunk: int = 8_192) -> float:
+        """Intercept so the mean click probability is cfg.ctr (bisection on a fixed pilot sample,
+        drawn in small chunks so the pilot does not set the memory peak)."""
+        rng = _rng(self.cfg.seed, _CALIB)
+        logits = []
+        for _ in range(n // chunk):
+            ts = T0 + rng.integers(0, self.cfg.days * DAY, chunk)
+            logits.append(self.sample(rng, ts)["logit"])
+        logit = np.concatenate(logits)
+        lo, hi = -20.0, 20.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if _sigmoid(logit + mid).mean() < self.cfg.ctr:
+                lo = mid
+            else:
+                hi = mid
+        return 0.5 * (lo + hi)
+
+    # -- item table ---------------------------------------------------------------------------
+    def item_chunks(self, chunk: int = 65_536):
+        """Yield the item table as pyarrow tables of at most ``chunk`` items."""
+        d = self.cfg.emb_dim
+        for idx, a in enumerate(range(0, self.cfg.items, chunk)):
+            ids = np.arange(a, min(a + chunk, self.cfg.items))
+            rng = _rng(self.cfg.seed, _ITEMS, idx)
+            l1, l2 = self.item_l1[ids], self.item_l2[ids]
+            emb = self.centroid[l1] + self.offset[l2] + self.item_quality[ids, None] * self.quality_dir
+            emb += 0.4 * rng.standard_normal(emb.shape, dtype=np.float32)
+            offsets = pa.array(np.arange(0, (len(ids) + 1) * d, d, dtype=np.int32))
+            yield pa.table(
+                {
+                    "item_id": ids,
+                    "embedding": pa.ListArray.from_arrays(offsets, pa.array(emb.reshape(-1))),
+                    "topic_l1": l1,
+                    "topic_l2": l2,
+                    "pop_bucket": self.item_pop_bucket[ids],
+                }
+            )
+
+
+def dense_names(n: int) -> list[str]:
+    names = list(DENSE_FEATURES[:n])
+    return names + [f"noise_{i}" for i in range(n - len(names))]
+
+
+def make_spec(cfg: SyntheticConfig) -> DatasetSpec:
+    """The spec of a synthetic dataset (num_rows filled in)."""
+    user = [SparseFeature(name, card) for name, card in USER_FEATURES.items()]
+    context = [SparseFeature(name, card) for name, card in CONTEXT_FEATURES.items()]
+    item = [
+        SparseFeature("item_topic_l1", cfg.topics_l1),
+        SparseFeature("item_topic_l2", cfg.num_topics),
+    ]
+    sparse = [
+        SparseFeature("user_id", cfg.users),
+        SparseFeature("item_id", cfg.items, item_ref=True),
+        SparseFeature("hist_items", cfg.items, multi=True, max_len=cfg.history_len, item_ref=True),
+        *item,
+        *user,
+        *context,
+    ]
+    return DatasetSpec(
+        name=cfg.name,
+        label="click",
+        dense=dense_names(cfg.dense),
+        sparse=sparse,
+        item_id="item_id",
+        user_id="user_id",
+        timestamp="ts",
+        prob="click_prob",
+        id_mapping="mod",
+        item_table=ItemTable(
+            num_items=cfg.items,
+            id_column="item_id",
+            embedding_column="embedding",
+            embedding_dim=cfg.emb_dim,
+            category_columns=("topic_l1", "topic_l2", "pop_bucket"),
+        ),
+        feature_groups={
+            "user": [f.name for f in user],
+            "context": [f.name for f in context],
+            "item": [f.name for f in item],
+        },
+        num_rows=cfg.split_rows(),
+    )
+
+
+def _to_table(cols: dict, schema: pa.Schema) -> pa.Table:
+    arrays = []
+    for f in schema:
+        v = cols[f.name]
+        if isinstance(v, tuple):
+            offsets, values = v
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+        else:
+            arrays.append(pa.array(v, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _write(root: Path, cfg: SyntheticConfig, spec: DatasetSpec, model: HiddenModel, progress: bool) -> None:
+    with ShardWriter(root / ITEMS_DIR, _item_schema(cfg), cfg.rows_per_shard) as w:
+        for t in model.item_chunks():
+            w.write(t)
+
+    schema = arrow_schema(spec)
+    counts = cfg.split_rows()
+    bounds = np.cumsum([0] + [counts[s] for s in SPLITS])  # split i covers rows [bounds[i], bounds[i+1])
+    span = cfg.days * DAY
+
+    def pieces():
+        """(split index, first row, end row): chunks aligned to global row numbers, cut at split
+        boundaries, so a chunk's random stream depends only on where it starts."""
+        for i in range(len(SPLITS)):
+            a = int(bounds[i])
+            while a < bounds[i + 1]:
+                b = int(min((a // cfg.chunk_rows + 1) * cfg.chunk_rows, bounds[i + 1]))
+                yield i, a, b
+                a = b
+
+    def make(piece: tuple[int, int, int]) -> tuple[int, pa.Table]:
+        i, a, b = piece
+        rng = _rng(cfg.seed, _ROWS, a // cfg.chunk_rows, a % cfg.chunk_rows)
+        ts = T0 + (np.arange(a, b, dtype=np.int64) * span) // cfg.rows + i  # +i: gaps between splits
+        return i, _to_table(model.sample(rng, ts), schema)
+
+    writers = [ShardWriter(root / split, schema, cfg.rows_per_shard) for split in SPLITS]
+    bar = tqdm(total=cfg.rows, unit="rows", unit_scale=True, disable=not progress, desc="generate")
+    try:
+        for i, table in _prefetched(make, pieces()):
+            writers[i].write(table)
+            if i > 0:
+                writers[i - 1].close()  # no-op once closed
+            bar.update(table.num_rows)
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        bar.close()
+    spec_info = {"config": asdict(cfg), "intercept": model.intercept}
+    atomic_write_text(root / GENERATOR_FILE, json.dumps(spec_info, indent=2) + "\n")
+    spec.save(root)  # last: a folder with spec.json is complete
+
+
+def _prefetched(fn, items):
+    """Yield fn(item) for each item, computing the next one in a thread meanwhile.
+
+    Generation (numpy) and parquet encoding both release the GIL, so on two cores they overlap; at
+    most two results are alive at once, which keeps memory bounded.
+    """
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = next(items, None)
+        if first is None:
+            return
+        pending = pool.submit(fn, first)
+        for item in items:
+            done = pending.result()
+            pending = pool.submit(fn, item)
+            yield done
+        yield pending.result()
+
+
+def _item_schema(cfg: SyntheticConfig) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("item_id", pa.int64()),
+            pa.field("embedding", pa.list_(pa.float32())),
+            pa.field("topic_l1", pa.int64()),
+            pa.field("topic_l2", pa.int64()),
+            pa.field("pop_bucket", pa.int64()),
+        ]
+    )
+
+
+def generate_dataset(
+    out: str | os.PathLike,
+    rows: int,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options,
+) -> DatasetSpec:
+    """Write a synthetic dataset to ``out`` and return its spec.
+
+    ``options`` are the other ``SyntheticConfig`` fields (items, users, seed, dense, history_len, ...).
+    ``out`` must be absent or empty unless ``overwrite``; the dataset is written to a temp folder
+    beside it and renamed into place when complete, so ``out`` never holds half a dataset.
+    """
+    try:
+        cfg = SyntheticConfig(rows=rows, **options)
+    except TypeError as e:
+        raise DataError(f"generate: {e}") from None
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"--out {out}: folder is not empty; pass --overwrite to replace it")
+    spec = make_spec(cfg)
+    spec.validate()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model = HiddenModel(cfg)
+        log.info("hidden model built: intercept %.3f", model.intercept)
+        _write(tmp, cfg, spec, model, progress)
+        if out.is_dir():
+            # Swap: move the old folder aside first (rename over a non-empty folder is not allowed).
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "data")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return spec
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """Register ``generate``."""
+    p = sub.add_parser("generate", help="write a synthetic CTR dataset from a hidden generative model")
+    d = SyntheticConfig(rows=1)
+    p.add_argument("--out", required=True, help="output dataset folder (must be absent or empty)")
+    p.add_argument("--rows", type=int, required=True, help="total rows over all splits")
+    p.add_argument("--items", type=int, default=d.items, help="item catalog size")
+    p.add_argument("--users", type=int, default=d.users, help="number of users")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the hidden model and all draws")
+    p.add_argument("--dense", type=int, default=d.dense, help="number of dense features")
+    p.add_argument("--history-len", type=int, default=d.history_len, help="max hist_items length")
+    p.add_argument("--valid-frac", type=float, default=d.valid_frac, help="fraction of rows in valid")
+    p.add_argument("--test-frac", type=float, default=d.test_frac, help="fraction of rows in test")
+    p.add_argument("--rows-per-shard", type=int, default=d.rows_per_shard, help="rows per parquet shard")
+    p.add_argument("--topics-l1", type=int, default=d.topics_l1, help="number of coarse topics")
+    p.add_argument("--topics-l2", type=int, default=d.topics_l2, help="fine topics per coarse topic")
+    p.add_argument("--emb-dim", type=int, default=d.emb_dim, help="item content embedding length")
+    p.add_argument("--zipf", type=float, default=d.zipf, help="item popularity Zipf exponent")
+    p.add_argument("--ctr", type=float, default=d.ctr, help="target mean click probability")
+    p.add_argument("--days", type=int, default=d.days, help="time span of the rows in days")
+    p.add_argument("--chunk-rows", type=int, default=d.chunk_rows, help="rows generated per step")
+    p.add_argument("--name", default=d.name, help="dataset name in the spec")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> DatasetSpec:
+    options = {
+        name: getattr(args, name)
+        for name in SyntheticConfig.__dataclass_fields__
+        if name != "rows" and hasattr(args, name)
+    }
+    spec = generate_dataset(
+        args.out, args.rows, overwrite=args.overwrite, progress=not args.no_progress, **options
+    )
+    log.info("wrote %s: %s", args.out, spec.num_rows)
+    return spec

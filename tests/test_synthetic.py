@@ -1,0 +1,255 @@
+"""The synthetic generator: layout, determinism, and the statistical structure the ID-vs-SID study needs."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from data_pipeline import synthetic
+from data_pipeline.spec import ITEMS_DIR, SPLITS, DataError, DatasetSpec
+from data_pipeline.writer import arrow_schema
+
+SMALL = dict(items=2_000, users=1_000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("syn") / "ds"
+    synthetic.generate_dataset(out, 60_000, rows_per_shard=20_000, progress=False, **SMALL)
+    return out
+
+
+def read(root: Path, split: str):
+    return pq.read_table(root / split)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_layout_and_schema_match_spec(dataset):
+    spec = DatasetSpec.load(dataset)
+    schema = arrow_schema(spec)
+    assert spec.num_rows == {"train": 48_000, "valid": 6_000, "test": 6_000}
+    for split in SPLITS:
+        shards = sorted((dataset / split).glob("*.parquet"))
+        assert len(shards) >= 1
+        t = read(dataset, split)
+        assert t.num_rows == spec.num_rows[split]
+        assert t.schema.names == schema.names
+        assert [f.type for f in t.schema] == [f.type for f in schema]
+        for f in spec.sparse:
+            col = t[f.name].combine_chunks()
+            values = col.flatten() if f.multi else col
+            v = values.to_numpy()
+            assert v.min() >= 0 and v.max() < f.vocab_size, f.name
+    assert len(spec.dense) == 8 and spec.prob == "click_prob" and spec.user_id == "user_id"
+    assert spec.feature("item_id").item_ref and spec.feature("hist_items").item_ref
+    assert spec.feature("hist_items").multi and spec.feature("hist_items").max_len == 20
+    assert spec.feature("user_id").vocab_size == SMALL["users"]
+    assert set(spec.feature_groups) == {"user", "context", "item"}
+
+
+def test_item_table_and_row_categories_agree(dataset):
+    spec = DatasetSpec.load(dataset)
+    it = spec.item_table
+    items = pq.read_table(dataset / ITEMS_DIR)
+    assert items.num_rows == it.num_items == SMALL["items"]
+    assert np.array_equal(items[it.id_column].to_numpy(), np.arange(it.num_items))
+    emb = np.stack(items[it.embedding_column].to_numpy(zero_copy_only=False))
+    assert emb.shape == (it.num_items, it.embedding_dim) and emb.dtype == np.float32
+    for c in it.category_columns:
+        assert items[c].type == "int64"
+    rows = read(dataset, "train")
+    ids = rows["item_id"].to_numpy()
+    assert np.array_equal(rows["item_topic_l1"].to_numpy(), items["topic_l1"].to_numpy()[ids])
+    assert np.array_equal(rows["item_topic_l2"].to_numpy(), items["topic_l2"].to_numpy()[ids])
+
+
+def test_click_rate_and_calibration(dataset):
+    t = read(dataset, "train")
+    y, p = t["click"].to_numpy(), t["click_prob"].to_numpy().astype(np.float64)
+    assert set(np.unique(y)) == {0.0, 1.0}
+    assert 0.05 < y.mean() < 0.25
+    assert abs(p.mean() - 0.1) < 0.01  # the intercept is calibrated to --ctr 0.1
+    se = np.sqrt(p.mean() * (1 - p.mean()) / len(y))
+    assert abs(y.mean() - p.mean()) < 4 * se
+    # Calibrated in bins too, not only on average.
+    bins = np.digitize(p, [0.05, 0.15, 0.3])
+    for b in range(4):
+        m = bins == b
+        if m.sum() > 2_000:
+            assert abs(y[m].mean() - p[m].mean()) < 0.03
+
+
+def test_bayes_auc_is_informative_but_not_perfect(dataset):
+    t = read(dataset, "test")
+    auc = roc_auc_score(t["click"].to_numpy(), t["click_prob"].to_numpy())
+    assert 0.7 < auc < 0.92
+
+
+def test_item_popularity_is_zipf_like(dataset):
+    items = read(dataset, "train")["item_id"].to_numpy()
+    counts = np.sort(np.bincount(items, minlength=SMALL["items"]))[::-1]
+    top1 = counts[: SMALL["items"] // 100].sum() / counts.sum()
+    assert top1 > 0.2, top1
+    assert (counts == 0).sum() > 0 or counts[-1] < counts[0] / 100  # a long, thin tail
+    bucket = pq.read_table(dataset / ITEMS_DIR)["pop_bucket"].to_numpy()
+    per_item = np.bincount(items, minlength=SMALL["items"])
+    assert per_item[bucket == bucket.min()].mean() > 20 * per_item[bucket == bucket.max()].mean()
+
+
+def test_embeddings_reflect_topics(dataset):
+    items = pq.read_table(dataset / ITEMS_DIR)
+    emb = np.stack(items["embedding"].to_numpy(zero_copy_only=False))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    l1, l2 = items["topic_l1"].to_numpy(), items["topic_l2"].to_numpy()
+    cos = emb @ emb.T
+    off_diag = ~np.eye(len(emb), dtype=bool)
+    same_l2 = (l2[:, None] == l2[None]) & off_diag
+    same_l1 = (l1[:, None] == l1[None]) & ~same_l2 & off_diag
+    other = l1[:, None] != l1[None]
+    assert cos[same_l2].mean() > cos[same_l1].mean() + 0.1
+    assert cos[same_l1].mean() > cos[other].mean() + 0.3
+
+
+def test_history_lists_are_valid_and_follow_preferences(dataset):
+    t = read(dataset, "train")
+    hist = t["hist_items"].combine_chunks()
+    lengths = np.diff(hist.offsets.to_numpy())
+    values = hist.values.to_numpy()
+    assert lengths.max() <= 20 and lengths.min() < lengths.max()
+    assert values.min() >= 0 and values.max() < SMALL["items"]
+    # History comes from the same user's tastes as the impression: topics overlap beyond chance.
+    topic = pq.read_table(dataset / ITEMS_DIR)["topic_l1"].to_numpy()
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    same = topic[values] == topic[t["item_id"].to_numpy()][rows]
+    chance = np.sum(np.bincount(topic[values]) ** 2) / len(values) ** 2
+    assert same.mean() > 2 * chance
+
+
+def test_timestamps_increase_and_splits_are_ordered(dataset):
+    ts = {s: read(dataset, s)["ts"].to_numpy() for s in SPLITS}
+    for s in SPLITS:
+        assert np.all(np.diff(ts[s]) >= 0), s
+    assert ts["train"].max() < ts["valid"].min()
+    assert ts["valid"].max() < ts["test"].min()
+    t = read(dataset, "train")
+    assert np.array_equal(t["hour"].to_numpy(), (ts["train"] // 3600) % 24)
+    assert set(np.unique(t["weekday"].to_numpy())) == set(range(7))
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    kw = dict(items=500, users=300, progress=False)
+    synthetic.generate_dataset(tmp_path / "a", 5_000, seed=1, **kw)
+    synthetic.generate_dataset(tmp_path / "b", 5_000, seed=1, **kw)
+    synthetic.generate_dataset(tmp_path / "c", 5_000, seed=2, **kw)
+    a, b, c = digest(tmp_path / "a"), digest(tmp_path / "b"), digest(tmp_path / "c")
+    assert a == b
+    assert a.keys() == c.keys() and a != c
+
+
+def test_shard_size_does_not_change_the_data(tmp_path):
+    kw = dict(items=500, users=300, seed=3, progress=False)
+    synthetic.generate_dataset(tmp_path / "a", 9_000, rows_per_shard=1_000, **kw)
+    synthetic.generate_dataset(tmp_path / "b", 9_000, **kw)
+    assert len(list((tmp_path / "a" / "train").glob("*.parquet"))) == 8
+    for s in SPLITS:
+        assert read(tmp_path / "a", s).equals(read(tmp_path / "b", s))
+
+
+def test_dense_flag_adds_noise_columns(tmp_path):
+    spec = synthetic.generate_dataset(tmp_path / "d", 2_000, dense=10, items=500, users=100, progress=False)
+    assert spec.dense[-2:] == ["noise_0", "noise_1"] and len(spec.dense) == 10
+    t = read(tmp_path / "d", "train")
+    assert abs(float(np.std(t["noise_1"].to_numpy())) - 1.0) < 0.1
+
+
+def test_power_law_sampler_matches_its_pmf():
+    rng = np.random.default_rng(0)
+    n, a = 50, 1.05
+    ranks = synthetic._power_rank(rng.random(400_000), n, a, synthetic._power_scale(n, a))
+    freq = np.bincount(ranks, minlength=n) / len(ranks)
+    pmf = synthetic._power_pmf(np.arange(n), n, a)
+    assert abs(pmf.sum() - 1) < 1e-9
+    assert np.abs(freq - pmf).max() < 0.004
+
+
+def _cli(argv: list[str]):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    synthetic.add_cli(sub)
+    args = parser.parse_args(["generate", *argv])
+    return args.func(args)
+
+
+def test_cli_generates_a_loadable_dataset(tmp_path):
+    out = tmp_path / "cli"
+    _cli(["--out", str(out), "--rows", "3000", "--items", "400", "--users", "50", "--no-progress"])
+    spec = DatasetSpec.load(out)
+    assert sum(spec.num_rows.values()) == 3000
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--rows", "0"], "--rows"),
+        (["--rows", "100", "--valid-frac", "1.5"], "--valid-frac"),
+        (["--rows", "100", "--history-len", "0"], "--history-len"),
+        (["--rows", "100", "--items", "10"], "--items"),
+        (["--rows", "100", "--ctr", "0"], "--ctr"),
+        (["--rows", "3"], "--rows"),  # a split would be empty
+    ],
+)
+def test_bad_flags_are_named(tmp_path, flags, named):
+    with pytest.raises(DataError, match=named):
+        _cli(["--out", str(tmp_path / "x"), *flags, "--no-progress"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_non_empty_out_needs_overwrite(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(DataError, match="--overwrite"):
+        synthetic.generate_dataset(out, 1_000, items=200, users=50, progress=False)
+    assert (out / "precious.txt").read_text() == "keep"
+    synthetic.generate_dataset(out, 1_000, items=200, users=50, progress=False, overwrite=True)
+    assert not (out / "precious.txt").exists()
+    assert DatasetSpec.load(out).num_rows["train"] == 800
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp folders left behind
+
+
+def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(synthetic, "_to_table", boom)
+    with pytest.raises(RuntimeError):
+        synthetic.generate_dataset(tmp_path / "ds", 1_000, items=200, users=50, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_is_bounded_in_rows(tmp_path):
+    kw = dict(items=500, users=200, chunk_rows=4_096, progress=False)
+
+    def peak(rows: int) -> int:
+        tracemalloc.start()
+        synthetic.generate_dataset(tmp_path / f"m{rows}", rows, **kw)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(20_000), peak(80_000)
+    assert large < 1.3 * small, (small, large)
