@@ -1,0 +1,260 @@
+"""Process group, sharding plan and `DistributedModelParallel`: distribution wraps the model from outside.
+
+The model zoo builds single-device models whose sparse embeddings all live in TorchRec
+`EmbeddingBagCollection` / `EmbeddingCollection` modules (on the meta device, so no rank ever holds a
+whole raw-ID table). Here we
+
+1. start a process group (torchrun's env, or a one-process group on a free local port),
+2. attach the sparse optimizer to the embedding weights (fused into the backward by TorchRec),
+3. pick a sharding type per table (automatic default, per-table overrides) and let TorchRec's
+   `EmbeddingShardingPlanner` place the shards (`collective_plan`: every rank gets rank 0's plan),
+4. wrap the model in `DistributedModelParallel` (dense part data-parallel).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+log = logging.getLogger(__name__)
+
+SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
+"""What `--sharding.default` and `--sharding.tables` accept (TorchRec's `ShardingType` values)."""
+CPU_SHARDING_TYPES = ("table_wise", "column_wise", "data_parallel")
+"""TorchRec shards these on CPU (gloo); row-wise needs GPUs."""
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process runs."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group torchrun/TorchX describe in the environment, or make a 1-process one.
+
+    device: "auto" (cuda if available), "cpu" or "cuda". CPU uses gloo, CUDA nccl.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    launched = "WORLD_SIZE" in os.environ  # torchrun / TorchX set RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    rank = int(os.environ["RANK"]) if launched else 0
+    world_size = int(os.environ["WORLD_SIZE"]) if launched else 1
+    local_rank = int(os.environ.get("LOCAL_RANK", rank)) if launched else 0
+    if device == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        if launched:
+            dist.init_process_group(backend=backend)
+        else:  # plain `python -m trainer`: a group of one on a free local port
+            init = f"tcp://127.0.0.1:{_free_port()}"
+            dist.init_process_group(backend=backend, init_method=init, rank=0, world_size=1)
+    return DistEnv(rank, world_size, local_rank, dev, backend)
+
+
+def close_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One embedding table of the model, as the planner sees it."""
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    features: tuple[str, ...]
+
+
+def embedding_tables(model: nn.Module) -> list[TableInfo]:
+    """Every table of every EmbeddingBagCollection / EmbeddingCollection in the model."""
+    tables = []
+    for module in model.modules():
+        if isinstance(module, EmbeddingBagCollection):
+            configs = module.embedding_bag_configs()
+        elif isinstance(module, EmbeddingCollection):
+            configs = module.embedding_configs()
+        else:
+            continue
+        for c in configs:
+            tables.append(TableInfo(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names)))
+    return tables
+
+
+def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of all embedding collections (what the fused sparse optimizer updates)."""
+    params = []
+    for module in model.modules():
+        if isinstance(module, EmbeddingBagCollection | EmbeddingCollection):
+            params.extend(module.parameters())
+    return params
+
+
+def auto_sharding_type(
+    table: TableInfo, world_size: int, device: torch.device, replicate_max_rows: int
+) -> str:
+    """The default: replicate tiny tables (SID codebooks, low-cardinality features), shard big ones.
+
+    Big tables go row-wise on GPU (balanced whatever the number of tables) and table-wise on CPU
+    (gloo has no row-wise). The choice for a tiny table does not depend on the world size, so a
+    checkpoint holds the same optimizer state whatever the number of ranks (TorchRec trains
+    data-parallel tables with the dense optimizer, sharded ones with the fused one).
+    """
+    if table.num_embeddings <= replicate_max_rows:
+        return "data_parallel"
+    return "row_wise" if device.type == "cuda" else "table_wise"
+
+
+def choose_sharding_types(
+    tables: list[TableInfo],
+    default: str,
+    overrides: dict[str, str],
+    world_size: int,
+    device: torch.device,
+    replicate_max_rows: int,
+) -> dict[str, str]:
+    """Sharding type per table: per-table override, else `default` ("auto" = `auto_sharding_type`).
+
+    Raises ValueError naming the flag for unknown tables and for row-wise on CPU.
+    """
+    names = {t.name for t in tables}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(
+            f"--sharding.tables names unknown tables {unknown}; this model's tables are {sorted(names)}"
+        )
+    chosen = {}
+    for t in tables:
+        if t.name in overrides:
+            kind, flag = overrides[t.name], f"--sharding.tables {t.name}={overrides[t.name]}"
+        elif default != "auto":
+            kind, flag = default, f"--sharding.default {default}"
+        else:
+            kind, flag = auto_sharding_type(t, world_size, device, replicate_max_rows), ""
+        if kind == "row_wise" and device.type != "cuda" and world_size > 1:
+            raise ValueError(
+                f"{flag}: row_wise sharding needs GPUs (TorchRec's CPU/gloo path shards "
+                f"{', '.join(CPU_SHARDING_TYPES)}); pick one of those or run on CUDA"
+            )
+        chosen[t.name] = kind
+    return chosen
+
+
+def build_plan(
+    model: nn.Module,
+    sharding_types: dict[str, str],
+    env: DistEnv,
+    sharders: list,
+) -> ShardingPlan:
+    """TorchRec's planner with one allowed sharding type per table; every rank gets rank 0's plan."""
+    constraints = {name: ParameterConstraints(sharding_types=[ShardingType(kind).value])
+                   for name, kind in sharding_types.items()}  # fmt: skip
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=env.world_size, compute_device=env.device.type),
+        constraints=constraints,
+    )
+    pg = dist.GroupMember.WORLD
+    return planner.collective_plan(model, sharders, pg)
+
+
+def describe_plan(plan: ShardingPlan) -> list[dict]:
+    """One row per table: module, table, sharding type, kernel, ranks (for the start-up printout)."""
+    rows = []
+    for module_path, module_plan in plan.plan.items():
+        for table, ps in module_plan.items():
+            rows.append(
+                {
+                    "module": module_path,
+                    "table": table,
+                    "sharding": ps.sharding_type,
+                    "kernel": ps.compute_kernel,
+                    "ranks": list(ps.ranks) if ps.ranks is not None else "all",
+                }
+            )
+    return rows
+
+
+def format_plan(rows: list[dict]) -> str:
+    header = f"{'module':<24} {'table':<22} {'sharding':<14} {'kernel':<10} ranks"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['module']:<24} {r['table']:<22} {r['sharding']:<14} {r['kernel']:<10} {r['ranks']}")
+    return "\n".join(lines)
+
+
+def sparse_optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], dict]:
+    """The optimizer TorchRec fuses into the embedding backward (FBGEMM TBE) for `--optim.sparse`."""
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    if name == "rowwise_adagrad":
+        return RowWiseAdagrad, {"eps": 1e-8}
+    if name == "adagrad":
+        return torch.optim.Adagrad, {"eps": 1e-8}
+    if name == "adam":
+        return torch.optim.Adam, {"eps": 1e-8}
+    if name == "sgd":
+        return torch.optim.SGD, {}
+    raise ValueError(f"--optim.sparse must be one of rowwise_adagrad, adagrad, adam, sgd, got {name!r}")
+
+
+def shard_model(
+    model: nn.Module,
+    env: DistEnv,
+    sharding_types: dict[str, str],
+    sparse_optimizer: str,
+    sparse_lr: float,
+) -> tuple[DistributedModelParallel, ShardingPlan]:
+    """Fuse the sparse optimizer into the embedding backward, plan, and wrap in DMP.
+
+    `model` may hold its embedding tables on the meta device: DMP materialises only the local shards.
+    """
+    # TorchRec's way of fusing: mark the embedding weights; DMP turns the mark into a fused TBE
+    # optimizer (sharded tables) or an in-backward optimizer (data-parallel tables).
+    from torch.distributed.optim import _apply_optimizer_in_backward
+
+    cls, kwargs = sparse_optimizer_class(sparse_optimizer)
+    _apply_optimizer_in_backward(cls, embedding_parameters(model), {"lr": sparse_lr, **kwargs})
+    from torchrec.distributed.sharding_plan import get_default_sharders
+
+    sharders = get_default_sharders()
+    plan = build_plan(model, sharding_types, env, sharders)
+    dmp = DistributedModelParallel(
+        module=model,
+        device=env.device,
+        env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
+        plan=plan,
+        sharders=sharders,
+    )
+    return dmp, plan
