@@ -7,13 +7,14 @@ is just a bigger N and a longer wait.
 The hidden model (all parameters drawn from ``--seed``):
 
 * Items: a two-level topic hierarchy (coarse topic_l1 -> fine topic_l2), Zipf popularity, and a content
-  embedding = coarse centroid + fine offset + item noise (the "pretrained item embedding"). It is
-  written to DIR/items/ with the topics and a popularity bucket.
+  embedding = coarse centroid + fine offset + a little of the item's hidden quality + noise (the
+  "pretrained item embedding"). It is written to DIR/items/ with the topics and a popularity bucket.
 * Users: a latent taste vector; a few favourite fine topics derived from it; static features (age,
-  gender, region, device) correlated with the taste; a Zipf-like activity level.
+  gender, region, device) correlated with the taste; a Zipf-like activity level; an item sequence
+  drawn mostly from the favourite topics.
 * Rows: a user (by activity), an impressed item (from the user's favourite topics or by global
-  popularity), a recent history of items drawn from the user's favourites, a time (hour, weekday,
-  event-day flag) and dense features. The click is drawn from a logistic model whose item effect
+  popularity), the recent history (``hist_items``: the window of the user's sequence ending at the
+  row's time, variable length), a time (hour, weekday, event-day flag) and dense features. The click is drawn from a logistic model whose item effect
   comes mostly from the item's topics (so it generalises to tail items through semantics) plus an
   item-specific bias large enough for an ID embedding to memorise head items, plus crosses (taste x
   topic, age x coarse topic, hour x device, history x topic). The intercept is calibrated so the
@@ -208,8 +209,12 @@ def _power_rank(u: np.ndarray, n, a: float, scale) -> np.ndarray:
     return np.minimum(x.astype(np.int64) - 1, np.asarray(n) - 1)
 
 
-def _standardize(x: np.ndarray) -> np.ndarray:
-    return ((x - x.mean()) / (x.std() + 1e-9)).astype(np.float32)
+def _standardize(x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Zero mean, unit variance; with ``weights`` (how often each entry appears in the rows) the
+    column is standardised as the model sees it, not per user / item."""
+    mean = np.average(x, weights=weights)
+    std = np.sqrt(np.average((x - mean) ** 2, weights=weights))
+    return ((x - mean) / (std + 1e-9)).astype(np.float32)
 
 
 class HiddenModel:
@@ -228,6 +233,7 @@ class HiddenModel:
     FAV_SLOTS = 16  # favourite topics are stored as 16 equally likely slots (weights in 1/16 steps)
     P_PERSONAL = 0.5  # impression drawn from the user's favourite topics (else by global popularity)
     P_HIST_FAV = 0.8  # history item drawn from the user's favourite topics
+    HIST_POOL = 2  # each user's item sequence is HIST_POOL x history_len long (a ring)
     LATENT = 16
     USER_ZIPF = 0.7  # exponent of user activity (rows per user)
 
@@ -309,7 +315,7 @@ class HiddenModel:
         self.user_cat = {}
         user_bias = self.SD_USER * rng.standard_normal(n_users)
         for name, card in USER_FEATURES.items():
-            proj = rng.standard_normal((k, card)).astype(np.float32) * np.sqrt(k)
+            proj = rng.standard_normal((k, card)).astype(np.float32) * np.float32(1.5)
             logits = self.user_vec @ proj + rng.gumbel(size=(n_users, card)).astype(np.float32)
             self.user_cat[name] = logits.argmax(axis=1).astype(np.int64)
             eff = 0.15 * rng.standard_normal(card)
@@ -320,15 +326,25 @@ class HiddenModel:
         user_w = _power_pmf(activity_rank, n_users, self.USER_ZIPF)  # share of rows per user
         # Heavier users have longer histories.
         activity = 1.0 - activity_rank / max(n_users - 1, 1)
-        self.user_hist_p = (0.25 + 0.7 * activity).astype(np.float64)
+        self.user_hist_q = (0.3 + 0.7 * activity).astype(np.float64)
         self.user_base = user_bias.astype(np.float32)
         self.user_dense = np.stack(
             [
-                _standardize(np.log(user_w) + 0.1 * rng.standard_normal(n_users)),
-                _standardize(user_bias + 0.3 * rng.standard_normal(n_users)),
+                _standardize(np.log(user_w) + 0.1 * rng.standard_normal(n_users), user_w),
+                _standardize(user_bias + 0.3 * rng.standard_normal(n_users), user_w),
             ],
             axis=1,
         )
+
+        # Each user's item sequence (a ring of HIST_POOL x history_len items from their tastes): a row's
+        # history is the window of it that ends at the row's time, so histories drift through the
+        # period and rows of one user at similar times share items, as real recent histories do.
+        pool = self.HIST_POOL * cfg.history_len
+        self.user_pool = np.empty((n_users, pool), dtype=np.int32 if n_items < 2**31 else np.int64)
+        for a in range(0, n_users, step):
+            block = np.arange(a, min(a + step, n_users))
+            draws = self._items_for_users(np.repeat(block, pool), self.P_HIST_FAV, rng)
+            self.user_pool[block] = draws.reshape(len(block), pool)
 
         # -- item popularity as observed: the marginal impression probability --------------------
         slot_p = np.repeat(user_w / self.FAV_SLOTS, self.FAV_SLOTS)
@@ -345,10 +361,10 @@ class HiddenModel:
         self.item_pop_bucket = np.minimum(9, (10 * np.log1p(pop_rank) / np.log1p(n_items)).astype(np.int64))
         self.item_dense = np.stack(
             [
-                _standardize(quality_seen),
-                _standardize(log_price),
-                _standardize(np.log(pop)),
-                _standardize(log_age),
+                _standardize(quality_seen, pop),
+                _standardize(log_price, pop),
+                _standardize(np.log(pop), pop),
+                _standardize(log_age, pop),
             ],
             axis=1,
         )
@@ -392,11 +408,16 @@ class HiddenModel:
         n = ts.shape[0]
         users = self.rank_to_user[_power_rank(rng.random(n), cfg.users, self.USER_ZIPF, self.user_scale)]
         items = self._items_for_users(users, self.P_PERSONAL, rng)
-        hist_len = rng.binomial(cfg.history_len, self.user_hist_p[users])
+        h = cfg.history_len
+        hist_len = np.minimum(h, (rng.random(n) * (h + 1) * self.user_hist_q[users]).astype(np.int64))
         hist_row = np.repeat(np.arange(n), hist_len)
-        hist_items = self._items_for_users(users[hist_row], self.P_HIST_FAV, rng)
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(hist_len, out=offsets[1:])
+        # The window of the user's ring ending at the row's time (plus a little jitter), oldest first.
+        pool = self.user_pool.shape[1]
+        end = (ts - T0) * pool // (cfg.days * DAY) + rng.integers(0, 3, n) + pool
+        pos = end[hist_row] - hist_len[hist_row] + (np.arange(hist_row.shape[0]) - offsets[hist_row])
+        hist_items = self.user_pool.ravel()[users[hist_row] * pool + pos % pool].astype(np.int64)
 
         l1, l2 = self.item_l1[items], self.item_l2[items]
         day = (ts - T0) // DAY
@@ -408,8 +429,12 @@ class HiddenModel:
         depth = rng.geometric(0.3, n) - 1
 
         n_hist = np.maximum(hist_len, 1)
-        same_l2 = np.bincount(hist_row, weights=self.item_l2[hist_items] == l2[hist_row], minlength=n)
-        same_l1 = np.bincount(hist_row, weights=self.item_l1[hist_items] == l1[hist_row], minlength=n)
+        hist_match = np.bincount(
+            hist_row,
+            weights=self.HIST_L2 * (self.item_l2[hist_items] == l2[hist_row])
+            + self.HIST_L1 * (self.item_l1[hist_items] == l1[hist_row]),
+            minlength=n,
+        )
         taste = np.einsum("nk,nk->n", self.user_vec[users], self.topic_vec[l2])
         logit = (
             self.intercept
@@ -421,7 +446,7 @@ class HiddenModel:
             + self.hour_x_device[hour, device]
             + self.weekday_eff[weekday]
             + self.holiday_eff * holiday
-            + (self.HIST_L2 * same_l2 + self.HIST_L1 * same_l1) / n_hist
+            + hist_match / n_hist
             - 0.15 * np.log1p(depth)
         )
         prob = _sigmoid(logit)
