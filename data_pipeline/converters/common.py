@@ -1,8 +1,8 @@
 """Pieces every converter shares: the config, chunked CSV reading with clear errors, stable string
 hashing, exact vocabularies for small columns, time-split cut-offs and the split writers.
 
-Memory is bounded by the CSV block size (``ConvertConfig.block_size`` bytes of text per chunk) and
-the parquet row-group size; no converter reads a whole source file at once, except MovieLens, which
+Memory is bounded by the CSV block size (``ConvertConfig.block_size``: Arrow queues up to 32 blocks
+of raw text) and the parquet row-group size (rows are buffered per split up to one row group); no converter reads a whole source file at once, except MovieLens, which
 keeps four numbers per rating in memory to sort by time (see ``movielens.py``).
 """
 
@@ -54,8 +54,8 @@ class ConvertConfig:
     """Criteo/Avazu: hash buckets of the pseudo-item column (None: the dataset's default)."""
     item_column: str | None = None
     """Criteo/Avazu: source column used as the pseudo-item (None: the dataset's default)."""
-    block_size: int = 16 << 20
-    """Bytes of CSV text parsed per chunk: bounds memory."""
+    block_size: int = 4 << 20
+    """Bytes of CSV text per parsed chunk. Arrow reads up to 32 blocks ahead, so this bounds memory."""
     row_group_size: int = 65_536
     """Parquet row-group size of the shards."""
 
@@ -148,9 +148,12 @@ def csv_batches(
     header: bool,
     types: dict[str, pa.DataType],
     include: list[str] | None = None,
-    block_size: int = 16 << 20,
+    block_size: int = 4 << 20,
 ) -> Iterator[pa.RecordBatch]:
     """Stream ``path`` (plain or compressed) as record batches of ~block_size bytes of text.
+
+    Memory: Arrow's background reader keeps at most 32 blocks of raw text queued, plus the
+    batches being decoded (one per thread).
 
     Parse errors become a DataError naming the file and the column, without pyarrow's traceback.
     """
@@ -354,28 +357,45 @@ def _write_empty_shard(folder: Path, schema: pa.Schema) -> None:
 class SplitSink:
     """One ShardWriter per split; rows are routed by a split code (0 train, 1 valid, 2 test).
 
-    A split that gets no rows still gets one empty shard, so readers find every split. On an error
-    the shards completed so far stay (``ShardWriter.abort``) and no spec.json is written.
+    Rows are buffered per split up to one row group, so row groups stay full-size whatever the
+    CSV chunk size. A split that gets no rows still gets one empty shard, so readers find every
+    split. On an error the shards completed so far stay (``ShardWriter.abort``) and no spec.json
+    is written.
     """
 
     def __init__(self, out: Path, schema: pa.Schema, cfg: ConvertConfig) -> None:
         self.schema = schema
+        self.flush_rows = min(cfg.row_group_size, cfg.rows_per_shard)
         self.writers = [
             ShardWriter(out / s, schema, cfg.rows_per_shard, row_group_size=cfg.row_group_size)
             for s in SPLITS
         ]
+        self.pending: list[list[pa.Table]] = [[] for _ in SPLITS]
+        self.pending_rows = [0 for _ in SPLITS]
+
+    def _add(self, code: int, table: pa.Table) -> None:
+        self.pending[code].append(table)
+        self.pending_rows[code] += table.num_rows
+        if self.pending_rows[code] >= self.flush_rows:
+            self._flush(code)
+
+    def _flush(self, code: int) -> None:
+        if self.pending[code]:
+            self.writers[code].write(pa.concat_tables(self.pending[code]).combine_chunks())
+        self.pending[code], self.pending_rows[code] = [], 0
 
     def write(self, table: pa.Table, codes: np.ndarray) -> None:
-        for code, w in enumerate(self.writers):
+        for code in range(len(SPLITS)):
             mask = codes == code
             if mask.all():
-                w.write(table)
+                self._add(code, table)
             elif mask.any():
-                w.write(table.filter(pa.array(mask)))
+                self._add(code, table.filter(pa.array(mask)))
 
     def close(self) -> dict[str, int]:
         rows = {}
-        for s, w in zip(SPLITS, self.writers):
+        for code, (s, w) in enumerate(zip(SPLITS, self.writers)):
+            self._flush(code)
             w.close()
             if w.rows_written == 0:
                 _write_empty_shard(w.folder, self.schema)
