@@ -74,8 +74,9 @@ DENSE_FEATURES = (
     "hist_len",
 )
 
-# Random streams: each part of the generator draws from its own, so e.g. the row chunks do not
-# shift when the item count changes the number of draws spent on items.
+# Random streams: the model, each item chunk, each row chunk and the calibration pilot draw from
+# their own seed sequence, so no part depends on how many draws another made (rows can be made
+# chunk by chunk, in any process, reproducibly).
 _MODEL, _ITEMS, _ROWS, _CALIB = range(4)
 
 
@@ -135,6 +136,7 @@ class SyntheticConfig:
                 raise DataError(f"--{flag} {rule}, got {value!r}")
 
         need(self.rows > 0, "rows", "must be > 0", self.rows)
+        need(self.seed >= 0, "seed", "must be >= 0", self.seed)
         need(self.users > 0, "users", "must be > 0", self.users)
         need(self.dense >= 0, "dense", "must be >= 0", self.dense)
         need(self.history_len > 0, "history-len", "must be > 0", self.history_len)
@@ -681,7 +683,7 @@ def generate_dataset(
     except TypeError as e:
         raise DataError(f"generate: {e}") from None
     cfg.validate()
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # normalised: "." or "x/.." must not put the temp folder inside
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -699,7 +701,11 @@ def generate_dataset(
             # Swap: move the old folder aside first (rename over a non-empty folder is not allowed).
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "data")
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old / "data", out)  # put the old dataset back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)

@@ -139,6 +139,23 @@ def test_history_lists_are_valid_and_follow_preferences(dataset):
     assert same.mean() > 2 * chance
 
 
+def test_history_drifts_with_time(dataset):
+    # A user's history is a window sliding along their item sequence: rows close in time share
+    # more items than rows far apart.
+    t = read(dataset, "train")
+    users = t["user_id"].to_numpy()
+    rows = np.flatnonzero(users == np.bincount(users).argmax())
+    hist = t["hist_items"].to_pylist()
+    sets = [set(hist[r]) for r in rows]
+
+    def overlap(a, b):
+        return len(a & b) / max(1, min(len(a), len(b)))
+
+    near = np.mean([overlap(a, b) for a, b in zip(sets, sets[1:])])
+    far = np.mean([overlap(a, b) for a, b in zip(sets, sets[len(sets) // 2 :])])
+    assert near > far + 0.2, (near, far)
+
+
 def test_timestamps_increase_and_splits_are_ordered(dataset):
     ts = {s: read(dataset, s)["ts"].to_numpy() for s in SPLITS}
     for s in SPLITS:
@@ -210,6 +227,7 @@ def test_cli_generates_a_loadable_dataset(tmp_path):
         (["--rows", "100", "--items", "10"], "--items"),
         (["--rows", "100", "--ctr", "0"], "--ctr"),
         (["--rows", "3"], "--rows"),  # a split would be empty
+        (["--rows", "100", "--seed", "-1"], "--seed"),
     ],
 )
 def test_bad_flags_are_named(tmp_path, flags, named):
