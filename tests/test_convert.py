@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,26 @@ def test_movielens_dat_layouts(tmp_path):
     assert "gender" not in spec.sparse_names and "user" not in spec.feature_groups
 
 
+def test_movielens_csv_layout(tmp_path):
+    src = tmp_path / "src"
+    write(src / "ratings.csv", "userId,movieId,rating,timestamp\n")
+    with open(src / "ratings.csv", "a") as f:
+        f.write(
+            "".join(
+                f"{u},{m},{r}.5,{t}\n" if r == 3 else f"{u},{m},{r}.0,{t}\n" for u, m, r, t in TINY_RATINGS
+            )
+        )
+    write(
+        src / "movies.csv",
+        'movieId,title,genres\n10,"American President, The (1995)",Comedy|Drama|Romance\n'
+        "20,Heat (1995),Action\n30,Sabrina (1995),Comedy\n40,Nothing (2019),(no genres listed)\n",
+    )
+    spec = convert("movielens", cfg(src, tmp_path / "out", valid_frac=0.2, test_frac=0.2))
+    check_tiny(tmp_path / "out", spec)  # 3.5 stars is not a click
+    items = pq.read_table(tmp_path / "out" / "items").to_pylist()
+    assert items[0]["title"] == "American President, The (1995)" and items[3]["genres"] == ""
+
+
 # -- Criteo ------------------------------------------------------------------------------------------
 def test_criteo_sample(tmp_path):
     src = real("criteo-sample")
@@ -227,6 +248,13 @@ def test_criteo_tsv_without_header_matches_csv(tmp_path):
     b = convert("criteo", cfg(tmp_path / "csv", tmp_path / "b", num_items=64, vocab_size=512))
     assert a.num_rows == b.num_rows == {"train": 24, "valid": 3, "test": 3}
     assert all_rows(tmp_path / "a").equals(all_rows(tmp_path / "b"))
+    (tmp_path / "gz").mkdir()  # the 1TB logs: day_N files, gzip, read in day order
+    with gzip.open(tmp_path / "gz" / "day_1.gz", "wt") as f:
+        f.write("".join(line.replace(",", "\t") + "\n" for line in lines[15:]))
+    with gzip.open(tmp_path / "gz" / "day_0.gz", "wt") as f:
+        f.write("".join(line.replace(",", "\t") + "\n" for line in lines[:15]))
+    c = convert("criteo", cfg(tmp_path / "gz", tmp_path / "c", num_items=64, vocab_size=512))
+    assert c.num_rows == a.num_rows and all_rows(tmp_path / "c").equals(all_rows(tmp_path / "a"))
 
 
 def test_criteo_vocab_sizes_and_stable_hash(tmp_path):
