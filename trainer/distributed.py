@@ -96,6 +96,8 @@ class TableInfo:
     num_embeddings: int
     embedding_dim: int
     features: tuple[str, ...]
+    pooled: bool
+    """True: in an EmbeddingBagCollection; False: in an EmbeddingCollection (sequence features)."""
 
 
 def embedding_tables(model: nn.Module) -> list[TableInfo]:
@@ -103,13 +105,15 @@ def embedding_tables(model: nn.Module) -> list[TableInfo]:
     tables = []
     for module in model.modules():
         if isinstance(module, EmbeddingBagCollection):
-            configs = module.embedding_bag_configs()
+            configs, pooled = module.embedding_bag_configs(), True
         elif isinstance(module, EmbeddingCollection):
-            configs = module.embedding_configs()
+            configs, pooled = module.embedding_configs(), False
         else:
             continue
         for c in configs:
-            tables.append(TableInfo(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names)))
+            tables.append(
+                TableInfo(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), pooled)
+            )
     return tables
 
 
@@ -131,8 +135,12 @@ def auto_sharding_type(
     (gloo has no row-wise). The choice for a tiny table does not depend on the world size, so a
     checkpoint holds the same optimizer state whatever the number of ranks (TorchRec trains
     data-parallel tables with the dense optimizer, sharded ones with the fused one).
+
+    Tables of an EmbeddingCollection (sequence features) are never replicated automatically:
+    TorchRec's data-parallel EmbeddingCollection does not drop the KJT keys it does not serve, and
+    every collection of a model receives the whole batch KJT (so that the pipeline can route it).
     """
-    if table.num_embeddings <= replicate_max_rows:
+    if table.num_embeddings <= replicate_max_rows and table.pooled:
         return "data_parallel"
     return "row_wise" if device.type == "cuda" else "table_wise"
 
@@ -168,6 +176,12 @@ def choose_sharding_types(
                 f"{flag}: row_wise sharding needs GPUs (TorchRec's CPU/gloo path shards "
                 f"{', '.join(CPU_SHARDING_TYPES)}); pick one of those or run on CUDA"
             )
+        if kind == "data_parallel" and not t.pooled and flag:
+            log.warning(
+                "%s: %s is a sequence (EmbeddingCollection) table; TorchRec's data-parallel "
+                "EmbeddingCollection fails if the batch KJT holds features it does not serve",
+                flag, t.name,
+            )  # fmt: skip
         chosen[t.name] = kind
     return chosen
 
@@ -258,3 +272,25 @@ def shard_model(
         sharders=sharders,
     )
     return dmp, plan
+
+
+def pipeline_blocker(dmp: DistributedModelParallel) -> str | None:
+    """Why TorchRec's training pipeline cannot rewrite this model, or None if it can.
+
+    `TrainPipelineSparseDist` fx-traces the forward from the root down to the sharded embedding
+    modules (modules without sharded children are leaves) to find that their input is a plain
+    attribute of the batch. A forward that is not symbolically traceable on that path (e.g.
+    `torch.ones(batch_size, n)` with a traced size) makes the pipeline fail on its first batch;
+    probing here lets the trainer fall back to the plain loop with a clear warning instead.
+    """
+    from torchrec.distributed.types import ShardedModule
+
+    class _Probe(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, ShardedModule) or not any(isinstance(c, ShardedModule) for c in m.modules())
+
+    try:
+        _Probe().trace(dmp.module)
+    except Exception as e:  # any tracing failure means the pipeline would fail the same way
+        return f"{type(e).__name__}: {e}"
+    return None

@@ -247,7 +247,14 @@ class Trainer:
         )
         self.timer = Timer()
         self.pipeline = None
-        if cfg.pipeline:
+        self.pipeline_blocker = D.pipeline_blocker(self.dmp) if cfg.pipeline else None
+        if self.pipeline_blocker and env.is_main:
+            log.warning(
+                "--pipeline: model %r cannot be fx-traced down to its embedding collections (%s); "
+                "training without TorchRec's pipeline",
+                cfg.model, self.pipeline_blocker,
+            )  # fmt: skip
+        if cfg.pipeline and not self.pipeline_blocker:
             from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
             self.pipeline = TrainPipelineSparseDist(
@@ -312,7 +319,15 @@ class Trainer:
         except CheckpointError:
             raise
         except Exception as e:  # DCP reports missing keys / shape mismatches as generic errors
-            raise CheckpointError(f"{path}: does not fit this model/run ({type(e).__name__}: {e})") from None
+            hint = ""
+            if "Missing key" in str(e) and "optim." in str(e):
+                hint = (
+                    " -- a table changed between sharded (fused optimizer) and data_parallel (dense "
+                    "optimizer); resume with the same --sharding.* flags"
+                )
+            raise CheckpointError(
+                f"{path}: does not fit this model/run ({type(e).__name__}: {e}){hint}"
+            ) from None
         self.optimizer.load_state_dict(state["optim"])
         self.step = int(state["train"]["step"])
         self.train_reader.load_state_dict(state["reader"])
@@ -521,6 +536,8 @@ class Trainer:
             "samples_per_s": samples / seconds if seconds else math.nan,
             "samples_per_s_per_rank": samples / seconds / env.world_size if seconds else math.nan,
             "world_size": env.world_size,
+            "pipeline": self.pipeline is not None,
+            "pipeline_blocker": self.pipeline_blocker,
             "device": env.device.type,
             "peak_memory_bytes_per_rank": [int(p[0]) for p in peak],
             "embedding_params_per_rank": [int(v[0]) for v in per_rank_fp],

@@ -1,0 +1,325 @@
+"""The trainer: flags and config validation, sharding choice, a sharded model against the unsharded one
+(two gloo processes), a 2-process run that trains / evaluates / checkpoints and resumes on 1 rank,
+kill-and-resume reproducing an uninterrupted run bit for bit, and the NaN / bad-data exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from data_pipeline.batch import Batch
+from trainer.config import ConfigError, parse_args
+from trainer.distributed import TableInfo, choose_sharding_types
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+# -- tiny data -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from data_pipeline.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("trainer") / "data"
+    generate_dataset(root, 2000, items=300, users=200, seed=0, progress=False)
+    return root
+
+
+def small_flags(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(data), "--model", "dnn", "--out", str(out), "--batch-size", "32",
+        "--model.mlp_dims", "16", "--logging.progress", "false", "--logging.every_steps", "10",
+        "--logging.tensorboard", "false", *extra,
+    ]  # fmt: skip
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+# -- config and flags ------------------------------------------------------------------------------
+def test_bad_flags_name_flag_value_and_rule(data, tmp_path):
+    with pytest.raises(ConfigError, match=r"--batch-size must be > 0, got 0"):
+        parse_args(small_flags(data, tmp_path, "--batch-size", "0"))
+    with pytest.raises(ConfigError, match=r"--model store needs --sids"):
+        parse_args(small_flags(data, tmp_path, "--model", "store"))
+    with pytest.raises(ConfigError, match=r"--model must be one of"):
+        parse_args(small_flags(data, tmp_path, "--model", "nope"))
+    with pytest.raises(ConfigError, match=r"--optim.dense_lr must be float, got 'fast'"):
+        parse_args(small_flags(data, tmp_path, "--optim.dense_lr", "fast"))
+    with pytest.raises(ConfigError, match=r"--model.num_heads must divide"):
+        parse_args(small_flags(data, tmp_path, "--model.num_heads", "5"))
+    with pytest.raises(ConfigError, match=r"--sharding.tables expects"):
+        parse_args(small_flags(data, tmp_path, "--sharding.tables", "t_item=diagonal"))
+    with pytest.raises(ConfigError, match=r"--data must be an existing dataset folder"):
+        parse_args(small_flags(tmp_path / "missing", tmp_path))
+
+
+def test_cli_exit_code_2_for_bad_flag(data, tmp_path, capsys):
+    from trainer.__main__ import main
+
+    assert main(small_flags(data, tmp_path, "--epochs", "-1")) == 2
+    assert "--epochs must be > 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_toml_config_and_flag_precedence(data, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        f'data = "{data}"\nbatch_size = 128\npipeline = false\n'
+        '[model]\nname = "deepfm"\nembedding_dim = 8\nmlp_dims = [8, 4]\n'
+        "[optim]\ndense_lr = 0.01\nwarmup_steps = 5\n"
+    )
+    cfg = parse_args(["--config", str(toml), "--batch-size", "64", "--optim.warmup_steps", "7"])
+    assert (cfg.batch_size, cfg.pipeline, cfg.model) == (64, False, "deepfm")
+    assert cfg.model_config.embedding_dim == 8 and cfg.model_config.mlp_dims == (8, 4)
+    assert cfg.optim.dense_lr == 0.01 and cfg.optim.warmup_steps == 7
+    toml.write_text("[optim]\nlearning_rate = 1.0\n")
+    with pytest.raises(ConfigError, match=r"unknown key \[optim\] learning_rate"):
+        parse_args(["--config", str(toml), "--data", str(data)])
+
+
+def test_auto_sharding_types():
+    tables = [
+        TableInfo("t_item", 1_000_000, 16, ("item_id",), True),
+        TableInfo("t_age", 8, 16, ("age",), True),
+        TableInfo("t_sid0", 256, 16, ("item_id_sid0",), False),
+    ]
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert choose_sharding_types(tables, "auto", {}, 2, cpu, 4096) == {
+        "t_item": "table_wise", "t_age": "data_parallel", "t_sid0": "table_wise",
+    }  # fmt: skip
+    assert choose_sharding_types(tables, "auto", {}, 8, gpu, 4096)["t_item"] == "row_wise"
+    assert (
+        choose_sharding_types(tables, "auto", {"t_age": "column_wise"}, 2, cpu, 4096)["t_age"]
+        == "column_wise"
+    )
+    with pytest.raises(ValueError, match=r"--sharding.tables t_item=row_wise: row_wise sharding needs GPUs"):
+        choose_sharding_types(tables, "auto", {"t_item": "row_wise"}, 2, cpu, 4096)
+    with pytest.raises(ValueError, match=r"unknown tables \['t_nope'\]"):
+        choose_sharding_types(tables, "auto", {"t_nope": "table_wise"}, 2, cpu, 4096)
+
+
+# -- sharded == unsharded (2 gloo processes) ---------------------------------------------------------
+@dataclass
+class TinyOutput:
+    logits: torch.Tensor
+    aux_losses: dict = field(default_factory=dict)
+
+
+class Tiny(nn.Module):
+    """B rows; pooled tables for item/user/age, a sequence table for the history; D=16."""
+
+    def __init__(self, device=None) -> None:
+        super().__init__()
+        self.ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name="t_item", embedding_dim=16, num_embeddings=500, feature_names=["item"]
+                ),
+                EmbeddingBagConfig(
+                    name="t_user", embedding_dim=16, num_embeddings=300, feature_names=["user"]
+                ),
+                EmbeddingBagConfig(name="t_age", embedding_dim=16, num_embeddings=8, feature_names=["age"]),
+            ],
+            device=device,
+        )
+        self.ec = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(name="t_hist", embedding_dim=16, num_embeddings=500, feature_names=["hist"])
+            ],
+            device=device,
+        )
+        self.head = nn.Sequential(nn.Linear(3 * 16 + 16 + 2, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    def rotation_parameters(self) -> list:
+        return []
+
+    def forward(self, batch: Batch) -> TinyOutput:
+        pooled = self.ebc(batch.sparse).values()  # B x 48
+        hist = self.ec(batch.sparse)["hist"]
+        dense = torch.zeros(batch.batch_size, 16) + 0.0
+        dense = dense.index_add(
+            0, torch.repeat_interleave(torch.arange(batch.batch_size), hist.lengths()), hist.values()
+        )
+        x = torch.cat([pooled, dense, batch.dense], dim=1)
+        return TinyOutput(self.head(x).squeeze(1), {"l2": 1e-3 * x.pow(2).mean()})
+
+
+def tiny_batch(seed: int, b: int = 12) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    hist_len = torch.randint(0, 4, (b,), generator=g)
+    ones = torch.ones(b, dtype=torch.long)
+    values = torch.cat([
+        torch.randint(0, 500, (b,), generator=g), torch.randint(0, 300, (b,), generator=g),
+        torch.randint(0, 8, (b,), generator=g), torch.randint(0, 500, (int(hist_len.sum()),), generator=g),
+    ])  # fmt: skip
+    kjt = KeyedJaggedTensor(keys=["item", "user", "age", "hist"], values=values,
+                            lengths=torch.cat([ones, ones, ones, hist_len]))  # fmt: skip
+    labels = (torch.rand(b, generator=g) > 0.5).float()
+    return Batch(torch.randn(b, 2, generator=g), kjt, labels, torch.arange(b), values[:b].clone())
+
+
+def _sharded_vs_unsharded(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from trainer import distributed as D
+    from trainer.train import TrainModule
+
+    env = D.init_distributed("cpu")
+    torch.manual_seed(0)
+    module = TrainModule(Tiny(device=torch.device("meta")), False, "cpu")
+    kinds = {
+        "t_item": "table_wise",
+        "t_user": "column_wise",
+        "t_age": "data_parallel",
+        "t_hist": "table_wise",
+    }
+    dmp, _ = D.shard_model(module, env, kinds, "rowwise_adagrad", 0.1)
+    batch = tiny_batch(1)
+    dmp.eval()
+    with torch.no_grad():
+        _, sharded = dmp(batch)
+    # The full weights on rank 0: gather every shard.
+    full = {}
+    for key, value in dmp.state_dict().items():
+        if hasattr(value, "local_shards"):
+            t = torch.empty(value.size()) if rank == 0 else None
+            value.gather(dst=0, out=t)
+            full[key] = t
+        else:
+            full[key] = value
+    if rank == 0:
+        plain = TrainModule(Tiny(), False, "cpu")
+        plain.load_state_dict(full)
+        plain.eval()
+        with torch.no_grad():
+            _, ref = plain(batch)
+        torch.save({"sharded": sharded.logits, "plain": ref.logits}, out)
+    D.close_distributed()
+
+
+@pytest.mark.slow
+def test_sharded_model_matches_unsharded(tmp_path):
+    from trainer.distributed import _free_port
+
+    out = tmp_path / "logits.pt"
+    mp.spawn(_sharded_vs_unsharded, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    assert got["sharded"].shape == (12,)
+    torch.testing.assert_close(got["sharded"], got["plain"], rtol=1e-5, atol=1e-6)
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_process_run_trains_evaluates_checkpoints_and_resumes_on_one_rank(data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer"]
+    flags = small_flags(data, out, "--checkpoint-every", "10", "--eval.every_steps", "10", "--max-steps", "20",
+                        "--logging.tensorboard", "true", "--sharding.replicate_max_rows", "250")  # fmt: skip
+    r = subprocess.run(cmd + flags, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 20
+    assert 0.3 < summary["auc"] < 1.0 and 0.0 < summary["logloss"] < 1.0
+    assert len(summary["embedding_bytes_per_rank"]) == 2 and min(summary["embedding_bytes_per_rank"]) > 0
+    assert {row["sharding"] for row in summary["sharding_plan"]} >= {"table_wise", "data_parallel"}
+    assert summary["test"]["rows"] == 200  # every test row once, padding dropped, gathered over ranks
+    history = json.loads((out / "metrics.json").read_text())
+    assert [h["step"] for h in history if h["split"] == "valid"] == [10, 20]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_10", "step_20"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    # Resume on ONE rank from the 2-rank checkpoint (tables resharded, reader rows re-split).
+    r = subprocess.run(
+        [PY, "-m", "trainer", *small_flags(data, out, "--resume", "--max-steps", "25",
+                                           "--sharding.replicate_max_rows", "250")],
+        env=env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr and "step_20" in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 25
+
+
+def _run_in_process(flags: list[str]) -> dict:
+    from trainer.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1): same float reductions
+    try:
+        return train(parse_args(flags))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bit_identical(data, tmp_path):
+    ref = _run_in_process(small_flags(data, tmp_path / "ref", "--epochs", "2", "--checkpoint-every", "3"))
+    assert ref["steps"] == 2 * (1600 // 32)
+
+    out = tmp_path / "killed"
+    kill_at = random.Random().choice(range(6, 60, 3))
+    proc = subprocess.Popen(
+        [PY, "-m", "trainer", *small_flags(data, out, "--epochs", "2", "--checkpoint-every", "3")],
+        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / f"step_{kill_at}").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before the kill point"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+
+    resumed = _run_in_process(small_flags(data, out, "--epochs", "2", "--checkpoint-every", "3", "--resume"))
+    assert resumed["steps"] == ref["steps"]
+    for key in ("auc", "gauc", "logloss", "tail_auc"):
+        assert resumed[key] == ref[key], (key, kill_at)  # bit-identical on CPU
+    assert resumed["valid"][-1]["auc"] == ref["valid"][-1]["auc"]
+
+
+def test_nan_loss_exits_3_without_checkpoint_for_that_step(data, tmp_path, capsys):
+    from trainer.__main__ import main
+
+    out = tmp_path / "nan"
+    lr = [
+        "--optim.dense",
+        "sgd",
+        "--optim.dense_lr",
+        "1e30",
+        "--optim.sparse",
+        "sgd",
+        "--optim.sparse_lr",
+        "1e30",
+    ]
+    assert main(small_flags(data, out, "--checkpoint-every", "1", "--pipeline", *lr)) == 3
+    err = capsys.readouterr().err
+    assert "training loss is not finite at step" in err
+    bad_step = int(err.split("at step ")[1].split()[0])
+    saved = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+    assert saved and max(saved) == bad_step - 1
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_sid_table_that_does_not_fit_the_data_exits_2(data, tmp_path, capsys):
+    from store.sid import SidTable
+    from trainer.__main__ import main
+
+    SidTable.from_codes(torch.zeros(10, 2, dtype=torch.long), codebook_size=4).save(tmp_path / "sids")
+    assert main(small_flags(data, tmp_path / "o", "--model", "store", "--sids", str(tmp_path / "sids"))) == 2
+    assert "covers 10 items" in capsys.readouterr().err
