@@ -345,9 +345,10 @@ class _RowGroupDecoder:
         return Batch(
             dense=torch.from_numpy(np.ascontiguousarray(cat([c.dense[a:b] for c, a, b in pieces]))),
             sparse=kjt,
-            labels=torch.from_numpy(np.ascontiguousarray(labels)),
-            user_ids=torch.from_numpy(np.ascontiguousarray(cat([c.user_ids[a:b] for c, a, b in pieces]))),
-            item_ids=torch.from_numpy(np.ascontiguousarray(cat([c.item_ids[a:b] for c, a, b in pieces]))),
+            # np.array copies: unshuffled columns may be read-only views of Arrow buffers
+            labels=torch.from_numpy(np.array(labels)),
+            user_ids=torch.from_numpy(np.array(cat([c.user_ids[a:b] for c, a, b in pieces]))),
+            item_ids=torch.from_numpy(np.array(cat([c.item_ids[a:b] for c, a, b in pieces]))),
         )
 
 

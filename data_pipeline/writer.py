@@ -23,6 +23,7 @@ class ShardWriter:
         rows_per_shard: int = 1_000_000,
         row_group_size: int = 65_536,
         compression: str = "zstd",
+        **parquet_options,
     ) -> None:
         if rows_per_shard <= 0 or row_group_size <= 0:
             raise ValueError("rows_per_shard and row_group_size must be > 0")
@@ -32,6 +33,7 @@ class ShardWriter:
         self.rows_per_shard = rows_per_shard
         self.row_group_size = row_group_size
         self.compression = compression
+        self.parquet_options = parquet_options  # e.g. use_dictionary=[...], write_statistics=False
         self.shards: list[Path] = []
         self.rows_written = 0
         self._writer: pq.ParquetWriter | None = None
@@ -42,7 +44,9 @@ class ShardWriter:
     def _open(self) -> None:
         self._final = self.folder / f"part-{len(self.shards):05d}.parquet"
         self._tmp = self.folder / f".{self._final.name}.tmp-{os.getpid()}"
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
+        self._writer = pq.ParquetWriter(
+            self._tmp, self.schema, compression=self.compression, **self.parquet_options
+        )
         self._rows_in_shard = 0
 
     def _close_shard(self) -> None:
