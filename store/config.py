@@ -1,0 +1,148 @@
+"""Model hyper-parameters shared by every model of the zoo (``store.zoo.build_model``).
+
+One flat dataclass: the trainer exposes each field as ``--model.<field>``. Fields a model does not
+use are ignored by it (e.g. ``cross_layers`` outside DCN), so one config can drive a whole comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of STORE, its ID variant and the baselines."""
+
+    # -- shared --------------------------------------------------------------------------------
+    embedding_dim: int = 16
+    """D: width of every embedding table and of every token."""
+    mlp_dims: tuple[int, ...] = (64, 32)
+    """Hidden sizes of the prediction head (and of the deep towers of DNN / DeepFM / DCN)."""
+    dropout: float = 0.0
+    """Dropout probability in MLPs and attention sublayers."""
+
+    # -- STORE / ID transformer ------------------------------------------------------------------
+    num_layers: int = 2
+    """L: transformer layers (STORE, ID, RankMixer, OneTrans)."""
+    num_heads: int = 2
+    """Attention heads; must divide embedding_dim."""
+    ffn_mult: int = 2
+    """Feed-forward hidden width = ffn_mult * embedding_dim."""
+    moba_block_size: int = 2
+    """MoBA key/value block size (tokens per block)."""
+    moba_sparsity: float = 0.5
+    """Fraction of key blocks each query skips; kept blocks = max(1, round((1 - sparsity) * n_blocks))."""
+    vanilla_attention: bool = False
+    """Use dense attention instead of MoBA (ablation)."""
+    rotation: bool = True
+    """Rotate the static-feature block by orthogonal matrices; False feeds one token per group (ablation)."""
+    num_rotations: int = 0
+    """Rotated tokens K_r; 0 means one per item token (= number of SIDs)."""
+    orthogonal_parametrization: bool = True
+    """Keep each R exactly orthogonal (torch orthogonal parametrization); False learns free R + penalty."""
+    diversity_lambda: float = 0.1
+    """lambda of the diversity regulariser -lambda * sum_{i<j} ||R_i - R_j||_F^2."""
+    orthogonality_weight: float = 1.0
+    """Weight of the penalty sum_i ||R_i^T R_i - I||_F^2 (only when orthogonal_parametrization is False)."""
+    feature_groups: str = ""
+    """Static feature groups 'name=f1,f2;name2=f3' (empty: the spec's feature_groups, else one group)."""
+    history_tokens: bool = False
+    """Feed each history item as its own token; False pools the history into one token."""
+    id_item_tokens: int = 0
+    """ID model: tokens the raw item-ID embedding is projected into (0: as many as the SIDs, else 1)."""
+
+    # -- baselines -----------------------------------------------------------------------------
+    cross_layers: int = 3
+    """DCN-v2: full-rank cross layers."""
+    autoint_layers: int = 2
+    """AutoInt: self-attention layers over the feature fields."""
+    autoint_heads: int = 2
+    """AutoInt: heads per self-attention layer; must divide embedding_dim."""
+    rankmixer_tokens: int = 4
+    """RankMixer: tokens the feature fields are packed into; must divide embedding_dim."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag (``--model.<field>``) and the rule it breaks."""
+
+        def bad(name: str, rule: str) -> ValueError:
+            return ValueError(f"--model.{name} {rule}, got {getattr(self, name)!r}")
+
+        positive = ("embedding_dim", "num_heads", "ffn_mult", "moba_block_size", "autoint_heads")
+        positive += ("rankmixer_tokens",)
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be > 0")
+        for name in ("num_layers", "num_rotations", "id_item_tokens", "cross_layers", "autoint_layers"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if not self.mlp_dims or any(int(d) <= 0 for d in self.mlp_dims):
+            raise bad("mlp_dims", "must be a non-empty list of positive sizes")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "must be in [0, 1)")
+        if not 0.0 <= self.moba_sparsity < 1.0:
+            raise bad("moba_sparsity", "must be in [0, 1)")
+        if self.diversity_lambda < 0 or self.orthogonality_weight < 0:
+            name = "diversity_lambda" if self.diversity_lambda < 0 else "orthogonality_weight"
+            raise bad(name, "must be >= 0")
+        for name, heads in (("num_heads", self.num_heads), ("autoint_heads", self.autoint_heads)):
+            if self.embedding_dim % heads:
+                raise bad(name, f"must divide --model.embedding_dim={self.embedding_dim}")
+        if self.embedding_dim % self.rankmixer_tokens:
+            raise bad("rankmixer_tokens", f"must divide --model.embedding_dim={self.embedding_dim}")
+        parse_feature_groups(self.feature_groups)
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, str]) -> ModelConfig:
+        """Build from ``{field: text}`` (e.g. parsed ``--model.<field> text`` flags), then validate.
+
+        bools accept true/false/1/0/yes/no; ``mlp_dims`` accepts "64,32".
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, object] = {}
+        for name, text in flags.items():
+            if name not in fields:
+                raise ValueError(f"--model.{name}: unknown model option; known: {sorted(fields)}")
+            default = getattr(cls(), name)
+            try:
+                kwargs[name] = _parse(default, str(text))
+            except ValueError:
+                raise ValueError(
+                    f"--model.{name}: cannot parse {text!r} as {type(default).__name__}"
+                ) from None
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+
+def _parse(default: object, text: str) -> object:
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, tuple):
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    return text
+
+
+def parse_feature_groups(text: str) -> dict[str, list[str]]:
+    """'user=age,gender;ctx=hour' -> {'user': ['age', 'gender'], 'ctx': ['hour']} ('' -> {})."""
+    groups: dict[str, list[str]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        name, sep, cols = part.partition("=")
+        features = [c.strip() for c in cols.split(",") if c.strip()]
+        if not sep or not name.strip() or not features:
+            raise ValueError(f"--model.feature_groups: expected 'group=f1,f2;group2=f3', got part {part!r}")
+        if name.strip() in groups:
+            raise ValueError(f"--model.feature_groups: group {name.strip()!r} given twice")
+        groups[name.strip()] = features
+    return groups

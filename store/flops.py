@@ -1,0 +1,139 @@
+"""Analytical forward FLOPs of STORE's transformer (and the whole STORE / ID model) per batch.
+
+A multiply-add counts 2 FLOPs (as ``torch.utils.flop_counter`` does); biases, norms, softmax and
+activations are not counted. Shape letters: B batch, T tokens, D width, H heads, L layers,
+f = ffn_mult, P MoBA block size, N = ceil(T / P) blocks, S = kept blocks per query.
+
+Per layer:
+    projections    QKV and output:             2 * B * T * D * 3D  +  2 * B * T * D * D = 8 B T D^2
+    gating (MoBA)  query . mean key per block: 2 * B * T * N * D
+    attention      QK^T and AV over the J keys each query sees:  2 * (2 * B * T * J * D)
+                   J = T (dense) or J = S * P (MoBA; a padded last block is computed too)
+    ffn            two linear maps:            2 * (2 * B * T * D * f D)
+plus the head MLP and, for the whole model, the feature-group MLPs, the rotation
+(2 * B * R * M^2), its projection and the ID model's item projection ("other").
+R's orthogonal parametrization (a few M x M matrix products per step, independent of B) is not
+counted. A training step costs about 3x the forward count (backward ~ 2x forward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from store.attention import num_blocks, num_kept_blocks
+
+
+@dataclass
+class FlopsReport:
+    """Forward FLOPs of one batch, by part."""
+
+    batch_size: int
+    """B the counts are for."""
+    num_tokens: int
+    """T: tokens in the attention."""
+    projections: int
+    """QKV and output projections, all layers."""
+    gating: int
+    """MoBA block scores (0 for dense attention)."""
+    attention_core: int
+    """QK^T and AV over the kept keys."""
+    ffn: int
+    """Feed-forward sublayers."""
+    head: int = 0
+    """Prediction head MLP."""
+    other: int = 0
+    """Everything before the transformer: group MLPs, rotation, projections to tokens."""
+
+    @property
+    def attention_flops(self) -> int:
+        return self.projections + self.gating + self.attention_core
+
+    @property
+    def total_flops(self) -> int:
+        return self.attention_flops + self.ffn + self.head + self.other
+
+    @property
+    def attention_tflops(self) -> float:
+        """Attention sublayers (projections + gating + QK^T/AV), TFLOPs per batch."""
+        return self.attention_flops / 1e12
+
+    @property
+    def attention_core_tflops(self) -> float:
+        """The part sparsity changes: gating + QK^T/AV, TFLOPs per batch."""
+        return (self.gating + self.attention_core) / 1e12
+
+    @property
+    def total_tflops(self) -> float:
+        return self.total_flops / 1e12
+
+
+def transformer_flops(
+    batch_size: int,
+    num_tokens: int,
+    dim: int,
+    num_layers: int,
+    ffn_mult: int,
+    block_size: int = 2,
+    sparsity: float = 0.5,
+    vanilla: bool = False,
+) -> FlopsReport:
+    """FLOPs of ``num_layers`` STORE transformer layers (``store.attention.TransformerLayer``)."""
+    b, t, d, layers = batch_size, num_tokens, dim, num_layers
+    if vanilla:
+        keys, gating = t, 0
+    else:
+        n = num_blocks(t, block_size)
+        keys = num_kept_blocks(n, sparsity) * block_size
+        gating = 2 * b * t * n * d
+    return FlopsReport(
+        batch_size=b,
+        num_tokens=t,
+        projections=layers * 8 * b * t * d * d,
+        gating=layers * gating,
+        attention_core=layers * 4 * b * t * keys * d,
+        ffn=layers * 4 * ffn_mult * b * t * d * d,
+    )
+
+
+def linear_flops(module: nn.Module, rows: int) -> int:
+    """2 * rows * in * out summed over the nn.Linear layers inside ``module``."""
+    return sum(
+        2 * rows * m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear)
+    )
+
+
+def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None = None) -> FlopsReport:
+    """Forward FLOPs of a ``StoreModel`` ("store" or "id") per batch of ``batch_size`` rows.
+
+    ``history_len``: history tokens per history feature when ``history_tokens`` is on (default:
+    the spec's max_len, the padded length the model uses).
+    """
+    cfg, spec, b = model.cfg, model.spec, batch_size
+    t = model.num_fixed_tokens
+    if cfg.history_tokens:
+        for f in model.history:
+            length = history_len if history_len is not None else spec.feature(f).max_len
+            if length <= 0:
+                raise ValueError(f"history feature {f!r} has max_len 0: pass history_len")
+            t += length
+    report = transformer_flops(
+        b,
+        t,
+        cfg.embedding_dim,
+        cfg.num_layers,
+        cfg.ffn_mult,
+        cfg.moba_block_size,
+        cfg.moba_sparsity,
+        cfg.vanilla_attention,
+    )
+    report.head = linear_flops(model.head, b)
+    other = linear_flops(model.group_mlps, b)
+    if model.rotation is not None:
+        r, m = model.rotation.rotations.shape[:2]
+        other += 2 * b * r * m * m + linear_flops(model.rotation.proj, b * r)
+    if hasattr(model.items, "split"):
+        other += linear_flops(model.items.split, b)
+    report.other = other
+    return report

@@ -1,0 +1,36 @@
+"""DCN-v2 baseline (Wang et al. 2021): full-rank cross network in parallel with a deep MLP.
+
+Shape letters: B batch, F fields, D embedding width, N = F * D.
+Cross layer (TorchRec's ``CrossNet``): x_{l+1} = x_0 * (W_l x_l + b_l) + x_l with W_l (N, N).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.modules.crossnet import CrossNet
+
+from data_pipeline.batch import Batch
+from data_pipeline.spec import DatasetSpec
+from store.config import ModelConfig
+from store.models.layers import FieldEmbedder, ModelOutput, mlp
+
+
+class DCN(nn.Module):
+    """forward(batch) -> ModelOutput, logits (B,) = Linear([CrossNet(x0), MLP(x0)]), x0 (B, N)."""
+
+    def __init__(self, spec: DatasetSpec, cfg: ModelConfig, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.fields = FieldEmbedder(spec, cfg.embedding_dim, device)
+        n = self.fields.num_fields * cfg.embedding_dim
+        self.cross = CrossNet(in_features=n, num_layers=cfg.cross_layers)
+        self.deep = mlp(n, cfg.mlp_dims, cfg.dropout)
+        self.out = nn.Linear(n + cfg.mlp_dims[-1], 1)
+
+    def rotation_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        fields, _ = self.fields(batch)
+        x0 = fields.flatten(1)
+        return ModelOutput(logits=self.out(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(-1))

@@ -1,0 +1,234 @@
+"""Small layers shared by the model zoo: the output type, MLPs and the TorchRec embedding collections.
+
+Shape letters: B batch, F feature fields, D embedding width, L sequence length.
+
+Every model keeps ALL its sparse embeddings in TorchRec collections so the trainer can shard them,
+and passes ``batch.sparse`` straight into them (no KJT surgery before the lookup, so
+``TrainPipelineSparseDist`` can overlap the input distribution). Collections are built on the
+``device`` given (``meta`` for sharding later); dense layers on the default device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from data_pipeline.spec import DatasetSpec
+
+EMBEDDING_INIT = 0.05
+"""Every table starts uniform in [-EMBEDDING_INIT, EMBEDDING_INIT]: the same for raw-ID and SID
+tables whatever their row count (TorchRec's default, 1/sqrt(rows), would give a 1M-row ID table a
+far smaller start than a 256-row codebook)."""
+
+RAW_ITEM_TABLE = "t_item"
+"""The raw item-ID table shared by every item-valued feature in the non-SID models."""
+
+
+@dataclass
+class ModelOutput:
+    """What every model returns."""
+
+    logits: torch.Tensor
+    """(B,) click logits; the trainer applies the BCE loss."""
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Regularisers, already multiplied by their weights, scalar tensors: added to the loss, logged each."""
+
+
+def mlp(in_dim: int, dims: tuple[int, ...] | list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear -> ReLU -> Dropout for each size in ``dims`` (hidden layers only, no output layer)."""
+    layers: list[nn.Module] = []
+    for d in dims:
+        layers += [nn.Linear(in_dim, d), nn.ReLU(), nn.Dropout(dropout)]
+        in_dim = d
+    return nn.Sequential(*layers)
+
+
+class Head(nn.Module):
+    """MLP then a linear layer to one logit. forward(x (B, in_dim)) -> (B,)."""
+
+    def __init__(self, in_dim: int, dims: tuple[int, ...], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = mlp(in_dim, dims, dropout)
+        self.out = nn.Linear(dims[-1] if dims else in_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mlp(x)).squeeze(-1)
+
+
+# -- which feature is what ----------------------------------------------------------------------------
+def static_features(spec: DatasetSpec) -> list[str]:
+    """Sparse features that are not item IDs (user, context, category ...), in spec order."""
+    return [f.name for f in spec.sparse if not f.item_ref]
+
+
+def history_features(spec: DatasetSpec) -> list[str]:
+    """Item-valued features other than the target item (e.g. ``hist_items``)."""
+    return [f.name for f in spec.sparse if f.item_ref and f.name != spec.item_id]
+
+
+def num_item_rows(spec: DatasetSpec) -> int:
+    """Rows of the raw item-ID table: the item table's size, or the largest item-feature vocab."""
+    rows = [spec.feature(f.name).vocab_size for f in spec.sparse if f.item_ref]
+    if spec.item_table is not None:
+        rows.append(spec.item_table.num_items)
+    return max(rows)
+
+
+def static_table_name(feature: str) -> str:
+    return f"t_{feature}"
+
+
+def _check_unique(names: list[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"embedding table names collide: {dupes} (rename the sparse features)")
+
+
+def static_bag_configs(spec: DatasetSpec, dim: int, suffix: str = "") -> list[EmbeddingBagConfig]:
+    """One mean-pooled table per static feature, named ``t_<feature><suffix>``."""
+    return [
+        EmbeddingBagConfig(
+            name=static_table_name(f) + suffix,
+            embedding_dim=dim,
+            num_embeddings=spec.feature(f).vocab_size,
+            feature_names=[f],
+            pooling=PoolingType.MEAN,
+            weight_init_min=-EMBEDDING_INIT,
+            weight_init_max=EMBEDDING_INIT,
+        )
+        for f in static_features(spec)
+    ]
+
+
+# -- baselines: one pooled embedding per field ---------------------------------------------------------
+class FieldEmbedder(nn.Module):
+    """One EmbeddingBagCollection over every raw feature -> one D-vector per field.
+
+    Static features have their own tables; all item-valued features (``item_id``, ``hist_items``)
+    share the raw item table ``t_item`` (num_items rows), mean-pooled (an empty history gives 0).
+    Dense features, if any, become one more field through a linear layer.
+    With ``first_order`` the collection also holds 1-wide tables (``<table>_w``) for FM's linear term.
+
+    forward(batch) -> fields (B, F, D) and first-order term (B,) (zeros without ``first_order``).
+    """
+
+    def __init__(
+        self, spec: DatasetSpec, dim: int, device: torch.device | None = None, first_order: bool = False
+    ) -> None:
+        super().__init__()
+        items = [f.name for f in spec.sparse if f.item_ref]
+        suffixes = ["", "_w"] if first_order else [""]
+        tables: list[EmbeddingBagConfig] = []
+        for suffix in suffixes:
+            width = dim if suffix == "" else 1
+            tables += static_bag_configs(spec, width, suffix)
+            tables.append(
+                EmbeddingBagConfig(
+                    name=RAW_ITEM_TABLE + suffix,
+                    embedding_dim=width,
+                    num_embeddings=num_item_rows(spec),
+                    feature_names=items,
+                    pooling=PoolingType.MEAN,
+                    weight_init_min=-EMBEDDING_INIT,
+                    weight_init_max=EMBEDDING_INIT,
+                )
+            )
+        _check_unique([t.name for t in tables])
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+        features = static_features(spec) + items
+        # A feature served by two tables is keyed "<feature>@<table>" in the pooled output (TorchRec).
+        table_of = {f: static_table_name(f) for f in static_features(spec)} | {
+            f: RAW_ITEM_TABLE for f in items
+        }
+        self.keys = [f"{f}@{table_of[f]}" if first_order else f for f in features]
+        self.first_order_keys = [f"{f}@{table_of[f]}_w" for f in features] if first_order else []
+        self.dense = nn.Linear(len(spec.dense), dim) if spec.dense else None
+        self.num_fields = len(features) + (1 if spec.dense else 0)
+
+    def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.ebc(batch.sparse).to_dict()
+        fields = [pooled[k] for k in self.keys]
+        if self.dense is not None:
+            fields.append(self.dense(batch.dense))
+        if self.first_order_keys:
+            first = torch.cat([pooled[k] for k in self.first_order_keys], 1).sum(1)
+        else:
+            first = torch.zeros(batch.labels.shape[0], device=batch.labels.device)
+        return torch.stack(fields, dim=1), first
+
+
+# -- transformer models: pooled static features + sequences of item embeddings ------------------------
+class StaticEmbedder(nn.Module):
+    """EmbeddingBagCollection over the static features. forward(kjt) -> {feature: (B, D)}."""
+
+    def __init__(self, spec: DatasetSpec, dim: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        tables = static_bag_configs(spec, dim)
+        _check_unique([t.name for t in tables])
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device) if tables else None
+
+    def forward(self, kjt: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
+        return {} if self.ebc is None else self.ebc(kjt).to_dict()
+
+
+def sequence_collection(
+    tables: list[tuple[str, int, list[str]]], dim: int, device: torch.device | None = None
+) -> EmbeddingCollection:
+    """EmbeddingCollection from (table name, rows, features) triples, all D wide."""
+    _check_unique([name for name, _, _ in tables])
+    return EmbeddingCollection(
+        tables=[
+            EmbeddingConfig(
+                name=name,
+                embedding_dim=dim,
+                num_embeddings=rows,
+                feature_names=features,
+                weight_init_min=-EMBEDDING_INIT,
+                weight_init_max=EMBEDDING_INIT,
+            )
+            for name, rows, features in tables
+        ],
+        device=device,
+    )
+
+
+def padded(jt: JaggedTensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jagged (B, <=L, D) embeddings -> padded (B, L, D) and valid mask (B, L) (keeps the first L)."""
+    dense = jt.to_padded_dense(desired_length=max_len, padding_value=0.0)
+    valid = torch.arange(max_len, device=dense.device)[None, :] < jt.lengths()[:, None]
+    return dense, valid
+
+
+def sequence_length(spec: DatasetSpec, feature: str, jt: JaggedTensor) -> int:
+    """L for a sequence feature: its max_len, or the longest list in the batch when max_len is 0."""
+    f = spec.feature(feature)
+    if not f.multi:
+        return 1
+    return f.max_len if f.max_len > 0 else max(1, int(jt.lengths().max()) if jt.lengths().numel() else 1)
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of (B, L, D) where valid (B, L); all-invalid rows give 0."""
+    w = valid.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class TokenwiseLinear(nn.Module):
+    """A separate linear map per token (RankMixer's per-token FFN, OneTrans's token-specific weights).
+
+    forward(x (B, T, in_dim)) -> (B, T, out_dim).
+    """
+
+    def __init__(self, num_tokens: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        bound = in_dim**-0.5  # nn.Linear's default range
+        self.weight = nn.Parameter(torch.empty(num_tokens, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_tokens, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bti,tio->bto", x, self.weight) + self.bias

@@ -1,0 +1,238 @@
+"""STORE (semantic IDs + orthogonal rotation + MoBA attention) and its raw-ID twin.
+
+Shape letters: B batch, D token width, K item tokens, G static feature groups, M = G * D,
+R rotated tokens, H history features, L history length, T tokens in the attention.
+
+Tokens, in this order (real tokens first, so padding sits in the last attention blocks)::
+
+    item tokens      K   STORE: the item's K SID embeddings (table t_sid<k>, C rows, per position k)
+                         ID:    the raw item-ID embedding (table t_item) -> Linear(D, K*D) -> K tokens,
+                                so both variants attend over the same number of tokens
+    static tokens    R   the groups' MLP outputs concatenated to C (B, M), rotated O_i = C R_i,
+                         each projected to D by one shared linear map (rotation=False: G group tokens)
+    history tokens   H   one per history feature: the mean of its items' embeddings, or, with
+                or H*L   history_tokens=True, one token per history item (padded, masked).
+                         A history item's embedding is the sum of its K SID embeddings (STORE) or its
+                         raw-ID embedding (ID).
+
+then L layers X = LN(Attn(X) + X), X = LN(FFN(X) + X) with MoBA (or dense) attention, and a head
+over [the fixed tokens flattened, the mean of all real tokens].
+
+Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one
+EmbeddingCollection (item-valued features, per position). For STORE the batch must already be
+transformed by ``SidTable.transform`` (item features replaced by ``<f>_sid<k>``); table t_sid<k>
+serves ``<f>_sid<k>`` for every item feature f. For ID the raw batch is used; t_item serves every
+item feature.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from data_pipeline.batch import Batch
+from data_pipeline.spec import DatasetSpec
+from store.attention import TransformerLayer
+from store.config import ModelConfig, parse_feature_groups
+from store.models.layers import (
+    RAW_ITEM_TABLE,
+    Head,
+    ModelOutput,
+    StaticEmbedder,
+    history_features,
+    masked_mean,
+    num_item_rows,
+    padded,
+    sequence_collection,
+    sequence_length,
+    static_features,
+)
+from store.rotation import OrthogonalRotation
+from store.sid import SidTable, sid_feature_name
+
+DENSE_GROUP = "dense"
+
+
+def resolve_groups(spec: DatasetSpec, cfg: ModelConfig) -> dict[str, list[str]]:
+    """Static feature groups: --model.feature_groups, else the spec's, else one group of all.
+
+    Item-valued features are dropped from groups (they are item tokens already); static features
+    no group names go to an extra group "other"; empty groups are dropped.
+    """
+    static = static_features(spec)
+    groups = parse_feature_groups(cfg.feature_groups)
+    if groups:
+        unknown = [f for cols in groups.values() for f in cols if f not in spec.sparse_names]
+        if unknown:
+            raise ValueError(f"--model.feature_groups names unknown sparse features {unknown}")
+    else:
+        groups = {g: list(cols) for g, cols in spec.feature_groups.items()}
+    groups = {g: [f for f in cols if f in static] for g, cols in groups.items()}
+    named = {f for cols in groups.values() for f in cols}
+    rest = [f for f in static if f not in named]
+    if rest:
+        groups["other" if groups else "static"] = rest
+    return {g: cols for g, cols in groups.items() if cols}
+
+
+class SidItems(nn.Module):
+    """Item features through K SID tables. forward(kjt, feature) -> (B, L, K, D), valid (B, L)."""
+
+    def __init__(self, spec: DatasetSpec, sids: SidTable, dim: int, device: torch.device | None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_sids = sids.num_sids
+        items = [f.name for f in spec.sparse if f.item_ref]
+        tables = [
+            (f"t_sid{k}", sids.codebook_size, [sid_feature_name(f, k) for f in items])
+            for k in range(sids.num_sids)
+        ]
+        self.ec = sequence_collection(tables, dim, device)
+
+    def lookup(self, kjt):
+        return self.ec(kjt)
+
+    def embed(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [jts[sid_feature_name(feature, k)] for k in range(self.num_sids)]
+        length = sequence_length(self.spec, feature, parts[0])
+        dense = [padded(jt, length) for jt in parts]
+        return torch.stack([d for d, _ in dense], dim=2), dense[0][1]
+
+    def item_tokens(self, jts) -> torch.Tensor:
+        """(B, K, D): the target item's K SID embeddings."""
+        return self.embed(jts, self.spec.item_id)[0][:, 0]
+
+    def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) history item embeddings (sum over the K SIDs), valid (B, L)."""
+        emb, valid = self.embed(jts, feature)
+        return emb.sum(2), valid
+
+
+class RawItems(nn.Module):
+    """Item features through the raw item-ID table; the target item projected into K tokens."""
+
+    def __init__(self, spec: DatasetSpec, num_tokens: int, dim: int, device: torch.device | None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_tokens = num_tokens
+        items = [f.name for f in spec.sparse if f.item_ref]
+        self.ec = sequence_collection([(RAW_ITEM_TABLE, num_item_rows(spec), items)], dim, device)
+        self.split = nn.Linear(dim, num_tokens * dim)
+
+    def lookup(self, kjt):
+        return self.ec(kjt)
+
+    def item_tokens(self, jts) -> torch.Tensor:
+        jt = jts[self.spec.item_id]
+        emb = padded(jt, 1)[0][:, 0]  # (B, D)
+        return self.split(emb).view(emb.shape[0], self.num_tokens, -1)
+
+    def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        jt = jts[feature]
+        return padded(jt, sequence_length(self.spec, feature, jt))
+
+
+class StoreModel(nn.Module):
+    """STORE when given a SidTable, else the ID-based twin. forward(batch) -> ModelOutput (logits (B,))."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        cfg: ModelConfig,
+        sids: SidTable | None,
+        device: torch.device | None = None,
+        num_item_tokens: int = 1,
+    ) -> None:
+        super().__init__()
+        d = cfg.embedding_dim
+        self.spec, self.cfg = spec, cfg
+        if sids is not None:
+            self.items: nn.Module = SidItems(spec, sids, d, device)
+            k = sids.num_sids
+        else:
+            self.items = RawItems(spec, num_item_tokens, d, device)
+            k = num_item_tokens
+        self.num_item_tokens = k
+        self.static = StaticEmbedder(spec, d, device)
+        self.groups = resolve_groups(spec, cfg)
+        self.group_mlps = nn.ModuleDict(
+            {g: _shallow_mlp(len(cols) * d, d) for g, cols in self.groups.items()}
+        )
+        if spec.dense:
+            self.group_mlps[DENSE_GROUP] = _shallow_mlp(len(spec.dense), d)
+        num_groups = len(self.group_mlps)
+        self.rotation = None
+        if cfg.rotation and num_groups:
+            self.num_rotations = cfg.num_rotations or k
+            self.rotation = OrthogonalRotation(
+                num_groups * d, d, self.num_rotations, cfg.orthogonal_parametrization
+            )
+            num_static = self.num_rotations
+        else:
+            num_static = num_groups
+        self.history = history_features(spec)
+        self.num_fixed_tokens = k + num_static + (0 if cfg.history_tokens else len(self.history))
+        attention = dict(
+            block_size=cfg.moba_block_size, sparsity=cfg.moba_sparsity, vanilla=cfg.vanilla_attention
+        )
+        self.layers = nn.ModuleList(
+            [
+                TransformerLayer(d, cfg.num_heads, cfg.ffn_mult, cfg.dropout, **attention)
+                for _ in range(cfg.num_layers)
+            ]
+        )
+        self.head = Head((self.num_fixed_tokens + 1) * d, cfg.mlp_dims, cfg.dropout)
+
+    def rotation_parameters(self) -> list[nn.Parameter]:
+        return [] if self.rotation is None else self.rotation.rotation_parameters()
+
+    def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input tokens (B, T, D) and their valid mask (B, T), before the attention layers."""
+        jts = self.items.lookup(batch.sparse)
+        pooled = self.static(batch.sparse)
+        b = batch.labels.shape[0]
+        parts = [self.items.item_tokens(jts)]
+        outs = []
+        for g, cols in self.groups.items():
+            outs.append(self.group_mlps[g](torch.cat([pooled[f] for f in cols], dim=1)))
+        if DENSE_GROUP in self.group_mlps:
+            outs.append(self.group_mlps[DENSE_GROUP](batch.dense))
+        if outs:
+            parts.append(
+                self.rotation(torch.cat(outs, 1)) if self.rotation is not None else torch.stack(outs, 1)
+            )
+        fixed = torch.cat(parts, dim=1)
+        valid = [torch.ones(b, fixed.shape[1], dtype=torch.bool, device=fixed.device)]
+        tokens = [fixed]
+        for f in self.history:
+            seq, seq_valid = self.items.sequence(jts, f)
+            if self.cfg.history_tokens:
+                tokens.append(seq)
+                valid.append(seq_valid)
+            else:
+                tokens.append(masked_mean(seq, seq_valid).unsqueeze(1))
+                valid.append(valid[0][:, :1])
+        return torch.cat(tokens, dim=1), torch.cat(valid, dim=1)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        x, valid = self.tokens(batch)
+        key_valid = valid if self.cfg.history_tokens else None  # no padding without history tokens
+        for layer in self.layers:
+            x = layer(x, key_valid)
+        fixed = x[:, : self.num_fixed_tokens].flatten(1)
+        logits = self.head(torch.cat([fixed, masked_mean(x, valid)], dim=1))
+        return ModelOutput(logits=logits, aux_losses=self.aux_losses())
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """diversity = -lambda * sum_{i<j} ||R_i - R_j||_F^2; orthogonality penalty for free R."""
+        if self.rotation is None:
+            return {}
+        out = {"diversity": -self.cfg.diversity_lambda * self.rotation.diversity()}
+        if not self.cfg.orthogonal_parametrization:
+            out["orthogonality"] = self.cfg.orthogonality_weight * self.rotation.orthogonality_penalty()
+        return out
+
+
+def _shallow_mlp(in_dim: int, dim: int) -> nn.Sequential:
+    """One group's encoder: Linear -> ReLU -> Linear to one D-vector."""
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Linear(dim, dim))

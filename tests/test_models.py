@@ -1,0 +1,179 @@
+"""Every model of the zoo on a tiny hand-made batch: shapes, the embedding contract, overfitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+from store.config import ModelConfig
+from store.models.deepfm import factorization_machine
+from store.sid import sid_feature_names
+from store.zoo import MODEL_NAMES, NEEDS_SIDS, build_model
+from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
+
+# (model, config overrides): every model plus STORE's ablations
+VARIANTS = [(name, {}) for name in MODEL_NAMES] + [
+    ("store", {"vanilla_attention": True}),
+    ("store", {"rotation": False}),
+    ("store", {"history_tokens": True}),
+    ("id", {"history_tokens": True}),
+    ("store", {"orthogonal_parametrization": False}),
+]
+
+
+def _ids(v):
+    name, over = v
+    return name + "".join(f"-{k}={val}" for k, val in over.items())
+
+
+def _setup(name: str, overrides: dict, rows: int = 32, seed: int = 0):
+    spec, sids = tiny_spec(), tiny_sids()
+    model = build_model(name, spec, ModelConfig(**overrides), sids)
+    batch = tiny_batch(spec, rows=rows, seed=seed)
+    if name in NEEDS_SIDS:
+        batch = sids.transform(batch, spec)
+    return model, batch
+
+
+def _loss(out, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels)
+    return bce, bce + sum(out.aux_losses.values())
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_output_shape_and_finite_losses(variant):
+    model, batch = _setup(*variant, rows=5)
+    out = model(batch)
+    assert out.logits.shape == (5,) and torch.isfinite(out.logits).all()
+    for name, value in out.aux_losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    assert torch.isfinite(_loss(out, batch)[1])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_collections_serve_exactly_the_batch_keys(name):
+    spec, sids = tiny_spec(), tiny_sids()
+    model = build_model(name, spec, ModelConfig(history_tokens=True), sids)
+    keys = sid_feature_names(spec, 3) if name == "store" else spec.sparse_names
+    features, tables, inside = [], [], set()
+    for m in model.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            configs = m.embedding_bag_configs()
+        elif isinstance(m, EmbeddingCollection):
+            configs = m.embedding_configs()
+        else:
+            continue
+        inside |= {id(sub) for sub in m.modules()}
+        tables += [c.name for c in configs]
+        features += [f for c in configs for f in c.feature_names]
+    # no other embedding tables hide outside the collections
+    loose = [m for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
+    assert not [m for m in loose if id(m) not in inside]
+    assert set(features) == set(keys)
+    assert len(tables) == len(set(tables)) and all(t.startswith("t_") for t in tables)
+    if name == "store":
+        assert {t for t in tables if "sid" in t} == {"t_sid0", "t_sid1", "t_sid2"}
+        assert "t_item" not in tables
+    else:
+        assert "t_item" in tables
+
+
+def test_sid_tables_have_codebook_rows_and_id_table_has_item_rows():
+    spec, sids = tiny_spec(), tiny_sids(codebook_size=8)
+    store = build_model("store", spec, ModelConfig(), sids)
+    ident = build_model("id", spec, ModelConfig(), sids)
+    rows = {c.name: c.num_embeddings for c in store.items.ec.embedding_configs()}
+    assert rows == {"t_sid0": 8, "t_sid1": 8, "t_sid2": 8}
+    assert {c.name: c.num_embeddings for c in ident.items.ec.embedding_configs()} == {"t_item": 50}
+    # same architecture otherwise: K item tokens each, same token count and layer shapes
+    assert store.num_fixed_tokens == ident.num_fixed_tokens == 3 + 3 + 1
+    assert [p.shape for p in store.layers.parameters()] == [p.shape for p in ident.layers.parameters()]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_meta_device_builds_collections_on_meta_and_dense_layers_on_cpu(name):
+    spec, sids = tiny_spec(), tiny_sids()
+    model = build_model(name, spec, ModelConfig(), sids, device=torch.device("meta"))
+    emb = [
+        p
+        for m in model.modules()
+        if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))
+        for p in m.parameters()
+    ]
+    assert emb and all(p.is_meta for p in emb)
+    emb_ids = {id(p) for p in emb}
+    assert all(p.device.type == "cpu" for p in model.parameters() if id(p) not in emb_ids)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_overfits_a_tiny_batch_and_every_parameter_learns(variant):
+    torch.manual_seed(0)
+    model, batch = _setup(*variant)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    got_grad = {name: False for name, _ in model.named_parameters()}
+    first = final = None
+    for _ in range(150):  # stops early: most models get there in ~15 steps
+        opt.zero_grad()
+        bce, total = _loss(model(batch), batch)
+        first, final = first or bce.item(), bce.item()
+        if final < 0.3 * first:
+            break
+        total.backward()
+        for name, p in model.named_parameters():
+            got_grad[name] |= p.grad is not None and bool(p.grad.abs().sum() > 0)
+        opt.step()
+    assert final < 0.5 * first, (first, final)
+    assert all(got_grad.values()), [n for n, ok in got_grad.items() if not ok]
+
+
+def test_factorization_machine_is_the_sum_of_pairwise_dot_products():
+    v = torch.randn(4, 3, 5)
+    expected = (v[:, 0] * v[:, 1]).sum(1) + (v[:, 0] * v[:, 2]).sum(1) + (v[:, 1] * v[:, 2]).sum(1)
+    torch.testing.assert_close(factorization_machine(v), expected)
+
+
+def test_store_without_sids_and_unknown_model_are_rejected():
+    spec = tiny_spec()
+    with pytest.raises(ValueError, match="model 'store' needs --sids"):
+        build_model("store", spec, ModelConfig(), None)
+    with pytest.raises(ValueError, match="unknown model 'gbdt'"):
+        build_model("gbdt", spec, ModelConfig(), None)
+    assert build_model("id", spec, ModelConfig(), None).num_item_tokens == 1  # no SID table: 1 token
+
+
+@pytest.mark.parametrize(
+    "overrides, flag",
+    [
+        ({"num_heads": 3}, "--model.num_heads"),
+        ({"moba_sparsity": 1.0}, "--model.moba_sparsity"),
+        ({"embedding_dim": 0}, "--model.embedding_dim"),
+        ({"mlp_dims": ()}, "--model.mlp_dims"),
+        ({"feature_groups": "user"}, "--model.feature_groups"),
+    ],
+)
+def test_config_validation_names_the_flag(overrides, flag):
+    with pytest.raises(ValueError, match=flag):
+        ModelConfig(**overrides).validate()
+
+
+def test_config_from_flags_parses_types():
+    cfg = ModelConfig.from_flags({"mlp_dims": "8,4", "vanilla_attention": "true", "moba_sparsity": "0.25"})
+    assert cfg.mlp_dims == (8, 4) and cfg.vanilla_attention is True and cfg.moba_sparsity == 0.25
+    with pytest.raises(ValueError, match="--model.num_layers: cannot parse"):
+        ModelConfig.from_flags({"num_layers": "two"})
+    with pytest.raises(ValueError, match="--model.nope: unknown model option"):
+        ModelConfig.from_flags({"nope": "1"})
+
+
+def test_feature_groups_from_config_override_the_spec():
+    spec, sids = tiny_spec(), tiny_sids()
+    model = build_model("store", spec, ModelConfig(feature_groups="a=user_age;b=ctx_hour"), sids)
+    assert model.groups == {"a": ["user_age"], "b": ["ctx_hour"], "other": ["user_gender"]}
+    assert build_model("store", spec, ModelConfig(), sids).groups == {
+        "user": ["user_age", "user_gender"],
+        "context": ["ctx_hour"],
+    }
+    with pytest.raises(ValueError, match="unknown sparse features"):
+        build_model("store", spec, ModelConfig(feature_groups="a=nope"), sids)
