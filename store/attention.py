@@ -178,3 +178,24 @@ class TransformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm1(self.drop(self.attn(x, key_valid)) + x)
         return self.norm2(self.drop(self.ffn(x)) + x)
+
+
+class TransformerEncoder(nn.Module):
+    """``num_layers`` TransformerLayers. forward(x (B, T, D), key_valid (B, T) or None) -> (B, T, D).
+
+    One module rather than a bare ModuleList so TorchRec's pipeline tracer treats the whole stack
+    as one leaf (it only knows the names of a model's direct children).
+    """
+
+    def __init__(
+        self, num_layers: int, dim: int, num_heads: int, ffn_mult: int, dropout: float = 0.0, **attention
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [TransformerLayer(dim, num_heads, ffn_mult, dropout, **attention) for _ in range(num_layers)]
+        )
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, key_valid)
+        return x

@@ -80,6 +80,42 @@ def test_collections_serve_exactly_the_batch_keys(name):
         assert "t_item" in tables
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_fx_traceable_down_to_collections_which_take_batch_sparse_directly(variant):
+    """What TorchRec's TrainPipelineSparseDist needs. Its tracer (torchrec's
+    ``_get_leaf_module_names``) makes every direct child of a module holding a collection a leaf
+    by name (unless it holds a collection too); the rest must trace, and each collection must be
+    called on ``batch.sparse`` itself."""
+    collections = (EmbeddingBagCollection, EmbeddingCollection)
+    model, _ = _setup(*variant)
+
+    def holds(m: torch.nn.Module) -> bool:
+        return any(isinstance(c, collections) for c in m.modules())
+
+    leaves = {
+        f"{parent}.{name}".lstrip(".")
+        for parent, m in model.named_modules()
+        if holds(m) and not isinstance(m, collections)
+        for name, child in m.named_children()
+        if not holds(child)
+    }
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+            return isinstance(m, collections) or qualname in leaves or super().is_leaf_module(m, qualname)
+
+    graph = Tracer().trace(model)
+    calls = [
+        n
+        for n in graph.nodes
+        if n.op == "call_module" and isinstance(model.get_submodule(n.target), collections)
+    ]
+    assert calls
+    for node in calls:
+        (arg,) = node.args
+        assert arg.op == "call_function" and arg.args[0].op == "placeholder" and arg.args[1] == "sparse"
+
+
 def test_sid_tables_have_codebook_rows_and_id_table_has_item_rows():
     spec, sids = tiny_spec(), tiny_sids(codebook_size=8)
     store = build_model("store", spec, ModelConfig(), sids)
@@ -89,7 +125,7 @@ def test_sid_tables_have_codebook_rows_and_id_table_has_item_rows():
     assert {c.name: c.num_embeddings for c in ident.items.ec.embedding_configs()} == {"t_item": 50}
     # same architecture otherwise: K item tokens each, same token count and layer shapes
     assert store.num_fixed_tokens == ident.num_fixed_tokens == 3 + 3 + 1
-    assert [p.shape for p in store.layers.parameters()] == [p.shape for p in ident.layers.parameters()]
+    assert [p.shape for p in store.encoder.parameters()] == [p.shape for p in ident.encoder.parameters()]
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -65,6 +65,24 @@ class OneTransLayer(nn.Module):
         return self.norm2(self.drop(ffn) + x)
 
 
+class OneTransStack(nn.Module):
+    """The layers, as one module (one leaf for TorchRec's pipeline tracer).
+
+    forward(x (B, N + L, D), key_valid (B, N + L) or None) -> NS tokens (B, N, D).
+    """
+
+    def __init__(self, num_ns: int, dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        n = cfg.num_layers
+        self.layers = nn.ModuleList([OneTransLayer(num_ns, dim, cfg, last=i == n - 1) for i in range(n)])
+        self.num_ns = num_ns
+
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, key_valid)
+        return x[:, : self.num_ns]
+
+
 class OneTrans(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,)."""
 
@@ -79,8 +97,7 @@ class OneTrans(nn.Module):
         self.items = sequence_collection([(RAW_ITEM_TABLE, num_item_rows(spec), items)], d, device)
         self.dense = nn.Linear(len(spec.dense), d) if spec.dense else None
         self.num_ns = len(self.static_names) + 1 + (1 if spec.dense else 0)
-        n = cfg.num_layers
-        self.layers = nn.ModuleList([OneTransLayer(self.num_ns, d, cfg, last=i == n - 1) for i in range(n)])
+        self.stack = OneTransStack(self.num_ns, d, cfg)
         self.head = Head(self.num_ns * d, cfg.mlp_dims, cfg.dropout)
 
     def rotation_parameters(self) -> list[nn.Parameter]:
@@ -100,6 +117,4 @@ class OneTrans(nn.Module):
             valid.append(seq_valid)
         x = torch.cat(tokens, dim=1)
         key_valid = torch.cat(valid, dim=1) if self.history else None
-        for layer in self.layers:
-            x = layer(x, key_valid)
-        return ModelOutput(logits=self.head(x[:, : self.num_ns].flatten(1)))
+        return ModelOutput(logits=self.head(self.stack(x, key_valid).flatten(1)))

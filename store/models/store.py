@@ -32,7 +32,7 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DatasetSpec
-from store.attention import TransformerLayer
+from store.attention import TransformerEncoder
 from store.config import ModelConfig, parse_feature_groups
 from store.models.layers import (
     RAW_ITEM_TABLE,
@@ -175,11 +175,8 @@ class StoreModel(nn.Module):
         attention = dict(
             block_size=cfg.moba_block_size, sparsity=cfg.moba_sparsity, vanilla=cfg.vanilla_attention
         )
-        self.layers = nn.ModuleList(
-            [
-                TransformerLayer(d, cfg.num_heads, cfg.ffn_mult, cfg.dropout, **attention)
-                for _ in range(cfg.num_layers)
-            ]
+        self.encoder = TransformerEncoder(
+            cfg.num_layers, d, cfg.num_heads, cfg.ffn_mult, cfg.dropout, **attention
         )
         self.head = Head((self.num_fixed_tokens + 1) * d, cfg.mlp_dims, cfg.dropout)
 
@@ -190,7 +187,6 @@ class StoreModel(nn.Module):
         """Input tokens (B, T, D) and their valid mask (B, T), before the attention layers."""
         jts = self.items.lookup(batch.sparse)
         pooled = self.static(batch.sparse)
-        b = batch.labels.shape[0]
         parts = [self.items.item_tokens(jts)]
         outs = []
         for g, cols in self.groups.items():
@@ -202,7 +198,7 @@ class StoreModel(nn.Module):
                 self.rotation(torch.cat(outs, 1)) if self.rotation is not None else torch.stack(outs, 1)
             )
         fixed = torch.cat(parts, dim=1)
-        valid = [torch.ones(b, fixed.shape[1], dtype=torch.bool, device=fixed.device)]
+        valid = [torch.ones_like(fixed[..., 0], dtype=torch.bool)]  # (B, fixed tokens); fx-traceable
         tokens = [fixed]
         for f in self.history:
             seq, seq_valid = self.items.sequence(jts, f)
@@ -217,8 +213,7 @@ class StoreModel(nn.Module):
     def forward(self, batch: Batch) -> ModelOutput:
         x, valid = self.tokens(batch)
         key_valid = valid if self.cfg.history_tokens else None  # no padding without history tokens
-        for layer in self.layers:
-            x = layer(x, key_valid)
+        x = self.encoder(x, key_valid)
         fixed = x[:, : self.num_fixed_tokens].flatten(1)
         logits = self.head(torch.cat([fixed, masked_mean(x, valid)], dim=1))
         return ModelOutput(logits=logits, aux_losses=self.aux_losses())
