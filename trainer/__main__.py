@@ -17,11 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.config import ConfigError, parse_args
 
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+    logging.basicConfig(  # libraries (TorchRec, FBGEMM) log a lot at INFO: warnings only
+        level=logging.WARNING,
         format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("trainer").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     try:
         cfg = parse_args(argv)
     except ConfigError as e:

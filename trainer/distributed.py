@@ -283,14 +283,15 @@ def pipeline_blocker(dmp: DistributedModelParallel) -> str | None:
     `torch.ones(batch_size, n)` with a traced size) makes the pipeline fail on its first batch;
     probing here lets the trainer fall back to the plain loop with a clear warning instead.
     """
-    from torchrec.distributed.types import ShardedModule
-
-    class _Probe(torch.fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, ShardedModule) or not any(isinstance(c, ShardedModule) for c in m.modules())
-
+    # TorchRec's own tracer and leaf rule (defined in train_pipeline.utils in older releases,
+    # re-exported there from train_pipeline.tracing in newer ones).
     try:
-        _Probe().trace(dmp.module)
+        from torchrec.distributed.train_pipeline.utils import Tracer, _get_leaf_module_names
+    except ImportError:  # cannot probe on this TorchRec: let the pipeline try
+        return None
+    model = dmp.module  # as the pipeline does: the module under DMP / DDP
+    try:
+        Tracer(leaf_modules=_get_leaf_module_names(model)).trace(model)
     except Exception as e:  # any tracing failure means the pipeline would fail the same way
         return f"{type(e).__name__}: {e}"
     return None

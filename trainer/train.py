@@ -292,7 +292,9 @@ class Trainer:
         }
 
     def save_checkpoint(self, batches_done: int) -> None:
+        t0 = time.perf_counter()
         path = self.ckpt.save(self.step, self._state(batches_done))
+        self.timer.start += time.perf_counter() - t0  # not training time
         if self.env.is_main:
             log.info("checkpoint step %d -> %s", self.step, path)
 
@@ -446,7 +448,9 @@ class Trainer:
         return result
 
     def eval_and_log(self, split: str, epoch: int) -> dict:
+        t0 = time.perf_counter()
         result = self.evaluate(split)
+        self.timer.start += time.perf_counter() - t0  # not training time
         entry = {"split": split, "step": self.step, "epoch": epoch, **result}
         self.history.append(entry)
         scalars = {f"{split}/{k}": v for k, v in result.items() if isinstance(v, float)}
@@ -524,8 +528,10 @@ class Trainer:
     def summarise(self, test: dict, footprint: dict, per_rank_fp: list[list[float]], wall: float) -> dict:
         env = self.env
         peak = _all_gather_floats([float(peak_memory_bytes(env.device))], env.device)
-        samples = sum(s for s, _ in self.throughput)
-        seconds = sum(t for _, t in self.throughput)
+        # The first logging interval holds start-up (pipeline fill, tracing, first allocations).
+        steady = self.throughput[1:] if len(self.throughput) > 2 else self.throughput
+        samples = sum(s for s, _ in steady)
+        seconds = sum(t for _, t in steady)
         import torchrec
 
         summary = {

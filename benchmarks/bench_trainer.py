@@ -1,0 +1,128 @@
+"""Trainer throughput: ID baseline vs STORE, 1 vs 2 processes, TorchRec pipeline on vs off, in one run.
+
+    python benchmarks/bench_trainer.py [--rows 60000] [--batch-size 256] [--steps 60] [--device cpu]
+
+Generates a synthetic dataset and a random SID table in a temp folder, then runs `python -m trainer`
+(1 process) and `torchrun --nproc-per-node 2 -m trainer` for each model and pipeline setting, and
+prints the steady-state samples/s from each run's summary.json (the first logging interval, which
+holds start-up, is left out) and the two ratios the project targets: STORE / ID at equal batch size
+(>= 1.0) and 2 processes / 1 process (>= 1.6). `pipeline` in the table says whether TorchRec's
+pipeline actually ran (the trainer falls back to the plain loop for a model it cannot trace).
+Not a test: numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], out: Path, timeout: int) -> dict | None:
+    # One thread per process (torchrun's default): 1 vs 2 processes then means 1 vs 2 cores, and
+    # OpenMP threads do not spin against each other on a busy machine.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if r.returncode != 0:
+        print(f"  FAILED ({r.returncode}): {' '.join(cmd[-6:])}\n{r.stderr[-1500:]}", file=sys.stderr)
+        return None
+    return json.loads((out / "summary.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=60_000)
+    p.add_argument("--items", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--num-sids", type=int, default=4)
+    p.add_argument("--codebook-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", default="id,store,dnn")
+    p.add_argument("--procs", default="1,2")
+    p.add_argument("--timeout", type=int, default=900)
+    args = p.parse_args()
+
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from data_pipeline.synthetic import generate_dataset
+    from store.sid import SidTable
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
+    data, sids = tmp / "data", tmp / "sids"
+    spec = generate_dataset(data, args.rows, items=args.items, users=args.items // 2, seed=0, progress=False)
+    n_items = spec.item_table.num_items
+    codes = torch.randint(
+        0, args.codebook_size, (n_items, args.num_sids), generator=torch.Generator().manual_seed(0)
+    )
+    SidTable.from_codes(codes, codebook_size=args.codebook_size).save(sids)
+
+    rows = []
+    for model in args.models.split(","):
+        for procs in (int(x) for x in args.procs.split(",")):
+            for pipeline in (True, False):
+                out = tmp / f"{model}_{procs}_{pipeline}"
+                launcher = [sys.executable, "-m", "trainer"]
+                if procs > 1:
+                    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs)]
+                    launcher += ["-m", "trainer"]
+                flags = [
+                    "--data", str(data), "--model", model, "--out", str(out), "--device", args.device,
+                    "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
+                    "--eval.max_batches", "2", "--logging.every_steps", "10", "--logging.progress", "false",
+                    "--logging.tensorboard", "false", "--model.num_rotations", str(args.num_sids),
+                    "--pipeline" if pipeline else "--no-pipeline",
+                ]  # fmt: skip
+                if model == "store":
+                    flags += ["--sids", str(sids)]
+                if model == "id":  # same token count as STORE (the ID item embedding split into K tokens)
+                    flags += ["--model.id_item_tokens", str(args.num_sids)]
+                print(f"running {model} procs={procs} pipeline={pipeline} ...", file=sys.stderr, flush=True)
+                s = run(launcher + flags, out, args.timeout)
+                rows.append((model, procs, pipeline, s))
+
+    def sps(model: str, procs: int, pipeline: bool) -> float:
+        for m, n, pl, s in rows:
+            if (m, n, pl) == (model, procs, pipeline) and s:
+                return float(s["samples_per_s"])
+        return float("nan")
+
+    print(
+        f"\nbatch size {args.batch_size} per rank, {args.steps} steps, device {args.device}, data {args.rows} rows"
+    )
+    print(
+        f"{'model':<8} {'procs':>5} {'pipeline':>9} {'used':>5} {'samples/s':>11} {'per rank':>10} {'auc':>7}"
+    )
+    for model, procs, pipeline, s in rows:
+        if s is None:
+            print(f"{model:<8} {procs:>5} {str(pipeline):>9} {'-':>5} {'failed':>11}")
+            continue
+        print(
+            f"{model:<8} {procs:>5} {str(pipeline):>9} {str(s['pipeline']):>5} {s['samples_per_s']:>11.0f} "
+            f"{s['samples_per_s_per_rank']:>10.0f} {s['auc']:>7.4f}"
+        )
+    print()
+    for procs in (int(x) for x in args.procs.split(",")):
+        for pipeline in (True, False):
+            ratio = sps("store", procs, pipeline) / sps("id", procs, pipeline)
+            print(f"STORE / ID samples/s, {procs} proc, pipeline={pipeline}: {ratio:.2f}x (target >= 1.0x)")
+    for model in args.models.split(","):
+        for pipeline in (True, False):
+            ratio = sps(model, 2, pipeline) / sps(model, 1, pipeline)
+            print(f"{model}: 2 procs / 1 proc, pipeline={pipeline}: {ratio:.2f}x (target >= 1.6x)")
+    for model in args.models.split(","):
+        for procs in (int(x) for x in args.procs.split(",")):
+            ratio = sps(model, procs, True) / sps(model, procs, False)
+            print(f"{model}: pipeline on / off, {procs} proc: {ratio:.2f}x")
+    print(f"\noutputs in {tmp}")
+
+
+if __name__ == "__main__":
+    main()
