@@ -49,8 +49,9 @@ class TokenizerConfig:
     """D: item embedding dim (set from the data)."""
     latent_dim: int = 16
     """d for OPMQ and RQ-VAE: dim of each expert's latent / of the RQ latent. OPQ uses ceil(D / K)."""
-    expert_hidden: int = 32
-    """OPMQ: hidden width of each expert MLP (0: each expert is one linear map)."""
+    expert_hidden: int = 0
+    """OPMQ: hidden width of a GELU layer inside each expert; 0 (default): each expert is one linear map
+    D -> d, the cheapest expert (SID assignment at K=32, C=300 is then dominated by the codeword search)."""
     hidden_dim: int = 256
     """Hidden width of the OPMQ decoder and of the RQ-VAE encoder/decoder."""
     commitment: float = 0.25
@@ -85,26 +86,28 @@ class QuantizerOutput:
 # -- nearest-codeword search and k-means --------------------------------------------------------
 
 
-def nearest(z: Tensor, codebooks: Tensor, chunk: int = 256) -> Tensor:
+def nearest(z: Tensor, codebooks: Tensor, chunk: int = 128) -> Tensor:
     """Index of the nearest codeword in each codebook: z [K, B, d], codebooks [K, C, d] -> [K, B] int64.
 
     ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2 and ||z||^2 is constant per row, so the nearest codeword
-    maximises 2 z.c - ||c||^2: one batched matmul with an appended constant-1 column. Chunked over B so
-    the [K, chunk, C] score block stays in cache.
+    maximises 2 z.c - ||c||^2: one batched matmul with an appended constant-1 column, chunked over B so
+    the [K, C, chunk] score block stays in cache.
     """
     K, B, d = z.shape
     C = codebooks.shape[1]
     with torch.no_grad():
         z = z.detach()
         cb = codebooks.detach().to(z.dtype)
-        cb_aug = torch.cat([2 * cb, -(cb * cb).sum(-1, keepdim=True)], dim=-1).transpose(1, 2)  # [K, d+1, C]
-        ones = z.new_ones(K, min(chunk, B), 1)
+        cb_aug = torch.cat([2 * cb, -(cb * cb).sum(-1, keepdim=True)], dim=-1)  # [K, C, d+1]
         out = torch.empty(K, B, dtype=torch.long, device=z.device)
+        za = z.new_ones(K, d + 1, min(chunk, B))  # [K, d+1, b]: contiguous for the matmul
         for s in range(0, B, chunk):
-            zc = z[:, s : s + chunk]
-            scores = torch.bmm(torch.cat([zc, ones[:, : zc.shape[1]]], dim=-1), cb_aug)  # [K, b, C]
-            # max_pool1d's argmax is vectorised on CPU: several times faster here than Tensor.argmax.
-            _, idx = F.max_pool1d(scores.view(-1, 1, C), C, return_indices=True)
+            b = min(chunk, B - s)
+            za[:, :d, :b] = z[:, s : s + b].transpose(1, 2)
+            scores = torch.bmm(cb_aug, za[:, :, :b])  # [K, C, b]
+            # Seen as a channels-last image (batch K, channels b, 1 x C), max_pool2d reduces over the C
+            # codewords with SIMD across items: several times faster on CPU than Tensor.argmax(-1).
+            _, idx = F.max_pool2d(scores.permute(0, 2, 1).unsqueeze(2), (1, C), return_indices=True)
             out[:, s : s + chunk] = idx.view(K, -1)
     return out
 
@@ -408,14 +411,17 @@ class SemanticTokenizer(nn.Module):
         return e.to(self.mean.dtype)
 
     @torch.inference_mode()
-    def encode(self, embeddings: Tensor, batch_size: int = 8192) -> Tensor:
-        """embeddings [N, D] -> SIDs [N, K] int64."""
+    def encode(self, embeddings: Tensor, chunk: int = 1024) -> Tensor:
+        """embeddings [N, D] -> SIDs [N, K] int64.
+
+        Works through chunks of ~1000 items (and the search through 128-item blocks) so that the
+        intermediates stay in cache: on CPU that is what makes large K x C fast.
+        """
         e = self._check(embeddings)
-        out = [
-            self.quantizer.codes(self.standardise(e[s : s + batch_size]))
-            for s in range(0, len(e), batch_size)
-        ]
-        return torch.cat(out) if out else torch.empty(0, self.cfg.num_sids, dtype=torch.long)
+        out = torch.empty(len(e), self.cfg.num_sids, dtype=torch.long, device=e.device)
+        for s in range(0, len(e), chunk):
+            out[s : s + chunk] = self.quantizer.codes(self.standardise(e[s : s + chunk]))
+        return out
 
     @torch.inference_mode()
     def reconstruct(self, embeddings: Tensor, batch_size: int = 8192) -> Tensor:

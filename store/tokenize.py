@@ -218,11 +218,14 @@ def tokenize_catalog(
     out_dir: str | os.PathLike,
     batch_size: int = 8192,
     progress: bool = True,
+    require_all: bool = True,
 ) -> dict:
     """Stream every item through the tokenizer into out_dir/sid_table.parquet (atomic).
 
     Memory is bounded by one batch plus O(num_items) bytes of bookkeeping (a seen-flag and an 8-byte
-    tuple key per item, for coverage and the collision rate). Returns the quality statistics.
+    tuple key per item, for coverage and the collision rate). Returns the quality statistics. With
+    require_all, an item ID without an embedding is a DataError and no table is written (the trainer
+    needs SIDs for every item 0..num_items-1).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -243,12 +246,18 @@ def tokenize_catalog(
                 if seen[ids].any() or len(torch.unique(ids)) != len(ids):
                     raise DataError(f"{emb.source} embeddings: item ID {_first_dup(ids, seen)} appears twice")
                 seen[ids] = True
-                codes = tokenizer.encode(e, batch_size=batch_size)
+                codes = tokenizer.encode(e)
                 counts.scatter_add_(1, codes.t(), torch.ones(K, len(ids), dtype=torch.long))
                 keys.append(sid_keys(codes, C))
                 cols = [pa.array(ids.numpy())] + [pa.array(codes[:, k].numpy()) for k in range(K)]
                 writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
                 bar.update(len(ids))
+        if require_all and not seen.all():
+            missing = (~seen).nonzero().flatten()
+            raise DataError(
+                f"{emb.source} embeddings: {len(missing)} of {emb.num_items} item IDs have no embedding "
+                f"(first: {missing[:5].tolist()}); every item 0..{emb.num_items - 1} needs one"
+            )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -415,9 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = report(meta)
-    log.info("SID table written to %s\n%s", Path(args.out) / SID_TABLE, text)
-    print(text)
+    log.info("wrote %s, %s and %s/", Path(args.out) / SID_TABLE, META_FILE, TOKENIZER_DIR)
+    print(report(meta))
     return 0
 
 

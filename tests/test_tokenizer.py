@@ -63,7 +63,7 @@ def test_kmeans_finds_planted_centers():
 
 
 def test_straight_through_gradients_reach_experts_and_codebooks():
-    cfg = TokenizerConfig(method="opmq", num_sids=3, codebook_size=8, input_dim=6)
+    cfg = TokenizerConfig(method="opmq", num_sids=3, codebook_size=8, input_dim=6, expert_hidden=5)
     q = OPMQ(cfg)
     x = torch.randn(64, 6)
     out = q(x)
@@ -239,6 +239,13 @@ def test_tokenize_catalog_streams_and_reports(tmp_path):
     assert all(1 <= p <= 8 for p in stats["perplexity"])
     # 500 items in at most 64 tuples: most must collide
     assert stats["unique_sids"] <= 64 and stats["collision_rate"] > 0.5
+    assert not list(tmp_path.glob(".*tmp*"))
+    # an item without an embedding: error, and the previous table stays as it was
+    holes = ItemEmbeddings.from_tensor(x)
+    holes.num_items = 501
+    with pytest.raises(DataError, match=r"1 of 501 item IDs have no embedding \(first: \[500\]\)"):
+        tokenize_catalog(holes, tok, tmp_path, progress=False)
+    assert pq.read_table(tmp_path / "sid_table.parquet").num_rows == 500
     assert not list(tmp_path.glob(".*tmp*"))
 
 
