@@ -97,16 +97,18 @@ def main() -> None:
     print(
         f"\nbatch size {args.batch_size} per rank, {args.steps} steps, device {args.device}, data {args.rows} rows"
     )
-    print(
+    head = (
         f"{'model':<8} {'procs':>5} {'pipeline':>9} {'used':>5} {'samples/s':>11} {'per rank':>10} {'auc':>7}"
     )
+    print(head + f" {'data ms':>8} {'fwd+bwd ms':>11} {'opt ms':>7}")
     for model, procs, pipeline, s in rows:
         if s is None:
             print(f"{model:<8} {procs:>5} {str(pipeline):>9} {'-':>5} {'failed':>11}")
             continue
         print(
             f"{model:<8} {procs:>5} {str(pipeline):>9} {str(s['pipeline']):>5} {s['samples_per_s']:>11.0f} "
-            f"{s['samples_per_s_per_rank']:>10.0f} {s['auc']:>7.4f}"
+            f"{s['samples_per_s_per_rank']:>10.0f} {s['auc']:>7.4f} {s['step_time_ms_rank0']['data_wait']:>8.1f} "
+            f"{s['step_time_ms_rank0']['forward_backward']:>11.1f} {s['step_time_ms_rank0']['optimizer']:>7.1f}"
         )
     print()
     for procs in (int(x) for x in args.procs.split(",")):

@@ -323,3 +323,20 @@ def test_sid_table_that_does_not_fit_the_data_exits_2(data, tmp_path, capsys):
     SidTable.from_codes(torch.zeros(10, 2, dtype=torch.long), codebook_size=4).save(tmp_path / "sids")
     assert main(small_flags(data, tmp_path / "o", "--model", "store", "--sids", str(tmp_path / "sids"))) == 2
     assert "covers 10 items" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["store", "id", "deepfm"])
+def test_zoo_models_train_with_the_pipeline(data, tmp_path, model):
+    from store.sid import SidTable
+
+    sids = tmp_path / "sids"
+    codes = torch.randint(0, 16, (300, 3), generator=torch.Generator().manual_seed(0))
+    SidTable.from_codes(codes, codebook_size=16).save(sids)
+    extra = ["--max-steps", "6", "--eval.max_batches", "2", "--model.num_layers", "1"]
+    if model == "store":
+        extra += ["--sids", str(sids)]
+    summary = _run_in_process(small_flags(data, tmp_path / model, "--model", model, *extra))
+    assert summary["steps"] == 6 and summary["pipeline"], summary["pipeline_blocker"]
+    assert 0.0 < summary["logloss"] < 2.0 and 0.0 <= summary["auc"] <= 1.0
+    if model == "store":  # SID codebooks (16 rows) are sequence tables here: sharded, not replicated
+        assert {r["table"] for r in summary["sharding_plan"]} >= {"t_sid0", "t_sid1", "t_sid2"}

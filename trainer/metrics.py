@@ -27,6 +27,9 @@ def gather(t: torch.Tensor) -> torch.Tensor:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return t
     world = dist.get_world_size()
+    home = t.device
+    if dist.get_backend() == "nccl":  # nccl moves only CUDA tensors
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
     n = torch.tensor([t.numel()], dtype=torch.int64, device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
@@ -35,7 +38,7 @@ def gather(t: torch.Tensor) -> torch.Tensor:
     padded[: t.numel()] = t
     out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded)
-    return torch.cat([o[:s] for o, s in zip(out, sizes)])
+    return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(home)
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:

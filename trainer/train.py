@@ -411,6 +411,7 @@ class Trainer:
         metrics["time/optimizer_ms"] = opt_ms
         metrics["time/forward_backward_ms"] = max(0.0, 1000 * elapsed / steps - data_ms - opt_ms)
         self.throughput.append((samples * self.env.world_size, elapsed))
+        self.split_ms.append((steps, data_ms, metrics["time/forward_backward_ms"], opt_ms))
         self.logger.log(metrics, self.step, console=not self.cfg.logging.progress)
         for k in acc:
             acc[k] = torch.zeros((), dtype=torch.float64, device=self.env.device) if k != "steps" else 0
@@ -480,7 +481,8 @@ class Trainer:
         for r, values in enumerate(per_rank_fp):
             self.logger.log({f"memory/embedding_bytes/rank{r}": values[1]}, self.step, console=False)
 
-        self.throughput: list[tuple[int, float]] = []
+        self.throughput: list[tuple[int, float]] = []  # (samples over all ranks, seconds) per log interval
+        self.split_ms: list[tuple[int, float, float, float]] = []  # (steps, data, fwd+bwd, optimizer ms)
         zero = torch.zeros((), dtype=torch.float64, device=env.device)
         acc: dict = {"loss": zero.clone(), "bce": zero.clone(), "steps": 0}
         every_eval, every_ckpt = cfg.eval.every_steps, cfg.checkpoint_interval
@@ -532,6 +534,12 @@ class Trainer:
         steady = self.throughput[1:] if len(self.throughput) > 2 else self.throughput
         samples = sum(s for s, _ in steady)
         seconds = sum(t for _, t in steady)
+        split = self.split_ms[1:] if len(self.split_ms) > 2 else self.split_ms
+        n = sum(k for k, *_ in split) or 1
+        step_ms = {
+            name: sum(k * v[i] for k, *v in split) / n
+            for i, name in enumerate(("data_wait", "forward_backward", "optimizer"))
+        }
         import torchrec
 
         summary = {
@@ -541,6 +549,7 @@ class Trainer:
             "steps": self.step,
             "samples_per_s": samples / seconds if seconds else math.nan,
             "samples_per_s_per_rank": samples / seconds / env.world_size if seconds else math.nan,
+            "step_time_ms_rank0": step_ms,
             "world_size": env.world_size,
             "pipeline": self.pipeline is not None,
             "pipeline_blocker": self.pipeline_blocker,
