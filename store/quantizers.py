@@ -86,15 +86,16 @@ class QuantizerOutput:
 # -- nearest-codeword search and k-means --------------------------------------------------------
 
 
-def nearest(z: Tensor, codebooks: Tensor, chunk: int = 128) -> Tensor:
+def nearest(z: Tensor, codebooks: Tensor, chunk: int | None = None) -> Tensor:
     """Index of the nearest codeword in each codebook: z [K, B, d], codebooks [K, C, d] -> [K, B] int64.
 
     ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2 and ||z||^2 is constant per row, so the nearest codeword
     maximises 2 z.c - ||c||^2: one batched matmul with an appended constant-1 column, chunked over B so
-    the [K, C, chunk] score block stays in cache.
+    the [K, C, chunk] score block stays in cache (default: about 2^20 scores per block).
     """
     K, B, d = z.shape
     C = codebooks.shape[1]
+    chunk = chunk or max(16, 2**20 // (K * C))
     with torch.no_grad():
         z = z.detach()
         cb = codebooks.detach().to(z.dtype)
@@ -133,7 +134,7 @@ def kmeans(x: Tensor, num_clusters: int, iters: int = 20, generator: torch.Gener
     if M < num_clusters:
         cent += 1e-3 * x.std() * torch.randn(cent.shape, generator=generator).to(x.device)
     for _ in range(iters):
-        assign = nearest(x, cent, chunk=4096)  # [K, M]
+        assign = nearest(x, cent)  # [K, M]
         sums = torch.zeros_like(cent).scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, d), x)
         counts = torch.zeros(K, num_clusters, device=x.device).scatter_add_(
             1, assign, torch.ones(K, M, device=x.device)
