@@ -35,6 +35,9 @@ class ModelConfig:
     """Fraction of key blocks each query skips; kept blocks = max(1, round((1 - sparsity) * n_blocks))."""
     vanilla_attention: bool = False
     """Use dense attention instead of MoBA (ablation)."""
+    moba_gather: bool = False
+    """Run MoBA as an explicit gather of the kept blocks (executes only their FLOPs; slow on CPU) instead of
+    torch's fused attention with the block mask (same result, faster for tens of tokens)."""
     rotation: bool = True
     """Rotate the static-feature block by orthogonal matrices; False feeds one token per group (ablation)."""
     num_rotations: int = 0

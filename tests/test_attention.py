@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from store.attention import (
     TokenAttention,
     moba_attention,
+    moba_masked_sdpa,
     moba_reference,
     moba_select_blocks,
     num_blocks,
@@ -34,9 +35,13 @@ def test_kept_blocks_rule():
     assert num_blocks(7, 2) == 4 and num_blocks(8, 2) == 4
 
 
+IMPLEMENTATIONS = [moba_attention, moba_masked_sdpa]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("block_size", [1, 2, 3])
-def test_block_sparse_equals_dense_masked_reference_forward_and_backward(padded, block_size):
+def test_block_sparse_equals_dense_masked_reference_forward_and_backward(padded, block_size, impl):
     q, k, v = _qkv()
     valid = _padding(3, 7) if padded else None
     n = num_blocks(7, block_size)
@@ -46,7 +51,7 @@ def test_block_sparse_equals_dense_masked_reference_forward_and_backward(padded,
     scores = torch.rand(3, 2, 7, n, generator=g)
     scores[..., 0] = 2.0  # block 0 (always real tokens) is always among the chosen
     idx = scores.argsort(-1, descending=True)[..., :kept]
-    sparse = moba_attention(q, k, v, block_size, idx, valid)
+    sparse = impl(q, k, v, block_size, idx, valid)
     dense = moba_reference(q, k, v, block_size, idx, valid)
     torch.testing.assert_close(sparse, dense)
     w = torch.randn_like(sparse)
@@ -56,13 +61,14 @@ def test_block_sparse_equals_dense_masked_reference_forward_and_backward(padded,
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("padded", [False, True])
-def test_all_blocks_kept_equals_plain_dense_attention(padded):
+def test_all_blocks_kept_equals_plain_dense_attention(padded, impl):
     q, k, v = _qkv(t=9)
     valid = _padding(3, 9) if padded else None
     n = num_blocks(9, 2)
     idx = moba_select_blocks(q, k, 2, n, valid)
-    out = moba_attention(q, k, v, 2, idx, valid)
+    out = impl(q, k, v, 2, idx, valid)
     mask = None if valid is None else valid[:, None, None, :]
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 

@@ -46,7 +46,10 @@ def _torch_count(fn) -> int:
 @pytest.mark.parametrize("vanilla", [True, False])
 def test_transformer_count_matches_torch_flop_counter(vanilla):
     b, t, d = 3, 7, 8
-    layers = [TransformerLayer(d, 2, 2, block_size=2, sparsity=0.5, vanilla=vanilla) for _ in range(2)]
+    # gather=True: the block-sparse kernel, which executes exactly the counted (kept-block) FLOPs
+    layers = [
+        TransformerLayer(d, 2, 2, block_size=2, sparsity=0.5, vanilla=vanilla, gather=True) for _ in range(2)
+    ]
     x = torch.randn(b, t, d)
 
     def run():
@@ -63,7 +66,7 @@ def test_transformer_count_matches_torch_flop_counter(vanilla):
 @pytest.mark.parametrize("vanilla", [True, False])
 def test_whole_model_count_matches_torch_flop_counter(name, history_tokens, vanilla):
     spec, sids = tiny_spec(), tiny_sids()
-    cfg = ModelConfig(vanilla_attention=vanilla, history_tokens=history_tokens)
+    cfg = ModelConfig(vanilla_attention=vanilla, history_tokens=history_tokens, moba_gather=True)
     model = build_model(name, spec, cfg, sids).eval()
     batch = tiny_batch(spec, rows=8)
     if name == "store":

@@ -173,7 +173,10 @@ class StoreModel(nn.Module):
         self.history = history_features(spec)
         self.num_fixed_tokens = k + num_static + (0 if cfg.history_tokens else len(self.history))
         attention = dict(
-            block_size=cfg.moba_block_size, sparsity=cfg.moba_sparsity, vanilla=cfg.vanilla_attention
+            block_size=cfg.moba_block_size,
+            sparsity=cfg.moba_sparsity,
+            vanilla=cfg.vanilla_attention,
+            gather=cfg.moba_gather,
         )
         self.encoder = TransformerEncoder(
             cfg.num_layers, d, cfg.num_heads, cfg.ffn_mult, cfg.dropout, **attention
