@@ -1,0 +1,418 @@
+"""The runs behind docs/results.md: the paper's Table 1, Table 2 and Figure 2 at small scale.
+
+    python benchmarks/paper_experiments.py --out runs/paper            # run (resumable), then tables
+    python benchmarks/paper_experiments.py --out runs/paper --tables-only --write-doc docs/results.md
+
+Datasets: MovieLens-100K (../shared/data/ml-100k, converted) and a synthetic set (``--syn-rows``),
+whose true click probability gives the Bayes-optimal AUC as the ceiling. Runs go one after another
+in priority order (main ID-vs-STORE comparison first, then ablations, baselines, sweeps); a run
+whose summary.json exists is skipped, an interrupted one resumes from its checkpoint, so the script
+can be stopped (``--time-budget``) and restarted. Tables are built only from the runs' outputs;
+missing runs show as "not run".
+
+Table 1: models x AUC / GAUC / logloss (+ tail AUC, samples/s, embedding parameters).
+Table 2: tokenizer ablations (OPMQ, RQ-VAE, OPQ), no rotation, vanilla attention; forward TFLOPs per batch.
+Figure 2: validation AUC per epoch (ID vs STORE), and test AUC vs number of SIDs, layers, MoBA sparsity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from launch.compare import run_logged, trainer_command  # noqa: E402
+from launch.report import bayes_optimal, fmt, md_table, per_epoch  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+
+
+@dataclass
+class Run:
+    """One trainer run of the experiment grid."""
+
+    dataset: str
+    """Dataset key (ml100k, syn)."""
+    name: str
+    """Run name (folder OUT/<dataset>/runs/<name>)."""
+    model: str
+    """Model of the zoo."""
+    tok: str = "opmq_k4"
+    """Tokenization key (folder OUT/<dataset>/sids/<tok>)."""
+    flags: list[str] = field(default_factory=list)
+    """Extra trainer flags."""
+    sweep: bool = False
+    """Uses --sweep-epochs instead of --epochs."""
+
+
+TOKENIZATIONS = {
+    "opmq_k4": ("opmq", 4),
+    "rqvae_k4": ("rqvae", 4),
+    "opq_k4": ("opq", 4),
+    "opmq_k2": ("opmq", 2),
+    "opmq_k8": ("opmq", 8),
+}
+"""Tokenization key -> (method, K); the codebook size is --codebook-size for all."""
+
+
+def grid(datasets: list[str]) -> list[Run]:
+    """Every run, in the order they are trained (most important first)."""
+    main, ablations, baselines, sweeps = [], [], [], []
+    for ds in datasets:
+        main += [Run(ds, "id", "id"), Run(ds, "store", "store")]
+        ablations += [
+            Run(ds, "store_rqvae", "store", "rqvae_k4"),
+            Run(ds, "store_opq", "store", "opq_k4"),
+            Run(ds, "store_no_rotation", "store", flags=["--model.rotation", "false"]),
+            Run(ds, "store_vanilla", "store", flags=["--model.vanilla_attention", "true"]),
+        ]
+        baselines += [Run(ds, m, m) for m in ("dnn", "deepfm", "dcn")]
+        sweeps += [
+            Run(ds, "store_k2", "store", "opmq_k2", sweep=True),
+            Run(ds, "store_k8", "store", "opmq_k8", sweep=True),
+            Run(ds, "store_l1", "store", flags=["--model.num_layers", "1"], sweep=True),
+            Run(ds, "store_l3", "store", flags=["--model.num_layers", "3"], sweep=True),
+            Run(ds, "store_s0.25", "store", flags=["--model.moba_sparsity", "0.25"], sweep=True),
+            Run(ds, "store_s0.75", "store", flags=["--model.moba_sparsity", "0.75"], sweep=True),
+        ]
+    # Ablations and sweeps first on the synthetic data (it has the Bayes ceiling).
+    key = {"syn": 0, "ml100k": 1}
+    return (
+        main
+        + sorted(ablations, key=lambda r: key.get(r.dataset, 2))
+        + sorted(baselines, key=lambda r: key.get(r.dataset, 2))
+        + sorted(sweeps, key=lambda r: key.get(r.dataset, 2))
+    )
+
+
+# -- preparation -------------------------------------------------------------------------------------
+def python() -> list[str]:
+    return [sys.executable]
+
+
+def prepare_data(args: argparse.Namespace, ds: str) -> Path:
+    out = Path(args.out) / ds / "data"
+    if (out / "spec.json").is_file():
+        return out
+    print(f"== prepare {ds} -> {out}", flush=True)
+    if ds == "ml100k":
+        src = SHARED / "ml-100k"
+        if not src.is_dir():
+            raise SystemExit(f"error: {src} missing (MovieLens-100K); drop ml100k from --datasets")
+        cmd = python() + ["-m", "data_pipeline", "convert", "movielens", "--src", str(src), "--out", str(out)]
+    else:
+        cmd = python() + [
+            "-m", "data_pipeline", "generate", "--out", str(out), "--rows", str(args.syn_rows),
+            "--items", str(args.syn_items), "--users", str(args.syn_users), "--seed", "0", "--no-progress",
+        ]  # fmt: skip
+    run_logged(cmd, Path(args.out) / ds / "logs" / "data.log", f"preparing {ds}")
+    return out
+
+
+def prepare_sids(args: argparse.Namespace, ds: str, tok: str) -> Path | None:
+    if tok == "id":
+        tok = "opmq_k4"  # the ID model only takes the token count from it
+    out = Path(args.out) / ds / "sids" / tok
+    if (out / "meta.json").is_file():
+        return out
+    method, k = TOKENIZATIONS[tok]
+    print(f"== tokenize {ds} {tok} -> {out}", flush=True)
+    cmd = python() + [
+        "-m", "store.tokenize", "--data", str(Path(args.out) / ds / "data"), "--out", str(out),
+        "--method", method, "--num-sids", str(k), "--codebook-size", str(args.codebook_size),
+        "--min-steps", str(args.tokenizer_min_steps), "--seed", "0", "--no-progress",
+    ]  # fmt: skip
+    run_logged(cmd, Path(args.out) / ds / "logs" / f"tokenize_{tok}.log", f"tokenizing {ds} {tok}")
+    return out
+
+
+def run_dir(args: argparse.Namespace, run: Run) -> Path:
+    return Path(args.out) / run.dataset / "runs" / run.name
+
+
+def execute(args: argparse.Namespace, run: Run) -> None:
+    out = run_dir(args, run)
+    if (out / "summary.json").is_file():
+        return
+    data = prepare_data(args, run.dataset)
+    sids = prepare_sids(args, run.dataset, run.tok)
+    epochs = args.sweep_epochs if run.sweep else args.epochs
+    flags = [
+        "--data", str(data), "--model", run.model, "--out", str(out), "--epochs", str(epochs),
+        "--batch-size", str(args.batch_size), "--seed", "0", "--resume", "--logging.progress", "false",
+    ]  # fmt: skip
+    if run.model in ("store", "id"):
+        flags += ["--sids", str(sids)]
+    if args.max_steps:
+        flags += ["--max-steps", str(args.max_steps)]
+    print(f"== train {run.dataset}/{run.name} ({run.model}, {epochs} epochs)", flush=True)
+    run_logged(
+        trainer_command(1, flags + run.flags + args.trainer_args),
+        Path(args.out) / run.dataset / "logs" / f"train_{run.name}.log",
+        f"training {run.dataset}/{run.name}",
+    )
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def load(args: argparse.Namespace, ds: str, name: str) -> dict | None:
+    path = Path(args.out) / ds / "runs" / name / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, float] | None:
+    """(model forward TFLOPs, attention TFLOPs) per batch of the run's STORE/ID model (analytical)."""
+    import torch
+
+    from data_pipeline.spec import DatasetSpec
+    from store.config import ModelConfig
+    from store.flops import store_model_flops
+    from store.sid import SidTable
+    from store.zoo import build_model
+
+    cfg = summary["config"]
+    if cfg["model"] not in ("store", "id"):
+        return None
+    mc = dict(cfg["model_config"])
+    mc["mlp_dims"] = tuple(mc["mlp_dims"])
+    spec = DatasetSpec.load(cfg["data"])
+    sids = SidTable.load(cfg["sids"], spec) if cfg.get("sids") else None
+    model = build_model(cfg["model"], spec, ModelConfig(**mc), sids, device=torch.device("meta"))
+    report = store_model_flops(model, cfg["batch_size"])
+    return report.total_tflops, report.attention_tflops
+
+
+def emb_params(s: dict) -> int | None:
+    v = s.get("embedding_params_per_rank")
+    return v[0] if v else None
+
+
+def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
+    rows = []
+    names = {
+        "dnn": "DNN",
+        "deepfm": "DeepFM",
+        "dcn": "DCN-v2",
+        "id": "ID baseline (STORE arch., raw item IDs)",
+    }
+    names["store"] = "STORE (OPMQ SIDs)"
+    for name, shown in names.items():
+        s = load(args, ds, name)
+        if s is None:
+            rows.append([shown, "not run", "", "", "", "", ""])
+            continue
+        sps = f"{s['samples_per_s']:,.0f}" if s.get("samples_per_s") else "-"
+        rows.append(
+            [shown, s.get("auc"), s.get("gauc"), s.get("logloss"), s.get("tail_auc"), sps, emb_params(s)]
+        )
+    if ceiling:
+        rows.append(
+            [
+                "Bayes-optimal (true click prob.)",
+                ceiling["auc"],
+                ceiling["gauc"],
+                ceiling["logloss"],
+                "",
+                "",
+                "",
+            ]
+        )
+    return md_table(["model", "AUC", "GAUC", "logloss", "tail AUC", "samples/s", "embedding params"], rows)
+
+
+def table2(args: argparse.Namespace, ds: str) -> str:
+    variants = [
+        ("store", "STORE (OPMQ, rotation, MoBA)"),
+        ("store_rqvae", "tokenizer: RQ-VAE"),
+        ("store_opq", "tokenizer: OPQ"),
+        ("store_no_rotation", "no rotation"),
+        ("store_vanilla", "vanilla attention"),
+        ("id", "ID baseline (no SIDs)"),
+    ]
+    rows = []
+    for name, shown in variants:
+        s = load(args, ds, name)
+        if s is None:
+            rows.append([shown, "not run", "", "", "", "", ""])
+            continue
+        f = flops(args, ds, s)
+        sps = f"{s['samples_per_s']:,.0f}" if s.get("samples_per_s") else "-"
+        tf = (f"{f[0]:.3e}", f"{f[1]:.3e}") if f else ("-", "-")
+        rows.append([shown, s.get("auc"), s.get("gauc"), s.get("logloss"), tf[0], tf[1], sps])
+    return md_table(
+        ["variant", "AUC", "GAUC", "logloss", "TFLOPs/batch (fwd)", "attention TFLOPs/batch", "samples/s"],
+        rows,
+    )
+
+
+SWEEPS = {
+    "number of SIDs K": [("store_k2", 2), ("store", 4), ("store_k8", 8)],
+    "transformer layers": [("store_l1", 1), ("store", 2), ("store_l3", 3)],
+    "MoBA sparsity": [("store_s0.25", 0.25), ("store", 0.5), ("store_s0.75", 0.75)],
+}
+"""Figure 2 sweeps: (run name, x value); 'store' is the default configuration (trained --epochs)."""
+
+
+def sweep_table(args: argparse.Namespace, ds: str) -> str:
+    rows = []
+    for sweep, points in SWEEPS.items():
+        for name, x in points:
+            s = load(args, ds, name)
+            if s is None:
+                rows.append([sweep, x, "not run", "", "", ""])
+                continue
+            ep1 = per_epoch(s)[0].get("auc") if per_epoch(s) else None
+            rows.append([sweep, x, s["config"]["epochs"], ep1, s.get("auc"), s.get("gauc")])
+    return md_table(["sweep", "value", "epochs", "valid AUC after epoch 1", "test AUC", "test GAUC"], rows)
+
+
+def epoch_table(args: argparse.Namespace, ds: str) -> str:
+    rows = []
+    for name, shown in (("id", "ID baseline"), ("store", "STORE")):
+        s = load(args, ds, name)
+        for e in per_epoch(s) if s else []:
+            rows.append([shown, e["epoch"], e.get("auc"), e.get("gauc"), e.get("logloss"), e.get("tail_auc")])
+    return md_table(["model", "epoch", "valid AUC", "valid GAUC", "valid logloss", "valid tail AUC"], rows)
+
+
+def figure2(args: argparse.Namespace, ds: str, ceiling: dict | None, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    ax = axes[0]
+    drawn = False
+    for name, shown in (("id", "ID baseline"), ("store", "STORE")):
+        s = load(args, ds, name)
+        if s:
+            rows = per_epoch(s)
+            ax.plot(
+                [r["epoch"] for r in rows], [r.get("auc") or math.nan for r in rows], marker="o", label=shown
+            )
+            drawn = True
+    ax.set_title("valid AUC vs epoch")
+    ax.set_xlabel("epoch")
+    ax.legend()
+    for ax, (sweep, points) in zip(axes[1:], SWEEPS.items()):
+        xs, ys = [], []
+        for name, x in points:
+            s = load(args, ds, name)
+            if s and s.get("auc") is not None:
+                xs.append(x)
+                ys.append(s["auc"])
+        ax.plot(xs, ys, marker="o", color="C1")
+        ax.set_title(f"test AUC vs {sweep}")
+        ax.set_xlabel(sweep)
+    for ax in axes:
+        if ceiling:
+            ax.axhline(ceiling["auc"], color="grey", ls="--", lw=1, label="Bayes-optimal")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{ds}: small-scale Figure 2 (CPU)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
+def tables(args: argparse.Namespace, figures_dir: Path) -> str:
+    parts = []
+    for ds in args.datasets:
+        data = Path(args.out) / ds / "data"
+        ceiling = bayes_optimal(data) if (data / "spec.json").is_file() else None
+        title = {"ml100k": "MovieLens-100K", "syn": f"Synthetic ({args.syn_rows:,} rows)"}.get(ds, ds)
+        parts.append(f"### {title}\n")
+        if ceiling:
+            parts.append(
+                f"Bayes-optimal ceiling on the test split ({ceiling['rows']:,} rows): AUC {fmt(ceiling['auc'])}, "
+                f"GAUC {fmt(ceiling['gauc'])}, logloss {fmt(ceiling['logloss'])}.\n"
+            )
+        parts += [f"**Table 1 ({ds})**: test split, end of training.\n", table1(args, ds, ceiling), ""]
+        parts += [f"**Table 2 ({ds})**: ablations (forward FLOPs of the whole model per batch of "
+                  f"{args.batch_size}, analytical, store.flops).\n", table2(args, ds), ""]  # fmt: skip
+        parts += [f"**Figure 2 ({ds})**, validation per epoch:\n", epoch_table(args, ds), ""]
+        parts += [f"Sweeps ({ds}; sweep runs train --sweep-epochs, the default point --epochs):\n"]
+        parts += [sweep_table(args, ds), ""]
+        png = figures_dir / f"results_fig2_{ds}.png"
+        if figure2(args, ds, ceiling, png):
+            parts.append(f"![Figure 2, {ds}]({png.name})\n")
+    return "\n".join(parts)
+
+
+def write_doc(doc: Path, generated: str) -> None:
+    from data_pipeline.spec import atomic_write_text
+
+    text = doc.read_text() if doc.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"error: {doc} has no {BEGIN} ... {END} block to fill")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    atomic_write_text(doc, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/paper", help="experiment folder (resumable)")
+    p.add_argument("--datasets", default="syn,ml100k", help="comma-separated: syn, ml100k")
+    p.add_argument("--syn-rows", type=int, default=60_000, help="rows of the synthetic dataset")
+    p.add_argument("--syn-items", type=int, default=3_000, help="items of the synthetic dataset")
+    p.add_argument("--syn-users", type=int, default=6_000, help="users of the synthetic dataset")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of the main / ablation / baseline runs")
+    p.add_argument("--sweep-epochs", type=int, default=1, help="epochs of the Figure 2 sweep runs")
+    p.add_argument("--batch-size", type=int, default=1024, help="rows per batch")
+    p.add_argument("--max-steps", type=int, default=0, help="cap on steps per run (0: none)")
+    p.add_argument("--codebook-size", type=int, default=64, help="C of every tokenization")
+    p.add_argument("--tokenizer-min-steps", type=int, default=500, help="tokenizer training steps")
+    p.add_argument("--only", default="", help="comma-separated run names to train (default: all)")
+    p.add_argument("--time-budget", type=float, default=0, help="stop starting runs after this many minutes")
+    p.add_argument("--tables-only", action="store_true", help="train nothing; print the tables")
+    p.add_argument("--write-doc", default="", help="fill the generated block of this markdown file")
+    p.add_argument("--list", action="store_true", help="print the run grid and exit")
+    args, extra = p.parse_known_args()
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    args.trainer_args = extra
+    args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bad = [d for d in args.datasets if d not in ("syn", "ml100k")]
+    if bad:
+        p.error(f"--datasets: unknown {bad}; choose from syn, ml100k")
+    runs = grid(args.datasets)
+    if args.only:
+        wanted = {n.strip() for n in args.only.split(",")}
+        runs = [r for r in runs if r.name in wanted]
+    if args.list:
+        for r in runs:
+            done = "done" if (run_dir(args, r) / "summary.json").is_file() else "todo"
+            print(f"{done:5} {r.dataset:7} {r.name:18} {r.model:7} {r.tok:9} {' '.join(r.flags)}")
+        return 0
+    t0 = time.time()
+    if not args.tables_only:
+        for run in runs:
+            if args.time_budget and time.time() - t0 > 60 * args.time_budget:
+                print(f"== time budget of {args.time_budget} min reached; stopping (rerun to continue)")
+                break
+            try:
+                execute(args, run)
+            except RuntimeError as e:  # one failed run does not stop the grid
+                print(f"!! {e}", flush=True)
+    doc = Path(args.write_doc) if args.write_doc else None
+    generated = tables(args, doc.parent if doc else Path(args.out))
+    if doc:
+        write_doc(doc, generated)
+        print(f"wrote {doc}")
+    else:
+        print(generated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""ID baseline vs STORE on one dataset: ``python -m launch.compare --data DIR --out OUT [-- TRAINER FLAGS]``.
+
+Stages (each skipped when its output exists, so an interrupted comparison continues where it stopped):
+
+1. tokenize: ``python -m store.tokenize`` -> OUT/sids (unless ``--sids`` names an existing table);
+2. train the ID baseline (``--model id``) -> OUT/id and STORE (``--model store``) -> OUT/store, on the
+   same data with the same epochs, batch size, seed and extra trainer flags (``--nproc`` > 1 runs
+   each under torchrun); the ID model gets the SID table too, only to attend over the same number
+   of item tokens as STORE;
+3. report: ``launch.report`` -> OUT/report (report.md, PNG plots, tensorboard/{id,store}).
+
+Logs of every stage go to OUT/logs/; the console shows one line per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_pipeline.spec import DataError
+
+MODELS = ("id", "store")
+"""The two runs of a comparison, in the order they are trained."""
+METHODS = ("opmq", "rqvae", "opq")
+
+
+@dataclass
+class CompareConfig:
+    """One ID-vs-SID comparison."""
+
+    data: str
+    """Dataset folder (spec.json, train/, valid/, test/, items/)."""
+    out: str
+    """Output folder: sids/, id/, store/, logs/, report/."""
+    epochs: int = 3
+    """Training epochs of each model."""
+    batch_size: int = 512
+    """Rows per batch per process."""
+    nproc: int = 1
+    """Processes per trainer run (torchrun on this machine when > 1)."""
+    max_steps: int = 0
+    """Stop each run after this many steps (0: all epochs)."""
+    method: str = "opmq"
+    """Tokenizer: opmq, rqvae or opq."""
+    num_sids: int = 4
+    """K: semantic IDs per item."""
+    codebook_size: int = 64
+    """C: codewords per codebook."""
+    tokenizer_min_steps: int = 500
+    """At least this many tokenizer training steps (--min-steps of store.tokenize)."""
+    sids: str = ""
+    """An existing SID table folder to use instead of tokenizing."""
+    seed: int = 0
+    """Seed of the tokenizer and of both runs."""
+    scaling: str = ""
+    """A bench_scaling.py output folder to include in the report (empty: that section says how to run it)."""
+    trainer_args: list[str] = field(default_factory=list)
+    """Extra trainer flags for both runs (e.g. --model.num_layers 3)."""
+
+    def validate(self) -> None:
+        """DataError naming the flag and the rule."""
+        if not Path(self.data, "spec.json").is_file():
+            raise DataError(f"--data {self.data}: not a dataset folder (no spec.json)")
+        if not self.out:
+            raise DataError("--out is required (an output folder)")
+        for flag, value in (
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--nproc", self.nproc),
+            ("--num-sids", self.num_sids),
+            ("--codebook-size", self.codebook_size),
+        ):
+            if value < 1:
+                raise DataError(f"{flag} must be >= 1, got {value}")
+        if self.max_steps < 0 or self.tokenizer_min_steps < 0:
+            raise DataError("--max-steps and --tokenizer-min-steps must be >= 0")
+        if self.method not in METHODS:
+            raise DataError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.sids and not Path(self.sids, "sid_table.parquet").is_file():
+            raise DataError(f"--sids {self.sids}: no sid_table.parquet there")
+        if self.scaling and not Path(self.scaling).is_dir():
+            raise DataError(f"--scaling {self.scaling}: folder does not exist")
+
+
+def python_env() -> dict[str, str]:
+    """The environment of child processes: this interpreter's bin/ first on PATH (torchrun, python)."""
+    env = os.environ.copy()
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
+    """Run `cmd`, output to `log_path`; on failure raise with the log's last lines."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=python_env())
+    if rc != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{what} failed (exit {rc}); log {log_path}:\n{tail}")
+    print(f"   done in {time.perf_counter() - t0:.0f} s (log: {log_path})", flush=True)
+
+
+def tokenize_command(cfg: CompareConfig, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "store.tokenize", "--data", cfg.data, "--out", str(out),
+        "--method", cfg.method, "--num-sids", str(cfg.num_sids), "--codebook-size", str(cfg.codebook_size),
+        "--min-steps", str(cfg.tokenizer_min_steps), "--seed", str(cfg.seed), "--no-progress",
+    ]  # fmt: skip
+
+
+def trainer_command(nproc: int, args: list[str]) -> list[str]:
+    """``python -m trainer ARGS`` on one process, else under torchrun (standalone rendezvous)."""
+    if nproc == 1:
+        return [sys.executable, "-m", "trainer", *args]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+        "-m", "trainer", *args,
+    ]  # fmt: skip
+
+
+def train_args(cfg: CompareConfig, model: str, sids: Path, out: Path) -> list[str]:
+    """The trainer flags of one run; identical for both models except --model and --out."""
+    args = [
+        "--data", cfg.data, "--model", model, "--sids", str(sids), "--out", str(out),
+        "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed),
+        "--resume",  # continue an interrupted run from its newest checkpoint (a warning if none)
+        "--logging.progress", "false",
+    ]  # fmt: skip
+    if cfg.max_steps:
+        args += ["--max-steps", str(cfg.max_steps)]
+    return args + list(cfg.trainer_args)
+
+
+def run_comparison(cfg: CompareConfig) -> Path:
+    """All stages; returns the report's markdown file."""
+    from launch.report import write_report
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    sids = Path(cfg.sids) if cfg.sids else out / "sids"
+    n_stages = 2 + len(MODELS)
+    if cfg.sids:
+        print(f"== 1/{n_stages} SIDs: using {sids}", flush=True)
+    elif (sids / "meta.json").is_file() and (sids / "sid_table.parquet").is_file():
+        print(f"== 1/{n_stages} SIDs: {sids} exists, skipped", flush=True)
+    else:
+        print(f"== 1/{n_stages} tokenize ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}) -> {sids}")
+        run_logged(tokenize_command(cfg, sids), logs / "tokenize.log", "tokenizer")
+    runs = {}
+    for i, model in enumerate(MODELS, start=2):
+        run_dir = out / model
+        runs[model] = run_dir
+        if (run_dir / "summary.json").is_file():
+            print(f"== {i}/{n_stages} train {model}: {run_dir}/summary.json exists, skipped", flush=True)
+            continue
+        print(f"== {i}/{n_stages} train {model} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}")
+        cmd = trainer_command(cfg.nproc, train_args(cfg, model, sids, run_dir))
+        run_logged(cmd, logs / f"train_{model}.log", f"training {model}")
+    print(f"== {n_stages}/{n_stages} report", flush=True)
+    return write_report(out / "report", runs, sids, scaling=Path(cfg.scaling) if cfg.scaling else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = CompareConfig(data="", out="")
+    p = argparse.ArgumentParser(
+        prog="python -m launch.compare",
+        description="ID baseline vs STORE: tokenize, train both with the same budget, write a report. "
+        "Trainer flags for both runs go after '--'.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--out", required=True, help="output folder (sids/, id/, store/, logs/, report/)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs of each model")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per batch per process")
+    p.add_argument("--nproc", type=int, default=d.nproc, help="processes per trainer run")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="cap on steps per run (0: none)")
+    p.add_argument("--method", default=d.method, help="tokenizer: opmq, rqvae or opq")
+    p.add_argument("--num-sids", type=int, default=d.num_sids, help="K: semantic IDs per item")
+    p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="C: codewords per codebook")
+    p.add_argument(
+        "--tokenizer-min-steps", type=int, default=d.tokenizer_min_steps, help="tokenizer training steps"
+    )
+    p.add_argument("--sids", default="", help="use this SID table folder instead of tokenizing")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of tokenizer and runs")
+    p.add_argument("--scaling", default="", help="bench_scaling.py output folder to include in the report")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    args = build_parser().parse_args(argv)
+    cfg = CompareConfig(**{k: v for k, v in vars(args).items()}, trainer_args=extra)
+    try:
+        report = run_comparison(cfg)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
+    print(f"tensorboard: tensorboard --logdir {report.parent / 'tensorboard'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""TorchX components: ``torchx run [-s SCHEDULER] launch/store.py:train|compare ...``.
+
+``train`` launches the trainer (``python -m trainer``) as a distributed job through TorchX's own
+``dist.ddp`` component (torchrun: nodes x processes per node, c10d rendezvous), so the same
+command works on ``local_cwd`` here and on the cluster schedulers TorchX ships (slurm, kubernetes,
+aws_batch, ...; see docs/launch.md). ``compare`` runs the whole ID-vs-SID comparison
+(``python -m launch.compare``) as a one-process job that starts its own trainer runs.
+
+The annotations are plain ``typing`` types (no ``from __future__ import annotations``): TorchX
+reads them at run time to build each component's ``--help`` and to convert the flags.
+"""
+
+# ruff: noqa: UP006, UP035, UP045  (TorchX 0.7 parses typing.Optional/Dict/List, not X | None)
+import os
+import shlex
+from typing import Dict, List, Optional
+
+import torchx
+import torchx.specs as specs
+from torchx.components import dist
+
+SHARDING = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
+"""What --sharding accepts (the trainer's --sharding.default)."""
+MODELS = ("store", "id", "dnn", "deepfm", "dcn", "autoint", "rankmixer", "onetrans")
+"""The trainer's model zoo (store.zoo.MODEL_NAMES, repeated so building an AppDef imports no torch)."""
+
+
+def _check(flag: str, ok: bool, rule: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"--{flag} {rule}, got {value!r}")
+
+
+def _path_env(env: Optional[Dict[str, str]], venv: str) -> Dict[str, str]:
+    """The role's env; with ``venv`` its bin/ goes first on PATH (the local schedulers prepend it)."""
+    out = dict(env or {})
+    if venv:
+        bin_dir = os.path.join(os.path.abspath(venv), "bin")
+        _check("venv", os.path.isdir(bin_dir), "must be a virtualenv folder with a bin/ inside", venv)
+        out["PATH"] = bin_dir + (os.pathsep + out["PATH"] if out.get("PATH") else "")
+    return out
+
+
+def train(
+    *trainer_args: str,
+    data: str,
+    model: str = "store",
+    sids: str = "",
+    out: str = "runs/train",
+    epochs: int = 1,
+    batch_size: int = 512,
+    max_steps: int = 0,
+    sharding: str = "auto",
+    sharding_tables: str = "",
+    device: str = "auto",
+    j: str = "1x2",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    max_retries: int = 0,
+    checkpoint_every: int = 0,
+    tensorboard_dir: str = "",
+    name: str = "store-train",
+    image: str = torchx.IMAGE,
+    venv: str = "",
+    env: Optional[Dict[str, str]] = None,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Train one model of the zoo with the distributed trainer (torchrun over nodes x processes).
+
+    Extra trainer flags go after ``--``, e.g. ``-- --optim.dense_lr 3e-4 --model.num_layers 3``
+    (see ``python -m trainer --help``).
+
+    Args:
+        trainer_args: extra flags passed to ``python -m trainer`` as they are
+        data: dataset folder (spec.json, train/, valid/, test/), as the job's hosts see it
+        model: model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer or onetrans
+        sids: SID table folder from ``python -m store.tokenize`` (needed by model store; gives model id
+            the same token count)
+        out: output folder of the run (checkpoints/, tensorboard/, metrics.json, summary.json)
+        epochs: passes over the training split
+        batch_size: rows per batch per process
+        max_steps: stop after this many steps (0: run all epochs)
+        sharding: sharding type of every embedding table: auto, table_wise, row_wise, column_wise or
+            data_parallel (row_wise needs GPUs)
+        sharding_tables: per-table overrides 'table=type,...' (e.g. 't_item=row_wise')
+        device: auto (cuda if the host has GPUs), cpu or cuda
+        j: {nnodes}x{nproc_per_node} (or {min_nnodes}:{max_nnodes}x{nproc_per_node}); on GPU hosts
+            nproc_per_node must not exceed the GPUs per node
+        cpu: CPUs per node (replica)
+        gpu: GPUs per node (replica)
+        memMB: memory per node in MB
+        h: a registered named resource (overrides cpu, gpu and memMB)
+        max_retries: scheduler restarts of a failed job; when > 0 the trainer runs with --resume and
+            restarts continue from the newest checkpoint
+        checkpoint_every: write a checkpoint every N steps (0: only at the end; with max_retries > 0
+            and 0 here, every 500 steps)
+        tensorboard_dir: also expose the run's TensorBoard events as TENSORBOARD_DIR/NAME (a link to
+            OUT/tensorboard; empty: only OUT/tensorboard)
+        name: job name ({experiment}/{run} or {run})
+        image: container image (docker/kubernetes/aws_batch); local_cwd and slurm use the current folder
+        venv: a virtualenv whose bin/ goes first on PATH (local schedulers: .venv of this checkout)
+        env: environment variables of every process, e.g. NCCL_DEBUG=INFO,OMP_NUM_THREADS=4
+        rdzv_port: port of the c10d rendezvous on the first node (multi-node jobs)
+        mounts: mounts for container schedulers (type=bind,src=/host,dst=/job[,readonly])
+    """
+    _check("model", model in MODELS, f"must be one of {', '.join(MODELS)}", model)
+    _check("sharding", sharding in SHARDING, f"must be one of {', '.join(SHARDING)}", sharding)
+    _check("device", device in ("auto", "cpu", "cuda"), "must be one of auto, cpu, cuda", device)
+    _check("data", bool(data), "is required (a dataset folder)", data)
+    _check("sids", model != "store" or bool(sids), "is required by --model store (a SID table folder)", sids)
+    for flag, value in (("epochs", epochs), ("batch_size", batch_size)):
+        _check(flag, value > 0, "must be > 0", value)
+    for flag, value in (
+        ("max_steps", max_steps),
+        ("max_retries", max_retries),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        _check(flag, value >= 0, "must be >= 0", value)
+    _check("gpu", gpu >= 0, "must be >= 0", gpu)
+
+    args = [
+        "--data", data, "--model", model, "--out", out, "--epochs", str(epochs),
+        "--batch-size", str(batch_size), "--device", device, "--sharding.default", sharding,
+    ]  # fmt: skip
+    if sids:
+        args += ["--sids", sids]
+    if max_steps:
+        args += ["--max-steps", str(max_steps)]
+    if sharding_tables:
+        args += ["--sharding.tables", sharding_tables]
+    if max_retries > 0:  # a restarted job continues where the last checkpoint left it
+        args += ["--resume", "--checkpoint-every", str(checkpoint_every or 500)]
+    elif checkpoint_every:
+        args += ["--checkpoint-every", str(checkpoint_every)]
+    args += list(trainer_args)
+
+    app = dist.ddp(
+        *args,
+        m="trainer",
+        image=image,
+        name=name,
+        h=h,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        j=j,
+        env=_path_env(env, venv),
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
+        mounts=mounts,
+    )
+    if tensorboard_dir:
+        # The trainer writes OUT/tensorboard; link it under the shared TensorBoard folder before
+        # the processes start (a restart finds the link in place).
+        link = os.path.join(tensorboard_dir, app.name or "run")
+        target = os.path.join(out, "tensorboard")
+        prep = (
+            f"mkdir -p {shlex.quote(target)} {shlex.quote(tensorboard_dir)} && "
+            f'{{ [ -e {shlex.quote(link)} ] || ln -s "$(cd {shlex.quote(target)} && pwd)" {shlex.quote(link)}; }} && '
+        )
+        role = app.roles[0]
+        role.args = [role.args[0], prep + role.args[1]]
+    return app
+
+
+def compare(
+    *trainer_args: str,
+    data: str,
+    out: str = "runs/compare",
+    epochs: int = 3,
+    batch_size: int = 512,
+    nproc: int = 1,
+    max_steps: int = 0,
+    method: str = "opmq",
+    num_sids: int = 4,
+    codebook_size: int = 64,
+    sids: str = "",
+    seed: int = 0,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    name: str = "store-compare",
+    image: str = torchx.IMAGE,
+    venv: str = "",
+    env: Optional[Dict[str, str]] = None,
+) -> specs.AppDef:
+    """ID baseline vs STORE on one dataset: tokenize, train both with the same budget, write a report.
+
+    Runs ``python -m launch.compare`` on one node; it starts the tokenizer and the two trainer runs
+    (each on ``nproc`` processes) and writes OUT/report/report.md with plots and both TensorBoard
+    runs. Stages whose outputs exist are skipped, so a restarted job continues. Extra trainer flags
+    (applied to both models) go after ``--``.
+
+    Args:
+        trainer_args: extra flags for both trainer runs (e.g. --model.num_layers 3)
+        data: dataset folder
+        out: output folder (sids/, id/, store/, report/)
+        epochs: training epochs of each model (the per-epoch table shows the one-epoch effect)
+        batch_size: rows per batch per process
+        nproc: processes per trainer run (torchrun on this node)
+        max_steps: stop each run after this many steps (0: all epochs)
+        method: tokenizer: opmq, rqvae or opq
+        num_sids: K, semantic IDs per item
+        codebook_size: C, codewords per codebook
+        sids: an existing SID table folder to use instead of tokenizing
+        seed: seed of the tokenizer and of both runs
+        cpu: CPUs of the node
+        gpu: GPUs of the node
+        memMB: memory of the node in MB
+        h: a registered named resource (overrides cpu, gpu and memMB)
+        name: job name
+        image: container image (container schedulers)
+        venv: a virtualenv whose bin/ goes first on PATH (local schedulers: .venv of this checkout)
+        env: environment variables, e.g. OMP_NUM_THREADS=4
+    """
+    _check("data", bool(data), "is required (a dataset folder)", data)
+    _check("method", method in ("opmq", "rqvae", "opq"), "must be one of opmq, rqvae, opq", method)
+    for flag, value in (("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc)):
+        _check(flag, value > 0, "must be > 0", value)
+    for flag, value in (("num_sids", num_sids), ("codebook_size", codebook_size)):
+        _check(flag, value > 0, "must be > 0", value)
+    args = [
+        "-m", "launch.compare", "--data", data, "--out", out, "--epochs", str(epochs),
+        "--batch-size", str(batch_size), "--nproc", str(nproc), "--max-steps", str(max_steps),
+        "--method", method, "--num-sids", str(num_sids), "--codebook-size", str(codebook_size),
+        "--seed", str(seed),
+    ]  # fmt: skip
+    if sids:
+        args += ["--sids", sids]
+    if trainer_args:
+        args += ["--", *trainer_args]
+    return specs.AppDef(
+        name=name,
+        roles=[
+            specs.Role(
+                name="compare",
+                image=image,
+                entrypoint="python",
+                args=args,
+                env=_path_env(env, venv),
+                resource=specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h),
+            )
+        ],
+    )

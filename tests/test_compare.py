@@ -1,0 +1,116 @@
+"""The ID-vs-SID comparison end to end on tiny data, and the report built from run folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.spec import DataError
+from launch.compare import CompareConfig, run_comparison
+from launch.report import SECTIONS, bayes_optimal, md_table, per_epoch, write_report
+
+TINY_MODEL = ["--model.embedding_dim", "8", "--model.num_layers", "1", "--eval.max_batches", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cmp") / "data"
+    cmd = [sys.executable, "-m", "data_pipeline", "generate", "--out", str(out), "--rows", "1500"]
+    cmd += ["--items", "200", "--users", "300", "--seed", "1", "--no-progress"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return out
+
+
+def fake_run(folder: Path, aucs: list[float], test_auc: float, data: str = "/nowhere") -> Path:
+    """A run folder with the summary.json fields the report reads."""
+    folder.mkdir(parents=True)
+    valid = [{"split": "valid", "epoch": e, "step": 10 * (e + 1), "auc": a, "gauc": a - 0.1, "logloss": 0.4,
+              "tail_auc": a - 0.05} for e, a in enumerate(aucs)]  # fmt: skip
+    summary = {
+        "auc": test_auc, "gauc": test_auc - 0.1, "logloss": 0.41, "tail_auc": 0.6, "steps": 30,
+        "test": {"bucket_auc": [0.55, 0.7], "bucket_rows": [10, 90]}, "valid": valid,
+        "samples_per_s": 1234.0, "samples_per_s_per_rank": 617.0, "world_size": 2, "device": "cpu",
+        "pipeline": True, "peak_memory_bytes_per_rank": [2**20, 2**20],
+        "embedding_params_per_rank": [1000, 900], "embedding_bytes_per_rank": [4000, 3600],
+        "embedding_optimizer_bytes_per_rank": [40, 36],
+        "sharding_plan": [{"table": "t_item", "sharding": "table_wise", "kernel": "fused", "ranks": [0]}],
+        "config": {"data": data, "out": str(folder), "epochs": len(aucs), "batch_size": 64,
+                   "eval": {"tail_buckets": 1}, "model_config": {}},
+    }  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "tensorboard").mkdir()
+    return folder
+
+
+def test_report_from_run_folders(tmp_path):
+    runs = {
+        "id": fake_run(tmp_path / "id", [0.70, 0.66, 0.64], 0.65),
+        "store": fake_run(tmp_path / "store", [0.69, 0.72, 0.73], 0.731),
+    }
+    md = write_report(tmp_path / "report", runs).read_text()
+    for section in SECTIONS:
+        assert f"## {section}\n" in md
+    assert "| STORE (SIDs) | 0.7310 |" in md and "| ID baseline | 0.6500 |" in md
+    assert "STORE - ID: AUC +0.0810" in md
+    assert "ID baseline: AUC epoch 1 -> 3: -0.0600 (best at epoch 1)" in md
+    assert "STORE (SIDs): AUC epoch 1 -> 3: +0.0400 (best at epoch 3)" in md
+    assert "1,234" in md and "Not run." in md  # throughput; scaling section says how to run it
+    assert (tmp_path / "report" / "auc_vs_epoch.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "tensorboard" / "store").resolve() == (tmp_path / "store" / "tensorboard")
+
+
+def test_report_includes_scaling_outputs_and_rejects_missing_runs(tmp_path):
+    runs = {"id": fake_run(tmp_path / "id", [0.7], 0.7), "store": fake_run(tmp_path / "store", [0.7], 0.7)}
+    scaling = tmp_path / "scaling"
+    scaling.mkdir()
+    (scaling / "scaling.md").write_text("| model | processes |\n|---|---|\n| id | 2 |")
+    (scaling / "projection.md").write_text("**Estimate (TorchRec planner), not measured.** 512 GPUs")
+    md = write_report(tmp_path / "r", runs, scaling=scaling).read_text()
+    assert "| id | 2 |" in md and "Estimate (TorchRec planner), not measured" in md
+    with pytest.raises(DataError, match="summary.json"):
+        write_report(tmp_path / "r2", {"id": tmp_path / "missing"})
+
+
+def test_helpers():
+    assert md_table(["a", "b"], [[1.23456, None]]) == "| a | b |\n|---|---|\n| 1.2346 | - |"
+    summary = {"valid": [{"epoch": 0, "auc": 0.1}, {"epoch": 0, "auc": 0.2}, {"epoch": 1, "auc": 0.3}]}
+    assert [(r["epoch"], r["auc"]) for r in per_epoch(summary)] == [(1, 0.2), (2, 0.3)]
+
+
+def test_compare_config_errors_name_the_flag(tiny_data, tmp_path):
+    with pytest.raises(DataError, match="--data"):
+        CompareConfig(data=str(tmp_path), out=str(tmp_path / "o")).validate()
+    with pytest.raises(DataError, match="--epochs"):
+        CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), epochs=0).validate()
+    with pytest.raises(DataError, match="--method"):
+        CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), method="kmeans").validate()
+
+
+@pytest.mark.slow
+def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
+    cfg = CompareConfig(
+        data=str(tiny_data), out=str(tmp_path / "cmp"), epochs=2, batch_size=256, num_sids=2,
+        codebook_size=16, tokenizer_min_steps=10, trainer_args=TINY_MODEL,
+    )  # fmt: skip
+    report = run_comparison(cfg)
+    md = report.read_text()
+    for section in SECTIONS:
+        assert f"## {section}\n" in md
+    for model in ("id", "store"):
+        summary = json.loads((tmp_path / "cmp" / model / "summary.json").read_text())
+        assert [e["epoch"] for e in per_epoch(summary)] == [1, 2]
+        assert summary["config"]["epochs"] == 2 and summary["config"]["batch_size"] == 256
+        assert (report.parent / "tensorboard" / model).is_dir()
+    assert "| ID baseline | 2 |" in md and "| STORE (SIDs) | 2 |" in md  # epoch-2 rows
+    assert "| method | opmq |" in md and "| semantic IDs per item (K) | 2 |" in md
+    assert "Bayes-optimal" in md  # synthetic data: the ceiling row
+    ceiling = bayes_optimal(tiny_data)
+    assert ceiling is not None and 0.5 < ceiling["auc"] <= 1.0
+    # A second call finds every stage done and only rewrites the report.
+    capsys.readouterr()
+    run_comparison(cfg)
+    assert capsys.readouterr().out.count("skipped") == 3
