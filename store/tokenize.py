@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--encode-batch-size", type=int, default=8192, help="items per batch when assigning SIDs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, default=0,
+        help="torch intra-op threads (0: torch's default; 1 is much faster on a CPU shared with other jobs)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     sasrec.add_arguments(p, prefix="sasrec-")
     return p
@@ -339,6 +343,10 @@ def run(args: argparse.Namespace) -> dict:
     ):
         if getattr(args, flag) < 1:
             raise DataError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.threads < 0:
+        raise DataError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.expert_hidden < 0:
         raise DataError(f"--expert-hidden must be >= 0, got {args.expert_hidden}")
     if not Path(args.data).is_dir():

@@ -364,3 +364,26 @@ def test_minilm_text_embeddings_offline(tmp_path, monkeypatch):
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[1, 2]
+    # the CLI's default source for an item table with only text columns is text; reuse the loaded model
+    import store.item_embeddings as item_embeddings
+
+    monkeypatch.setattr(item_embeddings, "load_minilm", lambda: model)
+    titles = ["Toy Story", "Aladdin", "The Lion King", "Heat", "GoldenEye", "Casino", "Babe", "Jumanji"]
+    write_dataset(tmp_path / "d", None, texts=titles)
+    argv = [
+        "--data",
+        str(tmp_path / "d"),
+        "--out",
+        str(tmp_path / "o"),
+        "--num-sids",
+        "2",
+        "--codebook-size",
+        "4",
+    ]
+    assert main([*argv, "--min-steps", "10", "--no-progress", "--threads", "1"]) == 0
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert (
+        meta["embedding_source"] == "text" and meta["embedding_dim"] == 384 and meta["items_tokenized"] == 8
+    )
+    cached = pq.read_table(tmp_path / "o" / "text_embeddings.parquet")
+    assert cached.num_rows == 8 and len(cached.column("embedding")[0]) == 384
