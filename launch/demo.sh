@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# The README's main job on small built-in data: `make demo` runs this with the venv's python.
+# `make demo`: the ID-vs-SID comparison on small built-in synthetic data, end to end, in a few minutes
+# on a laptop CPU: generate data -> tokenize items into SIDs -> train the ID baseline and STORE with
+# the same budget -> report (markdown, PNG plots, both TensorBoard runs side by side).
+# Usage: launch/demo.sh [PYTHON] [OUT]. Rerunning skips the stages whose outputs exist.
 set -euo pipefail
 PY=${1:-python}
 OUT=${2:-demo_out}
 mkdir -p "$OUT"
-echo "== 1/2 generate synthetic data -> $OUT/data"
-"$PY" -m data_pipeline generate --out "$OUT/data" --rows 200000 --items 5000 --users 20000 --seed 0 --overwrite
-echo "== 2/2 inspect"
-"$PY" -m data_pipeline inspect "$OUT/data"
+if [ ! -f "$OUT/data/spec.json" ]; then
+  echo "== generate synthetic data -> $OUT/data"
+  "$PY" -m data_pipeline generate --out "$OUT/data" --rows 6000 --items 400 --users 1000 --seed 0 \
+    --overwrite --no-progress
+fi
+"$PY" -m launch.compare --data "$OUT/data" --out "$OUT/compare" --epochs 2 --batch-size 256 \
+  --num-sids 4 --codebook-size 32 --tokenizer-min-steps 60 \
+  -- --model.embedding_dim 16 --model.num_layers 1 --eval.max_batches 8
+echo
+echo "Demo done. Open $OUT/compare/report/report.md"
+echo "(cluster runs: docs/launch.md; throughput scaling: python benchmarks/bench_scaling.py)"
