@@ -25,19 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import ITEMS_DIR, SPLITS, DataError, DatasetSpec, list_shards
 
 KMV_K = 4096
 BATCH_ROWS = 65_536
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64: a well-spread 64-bit hash of int64 IDs, for the distinct-count sketch."""
-    with np.errstate(over="ignore"):
-        h = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return h ^ (h >> np.uint64(31))
 
 
 class NumberStats:
@@ -91,7 +83,7 @@ class IdStats:
         self.negative += int((x < 0).sum())
         if self.vocab_size is not None:
             self.over_vocab += int((x >= self.vocab_size).sum())
-        h = np.unique(_mix64(x))[:KMV_K]
+        h = np.unique(splitmix64(x))[:KMV_K]
         self.sketch = np.unique(np.concatenate([self.sketch, h]))[:KMV_K]
 
     @property

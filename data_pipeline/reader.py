@@ -3,7 +3,7 @@
 How an epoch is laid out
 ------------------------
 All row groups of the split are put in one order (shuffled per epoch from ``seed``; rows inside a
-row group are permuted too), which defines a *global row order* 0..N-1. Each rank takes one
+row group are permuted too, in runs of ``ROW_RUN`` consecutive rows), which defines a *global row order* 0..N-1. Each rank takes one
 contiguous slice of it (sizes differ by at most one row), cut into batches of ``batch_size``;
 DataLoader workers take the rank's batches strided (batch j -> worker j % num_workers), so the
 DataLoader's round-robin hands them back in order 0, 1, 2, ... and a rank's progress is one number.
@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
+from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import DataError, DatasetSpec, SparseFeature, list_shards, split_dir
 
 log = logging.getLogger(__name__)
@@ -53,18 +54,6 @@ MAX_SEGMENTS = 64  # layouts (resumes on a different world size) per epoch that 
 # --------------------------------------------------------------------------------------------------
 # ID mapping
 # --------------------------------------------------------------------------------------------------
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A 64-bit finaliser (SplitMix64): spreads raw IDs uniformly before range reduction."""
-    x = x.astype(np.uint64)  # a fresh copy, updated in place below
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x
-
-
 def map_ids(ids: np.ndarray, vocab_size: int, mode: str, max_id: int | None = None) -> np.ndarray:
     """Raw non-negative int64 IDs -> rows of a table of ``vocab_size`` rows.
 
@@ -214,6 +203,42 @@ class Layout:
 
 
 # --------------------------------------------------------------------------------------------------
+# Shuffling rows inside a row group
+# --------------------------------------------------------------------------------------------------
+ROW_RUN = 32
+"""Rows inside a row group are shuffled as runs of this many consecutive rows: moving runs costs a
+few memcpys per column where a row-level gather costs a random access per value (the reader's
+shuffled throughput rises ~1.5x); a batch of 8192 rows still mixes 256 random runs."""
+
+
+@dataclass(frozen=True)
+class RunPermutation:
+    """A permutation of ``n`` rows that reorders runs of ROW_RUN rows (a last partial run stays last)."""
+
+    runs: np.ndarray  # (n // ROW_RUN,) new order of the full runs
+    n: int
+
+    def apply(self, arr: np.ndarray, axis: int = 0) -> np.ndarray:
+        """``arr`` (1-D or 2-D) with its rows along ``axis`` (length n) in permuted order. Permuting
+        a 2-D block of columns at once is much cheaper than permuting each column."""
+        m = len(self.runs)
+        head = m * ROW_RUN
+        if axis == 0:
+            moved = np.take(arr[:head].reshape(m, ROW_RUN, *arr.shape[1:]), self.runs, axis=0)
+            moved = moved.reshape(head, *arr.shape[1:])
+            return moved if head == self.n else np.concatenate([moved, arr[head:]])
+        c = arr.shape[0]
+        # np.take returns C-order (c, m, RUN), so the reshape is free (fancy indexing would not be)
+        moved = np.take(arr[:, :head].reshape(c, m, ROW_RUN), self.runs, axis=1).reshape(c, head)
+        return moved if head == self.n else np.concatenate([moved, arr[:, head:]], axis=1)
+
+    def source_row(self, i: int) -> int:
+        """File row of permuted position i."""
+        run, offset = divmod(i, ROW_RUN)
+        return i if run >= len(self.runs) else int(self.runs[run]) * ROW_RUN + offset
+
+
+# --------------------------------------------------------------------------------------------------
 # Decoded row groups and batch assembly
 # --------------------------------------------------------------------------------------------------
 @dataclass
@@ -273,7 +298,7 @@ class _RowGroupDecoder:
             return arr
         return map_ids(arr, vocab, self.spec.id_mapping, int(arr.max()) if arr.size else 0)
 
-    def decode(self, g: int, perm: np.ndarray | None) -> _Columns:
+    def decode(self, g: int, perm: RunPermutation | None) -> _Columns:
         """Row group ``g``, validated and mapped, rows reordered by ``perm`` (None: file order)."""
         path, t = self._read(g)
         n = t.num_rows
@@ -282,8 +307,7 @@ class _RowGroupDecoder:
             col = t.column(name)
             if col.null_count:
                 raise DataError(f"{path}: column {name!r} has {col.null_count} null values")
-            arr = col.to_numpy().astype(dtype, copy=False)
-            return arr if perm is None else arr[perm]
+            return col.to_numpy().astype(dtype, copy=False)
 
         labels = numpy_col(self.spec.label, np.float32)
         if n and (labels.min() < 0 or labels.max() > 1 or np.isnan(labels).any()):
@@ -312,12 +336,15 @@ class _RowGroupDecoder:
                 lengths = np.minimum(lengths, f.max_len)
                 starts = off[1:] - lengths
             if perm is not None:
-                starts, lengths = starts[perm], lengths[perm]
+                starts, lengths = perm.apply(np.stack([starts, lengths]), axis=1)
             off, vals = _gather_ranges(starts, lengths, vals)
             offsets.append(off)
             values.append(self._ids(path, f, vals, f.vocab_size))
         user_ids = self._ids(path, self.spec.user_id, numpy_col(self.spec.user_id, np.int64), None)
         item_ids = self._ids(path, self.spec.item_id, numpy_col(self.spec.item_id, np.int64), None)
+        if perm is not None:  # a few 2-D moves instead of one gather per column
+            labels, dense, singles = perm.apply(labels), perm.apply(dense), perm.apply(singles, axis=1)
+            user_ids, item_ids = perm.apply(np.stack([user_ids, item_ids]), axis=1)
         return _Columns(labels, dense, singles, offsets, values, user_ids, item_ids)
 
     def assemble(self, pieces: list[tuple[_Columns, int, int]]) -> Batch:
@@ -423,11 +450,12 @@ class ParquetBatchReader:
             return np.arange(g)
         return np.random.default_rng([self.seed, self.epoch]).permutation(g)
 
-    def _row_perm(self, g: int, n: int) -> np.ndarray | None:
+    def _row_perm(self, g: int, n: int) -> RunPermutation | None:
         """Order of the rows of row group g this epoch (None: file order)."""
         if not self.shuffle:
             return None
-        return np.random.default_rng([self.seed, self.epoch, g]).permutation(n)
+        runs = np.random.default_rng([self.seed, self.epoch, g]).permutation(n // ROW_RUN)
+        return RunPermutation(runs, n)
 
     def _remaining(self) -> np.ndarray:
         """Global intervals not yet consumed this epoch by earlier layouts."""
@@ -578,7 +606,7 @@ class ParquetBatchReader:
             "epoch": self.epoch,
             "shard": self.index.shards[int(self.index.rg_shard[g])].name,
             "row_group": int(self.index.rg_index[g]),
-            "offset": a if perm is None else int(perm[a]),
+            "offset": a if perm is None else perm.source_row(a),
         }
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_pipeline.reader import ParquetBatchReader, map_ids
+from data_pipeline.reader import ROW_RUN, ParquetBatchReader, map_ids
 from data_pipeline.spec import DataError, DatasetSpec, ItemTable, SparseFeature
 from data_pipeline.writer import ShardWriter, arrow_schema
 
@@ -316,3 +316,17 @@ def test_memory_stays_bounded_while_streaming_many_rows(tmp_path):
     rows, growth_mb = map(int, out.stdout.split())
     assert rows == (32 << 18) // 8192 * 8192
     assert growth_mb < 350, f"RSS grew by {growth_mb} MB while streaming {rows} rows"
+
+
+def test_rows_inside_a_row_group_are_shuffled_in_runs(tmp_path):
+    write_dataset(tmp_path / "ds", [200], row_group=200)  # one row group: only the in-group shuffle acts
+    reader = ParquetBatchReader(tmp_path / "ds", "train", 200, seed=1, drop_remainder=False)
+    keys = row_keys(reader)
+    assert sorted(keys) == list(range(200)) and keys != list(range(200))
+    runs = [keys[i : i + ROW_RUN] for i in range(0, 192, ROW_RUN)]
+    assert all(r == list(range(r[0], r[0] + ROW_RUN)) and r[0] % ROW_RUN == 0 for r in runs)
+    assert keys[192:] == list(range(192, 200))  # the partial last run stays last
+    perm = reader._row_perm(0, 200)
+    assert [perm.source_row(i) for i in range(200)] == keys
+    fresh = ParquetBatchReader(tmp_path / "ds", "train", 200, seed=1, drop_remainder=False)
+    assert fresh.position()["offset"] == keys[0]

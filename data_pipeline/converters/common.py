@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import ITEMS_DIR, SPEC_FILE, SPLITS, DataError, DatasetSpec
 from data_pipeline.writer import ShardWriter
 
@@ -194,15 +195,6 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-def _mix64(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads FNV's weak low bits over all 64."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
 def hash_strings(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Stable 64-bit hash (FNV-1a + splitmix64) of each string, and a mask of missing values.
 
@@ -227,7 +219,7 @@ def hash_strings(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         for k in range(int(lens.max()) if n else 0):
             idx = np.nonzero(lens > k)[0]
             h[idx] = (h[idx] ^ data[starts[idx] + k].astype(np.uint64)) * _FNV_PRIME
-        h = _mix64(h)
+        h = splitmix64(h)
     return h, missing
 
 
