@@ -6,7 +6,6 @@ use are ignored by it (e.g. ``cross_layers`` outside DCN), so one config can dri
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 
@@ -94,45 +93,6 @@ class ModelConfig:
         if self.embedding_dim % self.rankmixer_tokens:
             raise bad("rankmixer_tokens", f"must divide --model.embedding_dim={self.embedding_dim}")
         parse_feature_groups(self.feature_groups)
-
-    @classmethod
-    def from_flags(cls, flags: dict[str, str]) -> ModelConfig:
-        """Build from ``{field: text}`` (e.g. parsed ``--model.<field> text`` flags), then validate.
-
-        bools accept true/false/1/0/yes/no; ``mlp_dims`` accepts "64,32".
-        """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, object] = {}
-        for name, text in flags.items():
-            if name not in fields:
-                raise ValueError(f"--model.{name}: unknown model option; known: {sorted(fields)}")
-            default = getattr(cls(), name)
-            try:
-                kwargs[name] = _parse(default, str(text))
-            except ValueError:
-                raise ValueError(
-                    f"--model.{name}: cannot parse {text!r} as {type(default).__name__}"
-                ) from None
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
-
-
-def _parse(default: object, text: str) -> object:
-    if isinstance(default, bool):
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(text)
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    if isinstance(default, tuple):
-        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    return text
 
 
 def parse_feature_groups(text: str) -> dict[str, list[str]]:

@@ -194,15 +194,6 @@ def test_config_validation_names_the_flag(overrides, flag):
         ModelConfig(**overrides).validate()
 
 
-def test_config_from_flags_parses_types():
-    cfg = ModelConfig.from_flags({"mlp_dims": "8,4", "vanilla_attention": "true", "moba_sparsity": "0.25"})
-    assert cfg.mlp_dims == (8, 4) and cfg.vanilla_attention is True and cfg.moba_sparsity == 0.25
-    with pytest.raises(ValueError, match="--model.num_layers: cannot parse"):
-        ModelConfig.from_flags({"num_layers": "two"})
-    with pytest.raises(ValueError, match="--model.nope: unknown model option"):
-        ModelConfig.from_flags({"nope": "1"})
-
-
 def test_feature_groups_from_config_override_the_spec():
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model("store", spec, ModelConfig(feature_groups="a=user_age;b=ctx_hour"), sids)
