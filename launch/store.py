@@ -12,7 +12,6 @@ reads them at run time to build each component's ``--help`` and to convert the f
 
 # ruff: noqa: UP006, UP035, UP045  (TorchX 0.7 parses typing.Optional/Dict/List, not X | None)
 import os
-import shlex
 from typing import Dict, List, Optional
 
 import torchx
@@ -96,8 +95,8 @@ def train(
             restarts continue from the newest checkpoint
         checkpoint_every: write a checkpoint every N steps (0: only at the end; with max_retries > 0
             and 0 here, every 500 steps)
-        tensorboard_dir: also expose the run's TensorBoard events as TENSORBOARD_DIR/NAME (a link to
-            OUT/tensorboard; empty: only OUT/tensorboard)
+        tensorboard_dir: write the run's TensorBoard events to TENSORBOARD_DIR/<run name> (a folder
+            shared by several runs shows them side by side); empty: OUT/tensorboard
         name: job name ({experiment}/{run} or {run})
         image: container image (docker/kubernetes/aws_batch); local_cwd and slurm use the current folder
         venv: a virtualenv whose bin/ goes first on PATH (local schedulers: .venv of this checkout)
@@ -134,6 +133,9 @@ def train(
         args += ["--resume", "--checkpoint-every", str(checkpoint_every or 500)]
     elif checkpoint_every:
         args += ["--checkpoint-every", str(checkpoint_every)]
+    if tensorboard_dir:
+        run_name = name.rstrip("/").split("/")[-1] or model
+        args += ["--logging.tensorboard_dir", os.path.join(tensorboard_dir, run_name)]
     args += list(trainer_args)
 
     app = dist.ddp(
@@ -151,17 +153,6 @@ def train(
         rdzv_port=rdzv_port,
         mounts=mounts,
     )
-    if tensorboard_dir:
-        # The trainer writes OUT/tensorboard; link it under the shared TensorBoard folder before
-        # the processes start (a restart finds the link in place).
-        link = os.path.join(tensorboard_dir, app.name or "run")
-        target = os.path.join(out, "tensorboard")
-        prep = (
-            f"mkdir -p {shlex.quote(target)} {shlex.quote(tensorboard_dir)} && "
-            f'{{ [ -e {shlex.quote(link)} ] || ln -s "$(cd {shlex.quote(target)} && pwd)" {shlex.quote(link)}; }} && '
-        )
-        role = app.roles[0]
-        role.args = [role.args[0], prep + role.args[1]]
     return app
 
 

@@ -75,7 +75,7 @@ def test_train_appdef_named_resource_tensorboard_and_venv(tmp_path):
     role = app.roles[0]
     cmd = cmd_of(app)
     assert role.resource.gpu == 8  # from the named resource
-    assert cmd.startswith("mkdir -p") and "ln -s" in cmd and "tb/run1" in cmd
+    assert "--logging.tensorboard_dir tb/run1" in cmd
     assert role.env["PATH"].split(os.pathsep)[0] == str(venv / "bin")
 
 
@@ -138,5 +138,4 @@ def test_torchx_local_cwd_two_process_job(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 12
     assert 0.0 <= summary["auc"] <= 1.0
-    assert (tmp_path / "tb" / "t2").resolve() == (out / "tensorboard").resolve()
-    assert any((out / "tensorboard").iterdir())
+    assert any((tmp_path / "tb" / "t2").glob("events.out.tfevents.*"))

@@ -92,7 +92,9 @@ class LoggingConfig:
     every_steps: int = 20
     """Log training scalars every N steps."""
     tensorboard: bool = True
-    """Write TensorBoard event files to OUT/tensorboard."""
+    """Write TensorBoard event files (to --logging.tensorboard_dir)."""
+    tensorboard_dir: str = ""
+    """TensorBoard event folder; empty: OUT/tensorboard (a shared log dir lets runs show side by side)."""
     progress: bool = True
     """Show a progress bar on rank 0."""
 

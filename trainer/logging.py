@@ -16,15 +16,16 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 class RunLogger:
-    """Scalars to TensorBoard (OUT/tensorboard) and a compact console line. A no-op off rank 0."""
+    """Scalars to TensorBoard (``tensorboard_dir``, default OUT/tensorboard) and a compact console
+    line. A no-op off rank 0."""
 
-    def __init__(self, out: str | Path, enabled: bool, tensorboard: bool) -> None:
+    def __init__(self, out: str | Path, enabled: bool, tensorboard: bool, tensorboard_dir: str = "") -> None:
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(out) / TENSORBOARD_DIR))
+            self.writer = SummaryWriter(log_dir=tensorboard_dir or str(Path(out) / TENSORBOARD_DIR))
 
     def log(self, metrics: dict[str, float], step: int, console: bool = True) -> None:
         """Write every finite scalar of the flat dict `metrics` at `step`."""

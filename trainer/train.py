@@ -261,7 +261,12 @@ class Trainer:
                 self.dmp, _TimedOptimizer(self.optimizer, self.timer), env.device
             )
         self.ckpt = CheckpointManager(self.out, keep=cfg.checkpoint.keep, rank=env.rank)
-        self.logger = RunLogger(self.out, enabled=env.is_main, tensorboard=cfg.logging.tensorboard)
+        self.logger = RunLogger(
+            self.out,
+            enabled=env.is_main,
+            tensorboard=cfg.logging.tensorboard,
+            tensorboard_dir=cfg.logging.tensorboard_dir,
+        )
         self.buckets = self._popularity_buckets()
         self.step = 0
         self.history: list[dict] = []
