@@ -333,6 +333,8 @@ def test_zoo_models_train_with_the_pipeline(data, tmp_path, model):
     codes = torch.randint(0, 16, (300, 3), generator=torch.Generator().manual_seed(0))
     SidTable.from_codes(codes, codebook_size=16).save(sids)
     extra = ["--max-steps", "6", "--eval.max_batches", "2", "--model.num_layers", "1"]
+    # every table fused and sharded (not replicated): FBGEMM's width rules apply to all of them
+    extra += ["--sharding.default", "table_wise"]
     if model == "store":
         extra += ["--sids", str(sids)]
     summary = _run_in_process(small_flags(data, tmp_path / model, "--model", model, *extra))

@@ -106,13 +106,18 @@ def static_bag_configs(spec: DatasetSpec, dim: int, suffix: str = "") -> list[Em
 
 
 # -- baselines: one pooled embedding per field ---------------------------------------------------------
+FIRST_ORDER_WIDTH = 4
+"""FBGEMM's fused (sharded) tables need a width divisible by 4; a 1-wide table fails to shard."""
+
+
 class FieldEmbedder(nn.Module):
     """One EmbeddingBagCollection over every raw feature -> one D-vector per field.
 
     Static features have their own tables; all item-valued features (``item_id``, ``hist_items``)
     share the raw item table ``t_item`` (num_items rows), mean-pooled (an empty history gives 0).
     Dense features, if any, become one more field through a linear layer.
-    With ``first_order`` the collection also holds 1-wide tables (``<table>_w``) for FM's linear term.
+    With ``first_order`` the collection also holds narrow tables (``<table>_w``, FIRST_ORDER_WIDTH wide,
+    summed to one weight per ID) for FM's linear term.
 
     forward(batch) -> fields (B, F, D) and first-order term (B,) (zeros without ``first_order``).
     """
@@ -125,7 +130,7 @@ class FieldEmbedder(nn.Module):
         suffixes = ["", "_w"] if first_order else [""]
         tables: list[EmbeddingBagConfig] = []
         for suffix in suffixes:
-            width = dim if suffix == "" else 1
+            width = dim if suffix == "" else FIRST_ORDER_WIDTH
             tables += static_bag_configs(spec, width, suffix)
             tables.append(
                 EmbeddingBagConfig(
