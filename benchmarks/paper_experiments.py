@@ -65,7 +65,7 @@ TOKENIZATIONS = {
 
 def grid(datasets: list[str]) -> list[Run]:
     """Every run, in the order they are trained (most important first)."""
-    main, ablations, baselines, sweeps = [], [], [], []
+    main, ablations, baselines, sweeps, more = [], [], [], [], []
     for ds in datasets:
         main += [Run(ds, "id", "id"), Run(ds, "store", "store")]
         ablations += [
@@ -75,6 +75,7 @@ def grid(datasets: list[str]) -> list[Run]:
             Run(ds, "store_vanilla", "store", flags=["--model.vanilla_attention", "true"]),
         ]
         baselines += [Run(ds, m, m) for m in ("dnn", "deepfm", "dcn")]
+        more += [Run(ds, m, m) for m in ("autoint", "rankmixer", "onetrans")]
         sweeps += [
             Run(ds, "store_k2", "store", "opmq_k2", sweep=True),
             Run(ds, "store_k8", "store", "opmq_k8", sweep=True),
@@ -90,6 +91,7 @@ def grid(datasets: list[str]) -> list[Run]:
         + sorted(ablations, key=lambda r: key.get(r.dataset, 2))
         + sorted(baselines, key=lambda r: key.get(r.dataset, 2))
         + sorted(sweeps, key=lambda r: key.get(r.dataset, 2))
+        + sorted(more, key=lambda r: key.get(r.dataset, 2))
     )
 
 
@@ -200,6 +202,9 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
         "dnn": "DNN",
         "deepfm": "DeepFM",
         "dcn": "DCN-v2",
+        "autoint": "AutoInt",
+        "rankmixer": "RankMixer-like",
+        "onetrans": "OneTrans-like",
         "id": "ID baseline (STORE arch., raw item IDs)",
     }
     names["store"] = "STORE (OPMQ SIDs)"
