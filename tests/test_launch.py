@@ -139,3 +139,12 @@ def test_torchx_local_cwd_two_process_job(tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 12
     assert 0.0 <= summary["auc"] <= 1.0
     assert any((tmp_path / "tb" / "t2").glob("events.out.tfevents.*"))
+
+
+def test_component_choices_match_the_trainer():
+    """launch/store.py repeats these lists so building an AppDef imports no torch: keep them in step."""
+    from store.zoo import MODEL_NAMES
+    from trainer.distributed import SHARDING_TYPES
+
+    assert tuple(comp.MODELS) == tuple(MODEL_NAMES)
+    assert tuple(comp.SHARDING) == ("auto", *SHARDING_TYPES)
