@@ -25,6 +25,9 @@ class Batch(Pipelineable):
     labels:    B float32 in {0, 1}.
     user_ids:  B int64 raw user IDs (GAUC groups by them).
     item_ids:  B int64 item IDs, indices into the item table (SID lookup, tail-item metrics).
+    sid:       None on raw batches. After ``SidTable.transform``: a KeyedJaggedTensor holding only the
+               semantic-ID features ``<f>_sid<k>`` that replace the item-valued features of ``sparse``,
+               so the (replicated) SID codebook collection gets exactly the keys it serves.
     """
 
     dense: torch.Tensor
@@ -32,6 +35,7 @@ class Batch(Pipelineable):
     labels: torch.Tensor
     user_ids: torch.Tensor
     item_ids: torch.Tensor
+    sid: KeyedJaggedTensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -44,6 +48,7 @@ class Batch(Pipelineable):
             labels=self.labels.to(device=device, non_blocking=non_blocking),
             user_ids=self.user_ids.to(device=device, non_blocking=non_blocking),
             item_ids=self.item_ids.to(device=device, non_blocking=non_blocking),
+            sid=None if self.sid is None else self.sid.to(device=device, non_blocking=non_blocking),
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -52,6 +57,8 @@ class Batch(Pipelineable):
         self.labels.record_stream(stream)
         self.user_ids.record_stream(stream)
         self.item_ids.record_stream(stream)
+        if self.sid is not None:
+            self.sid.record_stream(stream)
 
     def pin_memory(self) -> Batch:
         return Batch(
@@ -60,4 +67,5 @@ class Batch(Pipelineable):
             labels=self.labels.pin_memory(),
             user_ids=self.user_ids.pin_memory(),
             item_ids=self.item_ids.pin_memory(),
+            sid=None if self.sid is None else self.sid.pin_memory(),
         )

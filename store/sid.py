@@ -10,6 +10,10 @@ STORE never sees raw item IDs in its embeddings: every item-valued feature ``f``
 the spec, e.g. ``item_id`` and ``hist_items``) becomes K features ``f_sid0 .. f_sid{K-1}`` holding the
 item's k-th code. ``SidTable.transform`` does this at data time (on any rank, before the batch reaches
 the model, so TorchRec can pipeline the lookup); ``SidLookup`` does the same inside a model.
+
+The SID features travel in their own KeyedJaggedTensor (``Batch.sid``), apart from the static
+features (``Batch.sparse``): the SID codebook collection then receives exactly the keys it serves,
+which is what TorchRec's data-parallel (replicated) EmbeddingCollection needs.
 """
 
 from __future__ import annotations
@@ -44,11 +48,10 @@ def item_ref_features(spec: DatasetSpec) -> list[str]:
 
 
 def sid_feature_names(spec: DatasetSpec, num_sids: int) -> list[str]:
-    """KJT keys after ``SidTable.transform``: spec order, each item_ref feature expanded in place."""
-    names: list[str] = []
-    for f in spec.sparse:
-        names.extend([sid_feature_name(f.name, k) for k in range(num_sids)] if f.item_ref else [f.name])
-    return names
+    """Keys of ``Batch.sid`` after ``SidTable.transform``: for k = 0..K-1, every item_ref feature's
+    ``<f>_sid<k>`` (the feature order of STORE's SID EmbeddingCollection, table t_sid<k> per k)."""
+    items = item_ref_features(spec)
+    return [sid_feature_name(f, k) for k in range(num_sids) for f in items]
 
 
 @dataclass
@@ -172,56 +175,51 @@ class SidTable:
 
     # -- the data-time transform -----------------------------------------------------------------
     def transform(self, batch: Batch, spec: DatasetSpec) -> Batch:
-        """Replace each item_ref feature ``f`` of ``batch.sparse`` by ``f_sid0 .. f_sid{K-1}``.
+        """Move each item_ref feature ``f`` of ``batch.sparse`` into ``batch.sid`` as ``f_sid0..K-1``.
 
-        Same lengths as ``f``; values = ``codes[item, k]``. Everything else is unchanged (``item_ids``
-        stays the raw item ID). Key order: ``sid_feature_names(spec, K)``.
+        ``sparse`` keeps the other features (same order); ``sid`` has keys ``sid_feature_names``, the
+        lengths of ``f`` and values ``codes[item, k]``. ``item_ids`` stays the raw item ID.
         """
-        return _replace_sparse(batch, expand_item_features(batch.sparse, spec, self.codes))
+        kjt = batch.sparse
+        keys = kjt.keys()
+        items = set(item_ref_features(spec))
+        keep = [i for i, key in enumerate(keys) if key not in items]
+        sparse = kjt if len(keep) == len(keys) else kjt.permute(keep)
+        return Batch(
+            dense=batch.dense,
+            sparse=sparse,
+            labels=batch.labels,
+            user_ids=batch.user_ids,
+            item_ids=batch.item_ids,
+            sid=sid_features(kjt, spec, self.codes),
+        )
 
 
-def expand_item_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes: torch.Tensor) -> KeyedJaggedTensor:
-    """The KJT with every item_ref feature expanded into its K SID features (see ``SidTable.transform``)."""
-    item_refs = set(item_ref_features(spec))
+def sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes: torch.Tensor) -> KeyedJaggedTensor:
+    """The SID features of the item_ref features in ``kjt`` (keys ``sid_feature_names``)."""
+    items = item_ref_features(spec)
     num_sids = int(codes.shape[1])
     keys = kjt.keys()
-    lengths = kjt.lengths().view(len(keys), -1)
+    missing = [f for f in items if f not in keys]
+    if missing:
+        raise ValueError(f"the batch has no item feature(s) {missing} to map to semantic IDs")
     values = torch.split(kjt.values(), kjt.length_per_key())
-    out_keys: list[str] = []
-    out_values: list[torch.Tensor] = []
-    out_lengths: list[torch.Tensor] = []
-    for i, key in enumerate(keys):
-        if key not in item_refs:
-            out_keys.append(key)
-            out_values.append(values[i])
-            out_lengths.append(lengths[i])
-            continue
-        item_codes = codes[values[i]]  # (n, K)
-        for k in range(num_sids):
-            out_keys.append(sid_feature_name(key, k))
-            out_values.append(item_codes[:, k])
-            out_lengths.append(lengths[i])
+    all_lengths = kjt.lengths().view(len(keys), -1)
+    item_codes = [codes[values[keys.index(f)]] for f in items]  # (n_f, K) each
+    lengths = [all_lengths[keys.index(f)] for f in items]
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=out_keys, values=torch.cat(out_values), lengths=torch.cat(out_lengths)
-    )
-
-
-def _replace_sparse(batch: Batch, sparse: KeyedJaggedTensor) -> Batch:
-    return Batch(
-        dense=batch.dense,
-        sparse=sparse,
-        labels=batch.labels,
-        user_ids=batch.user_ids,
-        item_ids=batch.item_ids,
+        keys=sid_feature_names(spec, num_sids),
+        values=torch.cat([c[:, k] for k in range(num_sids) for c in item_codes]),
+        lengths=torch.cat([n for _ in range(num_sids) for n in lengths]),
     )
 
 
 class SidLookup(nn.Module):
     """Model-time version of ``SidTable.transform``: holds the codes as a buffer [N, K].
 
-    forward(kjt) -> kjt with item_ref features expanded into SID features. Use it only where the
-    batch cannot be transformed at data time: it is KJT surgery before the embedding lookup, which
-    TorchRec's pipelined input distribution cannot overlap.
+    forward(kjt) -> the SID features (what ``SidTable.transform`` puts in ``Batch.sid``). Use it only
+    where the batch cannot be transformed at data time: it is KJT surgery before the embedding lookup,
+    which TorchRec's pipelined input distribution cannot overlap.
     """
 
     def __init__(self, codes: torch.Tensor, spec: DatasetSpec) -> None:
@@ -230,4 +228,4 @@ class SidLookup(nn.Module):
         self.spec = spec
 
     def forward(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return expand_item_features(kjt, self.spec, self.codes)
+        return sid_features(kjt, self.spec, self.codes)

@@ -9,7 +9,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 
 from store.config import ModelConfig
 from store.models.deepfm import factorization_machine
-from store.sid import sid_feature_names
+from store.models.layers import EXCLUSIVE_INPUT
 from store.zoo import MODEL_NAMES, NEEDS_SIDS, build_model
 from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
@@ -56,7 +56,10 @@ def test_output_shape_and_finite_losses(variant):
 def test_collections_serve_exactly_the_batch_keys(name):
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model(name, spec, ModelConfig(history_tokens=True), sids)
-    keys = sid_feature_names(spec, 3) if name == "store" else spec.sparse_names
+    batch = tiny_batch(spec)
+    if name == "store":
+        batch = sids.transform(batch, spec)
+    keys = batch.sparse.keys() + (batch.sid.keys() if batch.sid is not None else [])
     features, tables, inside = [], [], set()
     for m in model.modules():
         if isinstance(m, EmbeddingBagCollection):
@@ -72,6 +75,10 @@ def test_collections_serve_exactly_the_batch_keys(name):
     loose = [m for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
     assert not [m for m in loose if id(m) not in inside]
     assert set(features) == set(keys)
+    if name == "store":  # the SID collection reads batch.sid, which holds exactly its features
+        sid_ec = model.items.ec
+        assert getattr(sid_ec, EXCLUSIVE_INPUT)
+        assert [f for c in _configs(sid_ec) for f in c.feature_names] == batch.sid.keys()
     assert len(tables) == len(set(tables)) and all(t.startswith("t_") for t in tables)
     if name == "store":
         assert {t for t in tables if "sid" in t} == {"t_sid0", "t_sid1", "t_sid2"}
@@ -81,11 +88,11 @@ def test_collections_serve_exactly_the_batch_keys(name):
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
-def test_fx_traceable_down_to_collections_which_take_batch_sparse_directly(variant):
+def test_fx_traceable_down_to_collections_which_take_batch_kjts_directly(variant):
     """What TorchRec's TrainPipelineSparseDist needs. Its tracer (torchrec's
     ``_get_leaf_module_names``) makes every direct child of a module holding a collection a leaf
     by name (unless it holds a collection too); the rest must trace, and each collection must be
-    called on ``batch.sparse`` itself."""
+    called on ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) itself."""
     collections = (EmbeddingBagCollection, EmbeddingCollection)
     model, _ = _setup(*variant)
 
@@ -111,20 +118,32 @@ def test_fx_traceable_down_to_collections_which_take_batch_sparse_directly(varia
         if n.op == "call_module" and isinstance(model.get_submodule(n.target), collections)
     ]
     assert calls
+    fields = []
     for node in calls:
         (arg,) = node.args
-        assert arg.op == "call_function" and arg.args[0].op == "placeholder" and arg.args[1] == "sparse"
+        assert arg.op == "call_function" and arg.args[0].op == "placeholder"
+        fields.append(arg.args[1])
+    assert sorted(fields) == (["sid", "sparse"] if variant[0] == "store" else ["sparse"] * len(calls))
 
 
-def test_sid_tables_have_codebook_rows_and_id_table_has_item_rows():
+def _configs(collection):
+    if isinstance(collection, EmbeddingBagCollection):
+        return collection.embedding_bag_configs()
+    return collection.embedding_configs()
+
+
+@pytest.mark.parametrize("history_tokens", [False, True])
+def test_sid_tables_have_codebook_rows_and_id_table_has_item_rows(history_tokens):
     spec, sids = tiny_spec(), tiny_sids(codebook_size=8)
-    store = build_model("store", spec, ModelConfig(), sids)
-    ident = build_model("id", spec, ModelConfig(), sids)
-    rows = {c.name: c.num_embeddings for c in store.items.ec.embedding_configs()}
+    store = build_model("store", spec, ModelConfig(history_tokens=history_tokens), sids)
+    ident = build_model("id", spec, ModelConfig(history_tokens=history_tokens), sids)
+    kind = EmbeddingCollection if history_tokens else EmbeddingBagCollection  # pooled history: bags
+    assert isinstance(store.items.ec, kind) and isinstance(ident.items.ec, kind)
+    rows = {c.name: c.num_embeddings for c in _configs(store.items.ec)}
     assert rows == {"t_sid0": 8, "t_sid1": 8, "t_sid2": 8}
-    assert {c.name: c.num_embeddings for c in ident.items.ec.embedding_configs()} == {"t_item": 50}
+    assert {c.name: c.num_embeddings for c in _configs(ident.items.ec)} == {"t_item": 50}
     # same architecture otherwise: K item tokens each, same token count and layer shapes
-    assert store.num_fixed_tokens == ident.num_fixed_tokens == 3 + 3 + 1
+    assert store.num_fixed_tokens == ident.num_fixed_tokens == 3 + 3 + (0 if history_tokens else 1)
     assert [p.shape for p in store.encoder.parameters()] == [p.shape for p in ident.encoder.parameters()]
 
 
@@ -204,3 +223,26 @@ def test_feature_groups_from_config_override_the_spec():
     }
     with pytest.raises(ValueError, match="unknown sparse features"):
         build_model("store", spec, ModelConfig(feature_groups="a=nope"), sids)
+
+
+@pytest.mark.parametrize("name", ["store", "id"])
+def test_pooled_item_lookup_equals_sequence_lookup_with_the_same_tables(name):
+    """With the history pooled into one token the item features are looked up as mean-pooled bags;
+    that must equal the per-position lookup followed by the masked mean (empty histories give 0)."""
+    spec, sids = tiny_spec(), tiny_sids()
+    bags = build_model(name, spec, ModelConfig(), sids).items
+    seqs = build_model(name, spec, ModelConfig(history_tokens=True), sids).items
+    assert bags.pooled and not seqs.pooled
+    for (n1, w1), (n2, w2) in zip(bags.ec.named_parameters(), seqs.ec.named_parameters(), strict=True):
+        assert n1.split(".")[-2] == n2.split(".")[-2]  # same table
+        with torch.no_grad():
+            w2.copy_(w1)
+    if hasattr(bags, "split"):
+        seqs.split.load_state_dict(bags.split.state_dict())
+    batch = tiny_batch(spec, rows=16, seed=3)
+    assert (batch.sparse.to_dict()["hist_items"].lengths() == 0).any()  # covers the empty history
+    if name == "store":
+        batch = sids.transform(batch, spec)
+    a, b = bags.lookup(batch), seqs.lookup(batch)
+    torch.testing.assert_close(bags.item_tokens(a), seqs.item_tokens(b))
+    torch.testing.assert_close(bags.history(a, "hist_items"), seqs.history(b, "hist_items"))

@@ -73,27 +73,31 @@ def tiny_sids(num_sids: int = 3, codebook_size: int = 8, seed: int = 0) -> SidTa
     )
 
 
-def test_transform_replaces_item_features_by_their_codes():
+def test_transform_moves_item_features_to_their_codes():
     spec, sids = tiny_spec(), tiny_sids()
     batch = tiny_batch(spec)
+    assert batch.sid is None
     out = sids.transform(batch, spec)
-    assert out.sparse.keys() == sid_feature_names(spec, 3)
-    assert out.sparse.keys()[:3] == ["user_age", "user_gender", "ctx_hour"]
-    before, after = batch.sparse.to_dict(), out.sparse.to_dict()
+    assert out.sparse.keys() == ["user_age", "user_gender", "ctx_hour"]
+    assert out.sid.keys() == sid_feature_names(spec, 3)
+    assert out.sid.keys()[:2] == ["item_id_sid0", "hist_items_sid0"]  # k-major: one table per k
+    before, after = batch.sparse.to_dict(), out.sid.to_dict()
     for f in ("item_id", "hist_items"):
         for k in range(3):
             jt = after[f"{f}_sid{k}"]
             assert torch.equal(jt.lengths(), before[f].lengths())
             assert torch.equal(jt.values(), sids.codes[before[f].values(), k])
+    static = out.sparse.to_dict()
     for f in ("user_age", "user_gender", "ctx_hour"):
-        assert torch.equal(after[f].values(), before[f].values())
+        assert torch.equal(static[f].values(), before[f].values())
+        assert torch.equal(static[f].lengths(), before[f].lengths())
     assert torch.equal(out.item_ids, batch.item_ids) and torch.equal(out.labels, batch.labels)
 
 
 def test_model_time_lookup_matches_data_time_transform():
     spec, sids = tiny_spec(), tiny_sids()
     batch = tiny_batch(spec)
-    a = sids.transform(batch, spec).sparse
+    a = sids.transform(batch, spec).sid
     b = SidLookup(sids.codes, spec)(batch.sparse)
     assert a.keys() == b.keys()
     assert torch.equal(a.values(), b.values()) and torch.equal(a.lengths(), b.lengths())

@@ -19,9 +19,11 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, EmbeddingCollection, EmbeddingConfig
+from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
+from store.models.layers import EXCLUSIVE_INPUT
 from trainer.config import ConfigError, parse_args
 from trainer.distributed import TableInfo, choose_sharding_types
 
@@ -97,12 +99,21 @@ def test_auto_sharding_types():
     tables = [
         TableInfo("t_item", 1_000_000, 16, ("item_id",), True),
         TableInfo("t_age", 8, 16, ("age",), True),
-        TableInfo("t_sid0", 256, 16, ("item_id_sid0",), False),
+        TableInfo("t_sid0", 256, 16, ("item_id_sid0",), True, exclusive_input=True),
+        TableInfo("t_sid_seq", 256, 16, ("hist_sid0",), False, exclusive_input=True),
+        TableInfo("t_hist", 256, 16, ("hist",), False),
     ]
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    # tiny SID codebooks replicate (sequence ones on GPU only); a tiny sequence table that shares
+    # the batch KJT is sharded
     assert choose_sharding_types(tables, "auto", {}, 2, cpu, 4096) == {
-        "t_item": "table_wise", "t_age": "data_parallel", "t_sid0": "table_wise",
+        "t_item": "table_wise", "t_age": "data_parallel", "t_sid0": "data_parallel",
+        "t_sid_seq": "table_wise", "t_hist": "table_wise",
     }  # fmt: skip
+    on_gpu = choose_sharding_types(tables, "auto", {}, 8, gpu, 4096)
+    assert (on_gpu["t_sid0"], on_gpu["t_sid_seq"], on_gpu["t_hist"]) == ("data_parallel",) * 2 + ("row_wise",)
+    with pytest.raises(ValueError, match=r"--sharding.tables t_hist=data_parallel: t_hist is a sequence"):
+        choose_sharding_types(tables, "auto", {"t_hist": "data_parallel"}, 2, cpu, 4096)
     assert choose_sharding_types(tables, "auto", {}, 8, gpu, 4096)["t_item"] == "row_wise"
     assert (
         choose_sharding_types(tables, "auto", {"t_age": "column_wise"}, 2, cpu, 4096)["t_age"]
@@ -122,7 +133,8 @@ class TinyOutput:
 
 
 class Tiny(nn.Module):
-    """B rows; pooled tables for item/user/age, a sequence table for the history; D=16."""
+    """B rows; pooled tables for item/user/age, a sequence table for the history, and a sequence
+    table on a KJT of its own (``batch.sid``, like STORE's codebooks); D=16."""
 
     def __init__(self, device=None) -> None:
         super().__init__()
@@ -144,7 +156,13 @@ class Tiny(nn.Module):
             ],
             device=device,
         )
-        self.head = nn.Sequential(nn.Linear(3 * 16 + 16 + 2, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.sid_ebc = EmbeddingBagCollection(
+            tables=[EmbeddingBagConfig(name="t_sid0", embedding_dim=16, num_embeddings=8,
+                                       feature_names=["item_sid0", "hist_sid0"], pooling=PoolingType.MEAN)],
+            device=device,
+        )  # fmt: skip
+        setattr(self.sid_ebc, EXCLUSIVE_INPUT, True)
+        self.head = nn.Sequential(nn.Linear(3 * 16 + 16 + 32 + 2, 8), nn.ReLU(), nn.Linear(8, 1))
 
     def rotation_parameters(self) -> list:
         return []
@@ -156,7 +174,8 @@ class Tiny(nn.Module):
         dense = dense.index_add(
             0, torch.repeat_interleave(torch.arange(batch.batch_size), hist.lengths()), hist.values()
         )
-        x = torch.cat([pooled, dense, batch.dense], dim=1)
+        sid = self.sid_ebc(batch.sid).values()  # B x 32
+        x = torch.cat([pooled, dense, sid, batch.dense], dim=1)
         return TinyOutput(self.head(x).squeeze(1), {"l2": 1e-3 * x.pow(2).mean()})
 
 
@@ -171,7 +190,10 @@ def tiny_batch(seed: int, b: int = 12) -> Batch:
     kjt = KeyedJaggedTensor(keys=["item", "user", "age", "hist"], values=values,
                             lengths=torch.cat([ones, ones, ones, hist_len]))  # fmt: skip
     labels = (torch.rand(b, generator=g) > 0.5).float()
-    return Batch(torch.randn(b, 2, generator=g), kjt, labels, torch.arange(b), values[:b].clone())
+    sid = KeyedJaggedTensor(keys=["item_sid0", "hist_sid0"],
+                            values=torch.randint(0, 8, (b + int(hist_len.sum()),), generator=g),
+                            lengths=torch.cat([ones, hist_len]))  # fmt: skip
+    return Batch(torch.randn(b, 2, generator=g), kjt, labels, torch.arange(b), values[:b].clone(), sid)
 
 
 def _sharded_vs_unsharded(rank: int, world: int, port: int, out: str) -> None:
@@ -188,6 +210,7 @@ def _sharded_vs_unsharded(rank: int, world: int, port: int, out: str) -> None:
         "t_user": "column_wise",
         "t_age": "data_parallel",
         "t_hist": "table_wise",
+        "t_sid0": "data_parallel",
     }
     dmp, _ = D.shard_model(module, env, kinds, "rowwise_adagrad", 0.1)
     batch = tiny_batch(1)
@@ -254,6 +277,29 @@ def test_two_process_run_trains_evaluates_checkpoints_and_resumes_on_one_rank(da
     assert "resumed from" in r.stderr and "step_20" in r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["steps"] == 25
+
+
+@pytest.mark.slow
+def test_two_process_store_replicates_sid_codebooks_and_shards_the_rest(data, tmp_path):
+    """Auto sharding on 2 gloo ranks: the SID codebooks (batch.sid, mean-pooled bags) are replicated,
+    so STORE sends no item lookups between ranks; it trains, evaluates and checkpoints."""
+    from store.sid import SidTable
+
+    sids = tmp_path / "sids"
+    codes = torch.randint(0, 16, (300, 3), generator=torch.Generator().manual_seed(0))
+    SidTable.from_codes(codes, codebook_size=16).save(sids)
+    out = tmp_path / "store"
+    cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer"]
+    flags = small_flags(data, out, "--model", "store", "--sids", str(sids), "--max-steps", "8",
+                        "--model.num_layers", "1", "--eval.max_batches", "2")  # fmt: skip
+    r = subprocess.run(cmd + flags, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 8 and summary["pipeline"]
+    plan = {row["table"]: row["sharding"] for row in summary["sharding_plan"]}
+    assert {plan[f"t_sid{k}"] for k in range(3)} == {"data_parallel"}
+    assert "t_item" not in plan
+    assert (out / "checkpoints" / "step_8").is_dir()
 
 
 def _run_in_process(flags: list[str]) -> dict:
@@ -340,5 +386,5 @@ def test_zoo_models_train_with_the_pipeline(data, tmp_path, model):
     summary = _run_in_process(small_flags(data, tmp_path / model, "--model", model, *extra))
     assert summary["steps"] == 6 and summary["pipeline"], summary["pipeline_blocker"]
     assert 0.0 < summary["logloss"] < 2.0 and 0.0 <= summary["auc"] <= 1.0
-    if model == "store":  # SID codebooks (16 rows) are sequence tables here: sharded, not replicated
+    if model == "store":  # SID codebooks (16 rows): sharded here by --sharding.default table_wise
         assert {r["table"] for r in summary["sharding_plan"]} >= {"t_sid0", "t_sid1", "t_sid2"}

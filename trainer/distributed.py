@@ -27,6 +27,8 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from store.models.layers import EXCLUSIVE_INPUT
+
 log = logging.getLogger(__name__)
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
@@ -98,6 +100,8 @@ class TableInfo:
     features: tuple[str, ...]
     pooled: bool
     """True: in an EmbeddingBagCollection; False: in an EmbeddingCollection (sequence features)."""
+    exclusive_input: bool = False
+    """Its collection receives a KJT holding only the features it serves (``EXCLUSIVE_INPUT``)."""
 
 
 def embedding_tables(model: nn.Module) -> list[TableInfo]:
@@ -111,8 +115,11 @@ def embedding_tables(model: nn.Module) -> list[TableInfo]:
         else:
             continue
         for c in configs:
+            exclusive = bool(getattr(module, EXCLUSIVE_INPUT, False))
             tables.append(
-                TableInfo(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), pooled)
+                TableInfo(
+                    c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), pooled, exclusive
+                )
             )
     return tables
 
@@ -136,12 +143,15 @@ def auto_sharding_type(
     checkpoint holds the same optimizer state whatever the number of ranks (TorchRec trains
     data-parallel tables with the dense optimizer, sharded ones with the fused one).
 
-    Tables of an EmbeddingCollection (sequence features) are never replicated automatically:
-    TorchRec's data-parallel EmbeddingCollection does not drop the KJT keys it does not serve, and
-    every collection of a model receives the whole batch KJT (so that the pipeline can route it).
+    Tiny tables of an EmbeddingCollection (sequence features) are replicated only on GPU and only
+    when the collection receives a KJT of its own features (``exclusive_input``, e.g. STORE's SID
+    codebooks on ``batch.sid`` with ``--model.history_tokens``): TorchRec's data-parallel
+    EmbeddingCollection does not drop the KJT keys it does not serve, and on CPU FBGEMM's dense
+    kernel (fbgemm-gpu-cpu 1.8.0) ignores ``PoolingMode.NONE`` and returns one pooled row per bag.
     """
-    if table.num_embeddings <= replicate_max_rows and table.pooled:
-        return "data_parallel"
+    if table.num_embeddings <= replicate_max_rows:
+        if table.pooled or (table.exclusive_input and device.type == "cuda"):
+            return "data_parallel"
     return "row_wise" if device.type == "cuda" else "table_wise"
 
 
@@ -177,11 +187,18 @@ def choose_sharding_types(
                 f"{', '.join(CPU_SHARDING_TYPES)}); pick one of those or run on CUDA"
             )
         if kind == "data_parallel" and not t.pooled and flag:
-            log.warning(
-                "%s: %s is a sequence (EmbeddingCollection) table; TorchRec's data-parallel "
-                "EmbeddingCollection fails if the batch KJT holds features it does not serve",
-                flag, t.name,
-            )  # fmt: skip
+            if device.type != "cuda":
+                raise ValueError(
+                    f"{flag}: {t.name} is a sequence (EmbeddingCollection) table, which TorchRec "
+                    "cannot replicate on CPU (FBGEMM's CPU dense kernel pools sequence lookups); "
+                    "use table_wise or column_wise, or run on CUDA"
+                )
+            if not t.exclusive_input:
+                log.warning(
+                    "%s: %s is a sequence (EmbeddingCollection) table; TorchRec's data-parallel "
+                    "EmbeddingCollection fails if the batch KJT holds features it does not serve",
+                    flag, t.name,
+                )  # fmt: skip
         chosen[t.name] = kind
     return chosen
 

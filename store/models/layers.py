@@ -3,7 +3,8 @@
 Shape letters: B batch, F feature fields, D embedding width, L sequence length.
 
 Every model keeps ALL its sparse embeddings in TorchRec collections so the trainer can shard them,
-and passes ``batch.sparse`` straight into them (no KJT surgery before the lookup, so
+and passes ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) straight into them (no KJT
+surgery before the lookup, so
 ``TrainPipelineSparseDist`` can overlap the input distribution). Collections are built on the
 ``device`` given (``meta`` for sharding later); dense layers on the default device.
 """
@@ -27,6 +28,10 @@ far smaller start than a 256-row codebook)."""
 
 RAW_ITEM_TABLE = "t_item"
 """The raw item-ID table shared by every item-valued feature in the non-SID models."""
+EXCLUSIVE_INPUT = "exclusive_input"
+"""Attribute set to True on an embedding collection whose input KJT holds exactly the features it
+serves (STORE's SID codebooks read ``batch.sid``): the trainer may replicate its tables, which
+TorchRec's data-parallel EmbeddingCollection allows only for such an input."""
 
 
 @dataclass
@@ -179,6 +184,30 @@ class StaticEmbedder(nn.Module):
 
     def forward(self, kjt: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
         return {} if self.ebc is None else self.ebc(kjt).to_dict()
+
+
+def item_collection(
+    tables: list[tuple[str, int, list[str]]], dim: int, pooled: bool, device: torch.device | None = None
+) -> EmbeddingBagCollection | EmbeddingCollection:
+    """The item-valued features' collection: mean-pooled bags (``pooled``) or per-position sequences."""
+    if not pooled:
+        return sequence_collection(tables, dim, device)
+    _check_unique([name for name, _, _ in tables])
+    return EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(
+                name=name,
+                embedding_dim=dim,
+                num_embeddings=rows,
+                feature_names=features,
+                pooling=PoolingType.MEAN,
+                weight_init_min=-EMBEDDING_INIT,
+                weight_init_max=EMBEDDING_INIT,
+            )
+            for name, rows, features in tables
+        ],
+        device=device,
+    )
 
 
 def sequence_collection(

@@ -18,11 +18,14 @@ Tokens, in this order (real tokens first, so padding sits in the last attention 
 then L layers X = LN(Attn(X) + X), X = LN(FFN(X) + X) with MoBA (or dense) attention, and a head
 over [the fixed tokens flattened, the mean of all real tokens].
 
-Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one
-EmbeddingCollection (item-valued features, per position). For STORE the batch must already be
-transformed by ``SidTable.transform`` (item features replaced by ``<f>_sid<k>``); table t_sid<k>
-serves ``<f>_sid<k>`` for every item feature f. For ID the raw batch is used; t_item serves every
-item feature.
+Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one collection for
+the item-valued features: mean-pooled bags when the history is pooled into one token (the default;
+the pooled table lookup is the history token), an EmbeddingCollection (per position) with
+history_tokens=True. For STORE the batch must already be
+transformed by ``SidTable.transform`` (item features moved to ``batch.sid`` as ``<f>_sid<k>``); table
+t_sid<k> serves ``<f>_sid<k>`` for every item feature f, and the SID collection reads ``batch.sid``
+only, so the trainer can replicate it. For ID the raw batch is used; t_item serves every item
+feature.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ from data_pipeline.spec import DatasetSpec
 from store.attention import TransformerEncoder
 from store.config import ModelConfig, parse_feature_groups
 from store.models.layers import (
+    EXCLUSIVE_INPUT,
     RAW_ITEM_TABLE,
     Head,
     ModelOutput,
     StaticEmbedder,
     history_features,
+    item_collection,
     masked_mean,
     num_item_rows,
     padded,
-    sequence_collection,
     sequence_length,
     static_features,
 )
@@ -76,56 +80,88 @@ def resolve_groups(spec: DatasetSpec, cfg: ModelConfig) -> dict[str, list[str]]:
 
 
 class SidItems(nn.Module):
-    """Item features through K SID tables. forward(kjt, feature) -> (B, L, K, D), valid (B, L)."""
+    """Item features through K SID tables (t_sid<k>, C rows), read from ``batch.sid``.
 
-    def __init__(self, spec: DatasetSpec, sids: SidTable, dim: int, device: torch.device | None) -> None:
+    pooled=True (history pooled into one token): an EmbeddingBagCollection, mean-pooled; a history
+    token is then sum_k mean_items E_k[code_k(item)], which equals the mean over items of their
+    summed SID embeddings. pooled=False (one token per history item): an EmbeddingCollection.
+    """
+
+    def __init__(
+        self, spec: DatasetSpec, sids: SidTable, dim: int, pooled: bool, device: torch.device | None
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.num_sids = sids.num_sids
+        self.pooled = pooled
         items = [f.name for f in spec.sparse if f.item_ref]
         tables = [
             (f"t_sid{k}", sids.codebook_size, [sid_feature_name(f, k) for f in items])
             for k in range(sids.num_sids)
         ]
-        self.ec = sequence_collection(tables, dim, device)
+        self.ec = item_collection(tables, dim, pooled, device)
+        # It reads batch.sid, which holds exactly its features: the trainer may replicate it.
+        setattr(self.ec, EXCLUSIVE_INPUT, True)
 
-    def lookup(self, kjt):
-        return self.ec(kjt)
+    def lookup(self, batch: Batch):
+        if batch.sid is None:
+            raise ValueError("STORE needs batches passed through SidTable.transform (batch.sid is None)")
+        out = self.ec(batch.sid)
+        return out.to_dict() if self.pooled else out
 
-    def embed(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [jts[sid_feature_name(feature, k)] for k in range(self.num_sids)]
-        length = sequence_length(self.spec, feature, parts[0])
-        dense = [padded(jt, length) for jt in parts]
-        return torch.stack([d for d, _ in dense], dim=2), dense[0][1]
+    def _parts(self, jts, feature: str) -> list:
+        return [jts[sid_feature_name(feature, k)] for k in range(self.num_sids)]
 
     def item_tokens(self, jts) -> torch.Tensor:
         """(B, K, D): the target item's K SID embeddings."""
-        return self.embed(jts, self.spec.item_id)[0][:, 0]
+        parts = self._parts(jts, self.spec.item_id)
+        if self.pooled:
+            return torch.stack(parts, dim=1)
+        return torch.stack([padded(jt, 1)[0][:, 0] for jt in parts], dim=1)
+
+    def history(self, jts, feature: str) -> torch.Tensor:
+        """(B, D): the history's mean item embedding (an item's is the sum of its K SID embeddings)."""
+        if self.pooled:
+            return torch.stack(self._parts(jts, feature), dim=0).sum(0)
+        return masked_mean(*self.sequence(jts, feature))
 
     def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, D) history item embeddings (sum over the K SIDs), valid (B, L)."""
-        emb, valid = self.embed(jts, feature)
-        return emb.sum(2), valid
+        parts = self._parts(jts, feature)
+        length = sequence_length(self.spec, feature, parts[0])
+        dense = [padded(jt, length) for jt in parts]
+        return torch.stack([d for d, _ in dense], dim=2).sum(2), dense[0][1]
 
 
 class RawItems(nn.Module):
-    """Item features through the raw item-ID table; the target item projected into K tokens."""
+    """Item features through the raw item-ID table; the target item projected into K tokens.
 
-    def __init__(self, spec: DatasetSpec, num_tokens: int, dim: int, device: torch.device | None) -> None:
+    pooled=True: an EmbeddingBagCollection (mean-pooled history); else an EmbeddingCollection.
+    """
+
+    def __init__(
+        self, spec: DatasetSpec, num_tokens: int, dim: int, pooled: bool, device: torch.device | None
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.num_tokens = num_tokens
+        self.pooled = pooled
         items = [f.name for f in spec.sparse if f.item_ref]
-        self.ec = sequence_collection([(RAW_ITEM_TABLE, num_item_rows(spec), items)], dim, device)
+        self.ec = item_collection([(RAW_ITEM_TABLE, num_item_rows(spec), items)], dim, pooled, device)
         self.split = nn.Linear(dim, num_tokens * dim)
 
-    def lookup(self, kjt):
-        return self.ec(kjt)
+    def lookup(self, batch: Batch):
+        out = self.ec(batch.sparse)
+        return out.to_dict() if self.pooled else out
 
     def item_tokens(self, jts) -> torch.Tensor:
         jt = jts[self.spec.item_id]
-        emb = padded(jt, 1)[0][:, 0]  # (B, D)
+        emb = jt if self.pooled else padded(jt, 1)[0][:, 0]  # (B, D)
         return self.split(emb).view(emb.shape[0], self.num_tokens, -1)
+
+    def history(self, jts, feature: str) -> torch.Tensor:
+        """(B, D): the history's mean item embedding."""
+        return jts[feature] if self.pooled else masked_mean(*self.sequence(jts, feature))
 
     def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         jt = jts[feature]
@@ -146,11 +182,12 @@ class StoreModel(nn.Module):
         super().__init__()
         d = cfg.embedding_dim
         self.spec, self.cfg = spec, cfg
+        pooled = not cfg.history_tokens  # the history is pooled: bags, not sequences
         if sids is not None:
-            self.items: nn.Module = SidItems(spec, sids, d, device)
+            self.items: nn.Module = SidItems(spec, sids, d, pooled, device)
             k = sids.num_sids
         else:
-            self.items = RawItems(spec, num_item_tokens, d, device)
+            self.items = RawItems(spec, num_item_tokens, d, pooled, device)
             k = num_item_tokens
         self.num_item_tokens = k
         self.static = StaticEmbedder(spec, d, device)
@@ -188,7 +225,7 @@ class StoreModel(nn.Module):
 
     def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Input tokens (B, T, D) and their valid mask (B, T), before the attention layers."""
-        jts = self.items.lookup(batch.sparse)
+        jts = self.items.lookup(batch)
         pooled = self.static(batch.sparse)
         parts = [self.items.item_tokens(jts)]
         outs = []
@@ -204,12 +241,12 @@ class StoreModel(nn.Module):
         valid = [torch.ones_like(fixed[..., 0], dtype=torch.bool)]  # (B, fixed tokens); fx-traceable
         tokens = [fixed]
         for f in self.history:
-            seq, seq_valid = self.items.sequence(jts, f)
             if self.cfg.history_tokens:
+                seq, seq_valid = self.items.sequence(jts, f)
                 tokens.append(seq)
                 valid.append(seq_valid)
             else:
-                tokens.append(masked_mean(seq, seq_valid).unsqueeze(1))
+                tokens.append(self.items.history(jts, f).unsqueeze(1))
                 valid.append(valid[0][:, :1])
         return torch.cat(tokens, dim=1), torch.cat(valid, dim=1)
 
