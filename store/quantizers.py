@@ -86,31 +86,43 @@ class QuantizerOutput:
 # -- nearest-codeword search and k-means --------------------------------------------------------
 
 
-def nearest(z: Tensor, codebooks: Tensor, chunk: int | None = None) -> Tensor:
-    """Index of the nearest codeword in each codebook: z [K, B, d], codebooks [K, C, d] -> [K, B] int64.
+SEARCH_BLOCK = 64
+"""Items per block of the nearest-codeword search: the [K, C, block] score block stays in cache."""
+
+
+def augmented_codebooks(codebooks: Tensor) -> Tensor:
+    """[K, C, d] -> [K, C, d+1] rows [2c, -||c||^2], so that scores = cb_aug @ [z; 1] = 2 z.c - ||c||^2."""
+    cb = codebooks.detach()
+    return torch.cat([2 * cb, -(cb * cb).sum(-1, keepdim=True)], dim=-1)
+
+
+def nearest_augmented(za: Tensor, cb_aug: Tensor, block: int = SEARCH_BLOCK) -> Tensor:
+    """Nearest codewords from augmented operands: za [K, d+1, B] (latents transposed, last row all
+    ones), cb_aug [K, C, d+1] (``augmented_codebooks``) -> [K, B] int64.
 
     ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2 and ||z||^2 is constant per row, so the nearest codeword
-    maximises 2 z.c - ||c||^2: one batched matmul with an appended constant-1 column, chunked over B so
-    the [K, C, chunk] score block stays in cache (default: about 2^20 scores per block).
+    maximises 2 z.c - ||c||^2: one batched matmul per block of items, then a max over the C codewords.
     """
-    K, B, d = z.shape
-    C = codebooks.shape[1]
-    chunk = chunk or max(16, 2**20 // (K * C))
-    with torch.no_grad():
-        z = z.detach()
-        cb = codebooks.detach().to(z.dtype)
-        cb_aug = torch.cat([2 * cb, -(cb * cb).sum(-1, keepdim=True)], dim=-1)  # [K, C, d+1]
-        out = torch.empty(K, B, dtype=torch.long, device=z.device)
-        za = z.new_ones(K, d + 1, min(chunk, B))  # [K, d+1, b]: contiguous for the matmul
-        for s in range(0, B, chunk):
-            b = min(chunk, B - s)
-            za[:, :d, :b] = z[:, s : s + b].transpose(1, 2)
-            scores = torch.bmm(cb_aug, za[:, :, :b])  # [K, C, b]
-            # Seen as a channels-last image (batch K, channels b, 1 x C), max_pool2d reduces over the C
-            # codewords with SIMD across items: several times faster on CPU than Tensor.argmax(-1).
-            _, idx = F.max_pool2d(scores.permute(0, 2, 1).unsqueeze(2), (1, C), return_indices=True)
-            out[:, s : s + chunk] = idx.view(K, -1)
+    K, C, _ = cb_aug.shape
+    B = za.shape[2]
+    out = torch.empty(K, B, dtype=torch.long, device=za.device)
+    for s in range(0, B, block):
+        b = min(block, B - s)
+        scores = torch.bmm(cb_aug, za[:, :, s : s + b])  # [K, C, b]
+        # Seen as a channels-last image (batch K, channels b, 1 x C), max_pool2d reduces over the C
+        # codewords with SIMD across items: several times faster on CPU than Tensor.argmax(1).
+        _, idx = F.max_pool2d(scores.permute(0, 2, 1).unsqueeze(2), (1, C), return_indices=True)
+        out[:, s : s + b] = idx.view(K, b)
     return out
+
+
+def nearest(z: Tensor, codebooks: Tensor, block: int = SEARCH_BLOCK) -> Tensor:
+    """Index of the nearest codeword in each codebook: z [K, B, d], codebooks [K, C, d] -> [K, B] int64."""
+    K, B, d = z.shape
+    with torch.no_grad():
+        za = z.new_ones(K, d + 1, B)  # [K, d+1, B]: each block a row-major matrix for the matmul
+        za[:, :d] = z.detach().transpose(1, 2)
+        return nearest_augmented(za, augmented_codebooks(codebooks).to(z.dtype), block)
 
 
 def gather_codewords(codebooks: Tensor, idx: Tensor) -> Tensor:
@@ -222,6 +234,23 @@ class OPMQ(Quantizer):
         if self.cfg.expert_hidden == 0:
             return h
         return torch.baddbmm(self.b2.unsqueeze(1), F.gelu(h), self.w2)
+
+    def codes(self, x: Tensor) -> Tensor:
+        """x [B, D] -> codes [B, K]. Linear experts: the latents come out of one matmul already in
+        the search's layout, transposed with a row of ones ([K, d+1, B]), so nothing is copied
+        between the expert projection and the codebook search."""
+        if self.cfg.expert_hidden > 0:
+            return super().codes(x)
+        K, D, d = self.w1.shape
+        with torch.no_grad():
+            proj = x.new_zeros(K, d + 1, D + 1)  # rows (k, j): [w1[k, :, j], b1[k, j]]; row d: [0.., 1]
+            proj[:, :d, :D] = self.w1.detach().transpose(1, 2)
+            proj[:, :d, D] = self.b1.detach()
+            proj[:, d, D] = 1.0
+            xa = x.new_ones(D + 1, x.shape[0])
+            xa[:D] = x.detach().t()
+            za = (proj.view(K * (d + 1), D + 1) @ xa).view(K, d + 1, -1)
+            return nearest_augmented(za, augmented_codebooks(self.codebooks).to(x.dtype)).t()
 
     def expert_weights(self) -> Tensor:
         """V [K, P]: each expert's weights flattened and L2-normalised."""
@@ -415,8 +444,8 @@ class SemanticTokenizer(nn.Module):
     def encode(self, embeddings: Tensor, chunk: int = 1024) -> Tensor:
         """embeddings [N, D] -> SIDs [N, K] int64.
 
-        Works through chunks of ~1000 items (and the search through 128-item blocks) so that the
-        intermediates stay in cache: on CPU that is what makes large K x C fast.
+        Works through chunks of ~1000 items (and the search through SEARCH_BLOCK-item blocks) so that
+        the intermediates stay in cache: on CPU that is what makes large K x C fast.
         """
         e = self._check(embeddings)
         out = torch.empty(len(e), self.cfg.num_sids, dtype=torch.long, device=e.device)

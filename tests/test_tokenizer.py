@@ -14,7 +14,15 @@ import torch
 from data_pipeline.spec import DataError, DatasetSpec, ItemTable, SparseFeature
 from data_pipeline.writer import ShardWriter
 from store.item_embeddings import ItemEmbeddings, content_embeddings
-from store.quantizers import OPMQ, SemanticTokenizer, TokenizerConfig, kmeans, load_tokenizer, nearest
+from store.quantizers import (
+    OPMQ,
+    SemanticTokenizer,
+    TokenizerConfig,
+    build_quantizer,
+    kmeans,
+    load_tokenizer,
+    nearest,
+)
 from store.tokenize import (
     TrainConfig,
     collision_stats,
@@ -51,7 +59,24 @@ def test_nearest_matches_cdist_argmin():
     g = torch.Generator().manual_seed(1)
     z, cb = torch.randn(4, 1000, 7, generator=g), torch.randn(4, 33, 7, generator=g)
     expect = torch.cdist(z, cb).argmin(-1)
-    assert torch.equal(nearest(z, cb, chunk=128), expect)
+    assert torch.equal(nearest(z, cb, block=128), expect)
+    assert torch.equal(nearest(z, cb), expect)
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_opmq_codes_equal_the_nearest_codewords_of_the_latents(hidden):
+    """OPMQ.codes (for linear experts a fused projection + search) picks each latent's nearest
+    codeword: the same codes as nearest(latents) up to float ties, each one at the minimum distance."""
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(num_sids=5, codebook_size=40, input_dim=12, latent_dim=6, expert_hidden=hidden)
+    q = build_quantizer(cfg)
+    x = torch.randn(300, 12)
+    codes = q.codes(x)  # [B, K]
+    z = q.latents(x).detach()  # [K, B, d]
+    dist = torch.cdist(z, q.codebooks.detach())  # [K, B, C]
+    chosen = dist.gather(2, codes.t().unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(chosen, dist.min(-1).values, rtol=0, atol=1e-5)
+    assert (codes == nearest(q.latents(x), q.codebooks).t()).float().mean() > 0.99
 
 
 def test_kmeans_finds_planted_centers():
