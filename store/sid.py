@@ -18,6 +18,7 @@ which is what TorchRec's data-parallel (replicated) EmbeddingCollection needs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -191,26 +192,36 @@ class SidTable:
             labels=batch.labels,
             user_ids=batch.user_ids,
             item_ids=batch.item_ids,
-            sid=sid_features(kjt, spec, self.codes),
+            sid=_sid_features(kjt, spec, self.codes_by_sid),
         )
+
+    @functools.cached_property
+    def codes_by_sid(self) -> torch.Tensor:
+        """codes transposed, [K, N] contiguous: one row per SID, so a batch's lookup is one gather."""
+        return self.codes.t().contiguous()
 
 
 def sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes: torch.Tensor) -> KeyedJaggedTensor:
-    """The SID features of the item_ref features in ``kjt`` (keys ``sid_feature_names``)."""
+    """The SID features of the item_ref features in ``kjt`` (keys ``sid_feature_names``); codes [N, K]."""
+    return _sid_features(kjt, spec, codes.t())
+
+
+def _sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes_t: torch.Tensor) -> KeyedJaggedTensor:
     items = item_ref_features(spec)
-    num_sids = int(codes.shape[1])
     keys = kjt.keys()
     missing = [f for f in items if f not in keys]
     if missing:
         raise ValueError(f"the batch has no item feature(s) {missing} to map to semantic IDs")
+    idx = [keys.index(f) for f in items]
     values = torch.split(kjt.values(), kjt.length_per_key())
-    all_lengths = kjt.lengths().view(len(keys), -1)
-    item_codes = [codes[values[keys.index(f)]] for f in items]  # (n_f, K) each
-    lengths = [all_lengths[keys.index(f)] for f in items]
+    lengths = kjt.lengths().view(len(keys), -1)
+    item_values = torch.cat([values[i] for i in idx])
+    num_sids = int(codes_t.shape[0])
     return KeyedJaggedTensor.from_lengths_sync(
         keys=sid_feature_names(spec, num_sids),
-        values=torch.cat([c[:, k] for k in range(num_sids) for c in item_codes]),
-        lengths=torch.cat([n for _ in range(num_sids) for n in lengths]),
+        # row k of codes_t[:, items] holds every item feature's k-th SID: already in key order
+        values=codes_t[:, item_values].reshape(-1),
+        lengths=torch.cat([lengths[i] for i in idx]).repeat(num_sids),
     )
 
 

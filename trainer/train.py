@@ -369,20 +369,22 @@ class Trainer:
                 return
 
     def train_segment(self, batches: Iterator[Batch], n: int, bar: tqdm, acc: dict) -> None:
-        """Train on the next `n` batches of `batches`; the pipeline (if any) ends drained."""
+        """Train on the next `n` batches of `batches`; the pipeline (if any) ends drained.
+
+        A non-finite loss is noted per step without a sync (the first such step, as a tensor) and
+        acted on at each logging interval and at the end of the segment, i.e. before any evaluation
+        or checkpoint: one collective there instead of one per step, and every rank stops together.
+        """
         source = _timed(itertools.islice(batches, n), self.timer)
         steps = self._pipelined_steps(source) if self.pipeline else self._plain_steps(source)
+        no_step = torch.tensor(float("inf"), dtype=torch.float64, device=self.env.device)
+        first_bad = no_step.clone()
         for out in steps:
-            finite = torch.isfinite(out.loss).to(torch.int32)
-            if self.env.world_size > 1:  # all ranks stop together, no rank left waiting in a collective
-                _all_reduce(finite, dist.ReduceOp.MIN)
-            if not bool(finite):
-                raise NonFiniteLossError(
-                    f"training loss is not finite at step {self.step + 1} (local loss {float(out.loss)}); "
-                    "lower the learning rates (--optim.*_lr) or check the data"
-                )
             self.scheduler.step()
             self.step += 1
+            first_bad = torch.minimum(
+                first_bad, torch.where(torch.isfinite(out.loss.detach()), no_step, float(self.step))
+            )
             acc["loss"] += out.loss.detach().double()
             acc["bce"] += out.bce.detach().double()
             for k, v in out.aux.items():
@@ -391,7 +393,20 @@ class Trainer:
             acc["steps"] += 1
             bar.update(1)
             if self.step % self.cfg.logging.every_steps == 0:
+                self._check_finite(first_bad)
                 self.log_train(acc)
+        self._check_finite(first_bad)
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        """Raise NonFiniteLossError on every rank if any rank saw a non-finite training loss."""
+        bad = first_bad.clone()
+        if self.env.world_size > 1:
+            _all_reduce(bad, dist.ReduceOp.MIN)
+        if math.isfinite(float(bad)):
+            raise NonFiniteLossError(
+                f"training loss is not finite at step {int(bad)} (first such step on any rank): "
+                "lower the learning rates (--optim.*_lr) or check the data"
+            )
 
     def log_train(self, acc: dict) -> None:
         """Reduce the accumulated losses over ranks and log them with throughput and timings."""
