@@ -46,8 +46,9 @@ def tiny_inputs(out: Path) -> tuple[Path, Path]:
     data, sids = out / "inputs" / "data", out / "inputs" / "sids"
     env = python_env()
     if not (data / "spec.json").is_file():
-        cmd = [sys.executable, "-m", "data_pipeline", "generate", "--out", str(data), "--rows", "40000"]
-        cmd += ["--items", "2000", "--users", "4000", "--seed", "0", "--no-progress", "--overwrite"]
+        # 20k items: the raw-ID table (20k rows) is sharded, not replicated (auto replicates <= 4096 rows)
+        cmd = [sys.executable, "-m", "data_pipeline", "generate", "--out", str(data), "--rows", "120000"]
+        cmd += ["--items", "20000", "--users", "10000", "--seed", "0", "--no-progress", "--overwrite"]
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     if not (sids / "meta.json").is_file():
         cmd = [
@@ -76,7 +77,7 @@ def sweep(args: argparse.Namespace, out: Path) -> list[dict]:
             if not summary.is_file():
                 flags = [
                     "--data", str(data), "--sids", str(sids), "--model", model, "--out", str(run),
-                    "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
+                    "--max-steps", str(args.steps), "--epochs", "100", "--batch-size", str(args.batch_size),
                     "--eval.max_batches", "1", "--logging.every_steps", str(max(1, args.steps // 4)),
                     "--logging.progress", "false", "--logging.tensorboard", "false", *args.trainer_args,
                 ]  # fmt: skip
@@ -85,8 +86,10 @@ def sweep(args: argparse.Namespace, out: Path) -> list[dict]:
                 log = out / "logs" / f"{model}_p{n}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with open(log, "w") as f:
+                    # a fixed share of the machine per process, like one GPU each: --threads cores
+                    env = {**python_env(), "OMP_NUM_THREADS": str(args.threads)}
                     rc = subprocess.call(
-                        trainer_command(n, flags), stdout=f, stderr=subprocess.STDOUT, env=python_env()
+                        trainer_command(n, flags), stdout=f, stderr=subprocess.STDOUT, env=env
                     )
                 if rc != 0:
                     print(f"!! {model} on {n} process(es) failed (exit {rc}), see {log}", flush=True)
@@ -134,7 +137,7 @@ def write_sweep(rows: list[dict], out: Path, args: argparse.Namespace) -> None:
     )  # fmt: skip
     text = (
         f"Measured on this machine ({os.cpu_count()} CPU cores, gloo), {args.steps} steps of {args.batch_size} "
-        f"rows per process; efficiency = total(n) / (n x total({min(args.procs)})). The load average before "
+        f"rows per process, {args.threads} torch thread(s) per process; efficiency = total(n) / (n x total({min(args.procs)})). The load average before "
         "each run shows how much other work shared the cores.\n\n" + table
     )
     (out / "scaling.md").write_text(text + "\n")
@@ -309,8 +312,12 @@ def main() -> int:
     p.add_argument("--data", default="", help="dataset folder (default: a small synthetic set under OUT)")
     p.add_argument("--sids", default="", help="SID table folder of --data")
     p.add_argument("--procs", type=ints, default=list(range(1, (os.cpu_count() or 1) + 1)), help="e.g. 1,2,4")
-    p.add_argument("--steps", type=int, default=40, help="training steps per run")
-    p.add_argument("--batch-size", type=int, default=512, help="rows per batch per process")
+    p.add_argument("--steps", type=int, default=100, help="training steps per run")
+    p.add_argument("--batch-size", type=int, default=1024, help="rows per batch per process")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads per process (OMP_NUM_THREADS): each process gets the same share of cores",
+    )  # fmt: skip
     p.add_argument("--projection-only", action="store_true", help="only the planner projection")
     p.add_argument("--sweep-only", action="store_true", help="only the process-count sweep")
     p.add_argument("--world-sizes", type=ints, default=[8, 64, 512], help="GPUs of the projected clusters")

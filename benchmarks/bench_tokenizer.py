@@ -115,7 +115,7 @@ def main() -> None:
         )
         tok.encode(x_enc[:4096])  # warm-up
         # in-memory encode: median of --repeats timings (a shared VM's neighbours make single runs jumpy)
-        runs = sorted((timed(lambda tok=tok: tok.encode(x_enc))[1:] for _ in range(args.repeats)))
+        runs = sorted(timed(lambda tok=tok: tok.encode(x_enc))[1:] for _ in range(args.repeats))
         w_enc, c_enc = runs[len(runs) // 2]
         out = root / f"sids_{method}"
         peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,6 +1,6 @@
 """Trainer throughput: ID baseline vs STORE, 1 vs 2 processes, TorchRec pipeline on vs off, in one run.
 
-    python benchmarks/bench_trainer.py [--rows 60000] [--batch-size 256] [--steps 60] [--device cpu]
+    python benchmarks/bench_trainer.py [--rows 120000] [--batch-size 1024] [--steps 100] [--repeats 2]
 
 Generates a synthetic dataset and a random SID table in a temp folder, then runs `python -m trainer`
 (1 process) and `torchrun --nproc-per-node 2 -m trainer` for each model and pipeline setting, and
@@ -37,16 +37,20 @@ def run(cmd: list[str], out: Path, timeout: int) -> dict | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=60_000)
+    p.add_argument("--rows", type=int, default=120_000)
     p.add_argument("--items", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--num-sids", type=int, default=4)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", default="id,store,dnn")
     p.add_argument("--procs", default="1,2")
     p.add_argument("--timeout", type=int, default=900)
+    p.add_argument(
+        "--repeats", type=int, default=2,
+        help="run the whole grid this many times (interleaved) and report each setting's median",
+    )  # fmt: skip
     args = p.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -64,29 +68,44 @@ def main() -> None:
     )
     SidTable.from_codes(codes, codebook_size=args.codebook_size).save(sids)
 
-    rows = []
-    for model in args.models.split(","):
-        for procs in (int(x) for x in args.procs.split(",")):
-            for pipeline in (True, False):
-                out = tmp / f"{model}_{procs}_{pipeline}"
-                launcher = [sys.executable, "-m", "trainer"]
-                if procs > 1:
-                    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs)]
-                    launcher += ["-m", "trainer"]
-                flags = [
+    runs: dict[tuple, list[dict]] = {}
+    for rep in range(args.repeats):
+        for model in args.models.split(","):
+            for procs in (int(x) for x in args.procs.split(",")):
+                for pipeline in (True, False):
+                    out = tmp / f"{model}_{procs}_{pipeline}_r{rep}"
+                    launcher = [sys.executable, "-m", "trainer"]
+                    if procs > 1:
+                        launcher = [
+                            sys.executable,
+                            "-m",
+                            "torch.distributed.run",
+                            "--nproc-per-node",
+                            str(procs),
+                        ]
+                        launcher += ["-m", "trainer"]
+                    flags = [
                     "--data", str(data), "--model", model, "--out", str(out), "--device", args.device,
                     "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
                     "--eval.max_batches", "2", "--logging.every_steps", "10", "--logging.progress", "false",
                     "--logging.tensorboard", "false", "--model.num_rotations", str(args.num_sids),
                     "--pipeline" if pipeline else "--no-pipeline",
                 ]  # fmt: skip
-                if model == "store":
-                    flags += ["--sids", str(sids)]
-                if model == "id":  # same token count as STORE (the ID item embedding split into K tokens)
-                    flags += ["--model.id_item_tokens", str(args.num_sids)]
-                print(f"running {model} procs={procs} pipeline={pipeline} ...", file=sys.stderr, flush=True)
-                s = run(launcher + flags, out, args.timeout)
-                rows.append((model, procs, pipeline, s))
+                    if model == "store":
+                        flags += ["--sids", str(sids)]
+                    if model == "id":  # same token count as STORE (the ID item embedding split into K tokens)
+                        flags += ["--model.id_item_tokens", str(args.num_sids)]
+                    print(f"running {model} procs={procs} pipeline={pipeline} (repeat {rep + 1}) ...",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                    s = run(launcher + flags, out, args.timeout)
+                    if s is not None:
+                        runs.setdefault((model, procs, pipeline), []).append(s)
+    rows = []
+    for model in args.models.split(","):
+        for procs in (int(x) for x in args.procs.split(",")):
+            for pipeline in (True, False):
+                got = sorted(runs.get((model, procs, pipeline), []), key=lambda s: s["samples_per_s"])
+                rows.append((model, procs, pipeline, got[(len(got) - 1) // 2] if got else None))
 
     def sps(model: str, procs: int, pipeline: bool) -> float:
         for m, n, pl, s in rows:
@@ -95,7 +114,8 @@ def main() -> None:
         return float("nan")
 
     print(
-        f"\nbatch size {args.batch_size} per rank, {args.steps} steps, device {args.device}, data {args.rows} rows"
+        f"\nbatch size {args.batch_size} per rank, {args.steps} steps, device {args.device}, data {args.rows} rows, "
+        f"median of {args.repeats} run(s) per setting, load average {os.getloadavg()[0]:.1f} at end"
     )
     head = (
         f"{'model':<8} {'procs':>5} {'pipeline':>9} {'used':>5} {'samples/s':>11} {'per rank':>10} {'auc':>7}"
