@@ -189,46 +189,29 @@ class StaticEmbedder(nn.Module):
 def item_collection(
     tables: list[tuple[str, int, list[str]]], dim: int, pooled: bool, device: torch.device | None = None
 ) -> EmbeddingBagCollection | EmbeddingCollection:
-    """The item-valued features' collection: mean-pooled bags (``pooled``) or per-position sequences."""
-    if not pooled:
-        return sequence_collection(tables, dim, device)
+    """The collection of (table name, rows, features) triples, all D wide: mean-pooled bags
+    (``pooled``, an EmbeddingBagCollection) or per-position sequences (an EmbeddingCollection)."""
     _check_unique([name for name, _, _ in tables])
-    return EmbeddingBagCollection(
-        tables=[
-            EmbeddingBagConfig(
-                name=name,
-                embedding_dim=dim,
-                num_embeddings=rows,
-                feature_names=features,
-                pooling=PoolingType.MEAN,
-                weight_init_min=-EMBEDDING_INIT,
-                weight_init_max=EMBEDDING_INIT,
-            )
+    common = dict(embedding_dim=dim, weight_init_min=-EMBEDDING_INIT, weight_init_max=EMBEDDING_INIT)
+    if pooled:
+        bags = [
+            EmbeddingBagConfig(name=name, num_embeddings=rows, feature_names=features,
+                               pooling=PoolingType.MEAN, **common)
             for name, rows, features in tables
-        ],
-        device=device,
-    )
+        ]  # fmt: skip
+        return EmbeddingBagCollection(tables=bags, device=device)
+    seqs = [
+        EmbeddingConfig(name=name, num_embeddings=rows, feature_names=features, **common)
+        for name, rows, features in tables
+    ]
+    return EmbeddingCollection(tables=seqs, device=device)
 
 
 def sequence_collection(
     tables: list[tuple[str, int, list[str]]], dim: int, device: torch.device | None = None
 ) -> EmbeddingCollection:
     """EmbeddingCollection from (table name, rows, features) triples, all D wide."""
-    _check_unique([name for name, _, _ in tables])
-    return EmbeddingCollection(
-        tables=[
-            EmbeddingConfig(
-                name=name,
-                embedding_dim=dim,
-                num_embeddings=rows,
-                feature_names=features,
-                weight_init_min=-EMBEDDING_INIT,
-                weight_init_max=EMBEDDING_INIT,
-            )
-            for name, rows, features in tables
-        ],
-        device=device,
-    )
+    return item_collection(tables, dim, pooled=False, device=device)
 
 
 def padded(jt: JaggedTensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
