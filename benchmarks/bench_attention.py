@@ -1,9 +1,11 @@
 """Attention step time on this machine: dense SDPA vs MoBA (fused masked SDPA, and the gather kernel).
 
     python benchmarks/bench_attention.py [--batch 256 --heads 2 --tokens 56 --head-dim 32 --block 8]
+    python benchmarks/bench_attention.py --device cuda --dtype bfloat16 --tokens 1024 --block 64
 
-Forward + backward of one attention call, median of --repeats, one thread. FLOPs for the same
-shapes come from store.flops (the gather kernel executes only the kept blocks' FLOPs).
+Forward + backward of one attention call, median of --repeats (one CPU thread; on CUDA the time
+is taken after a device synchronize). FLOPs for the same shapes come from store.flops (the gather
+kernel executes only the kept blocks' FLOPs).
 """
 
 from __future__ import annotations
@@ -33,11 +35,19 @@ def main() -> None:
     p.add_argument("--block", type=int, default=8)
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = (args.batch, args.heads, args.tokens, args.head_dim)
-    q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     kept = num_kept_blocks(num_blocks(args.tokens, args.block), args.sparsity)
 
     def moba(kernel):
@@ -48,7 +58,10 @@ def main() -> None:
         "MoBA, fused SDPA + block mask (default)": moba(moba_masked_sdpa),
         "MoBA, gather of kept blocks": moba(moba_attention),
     }
-    print(f"\nB={args.batch} H={args.heads} T={args.tokens} E={args.head_dim} block={args.block} kept={kept}")
+    print(
+        f"\nB={args.batch} H={args.heads} T={args.tokens} E={args.head_dim} block={args.block} kept={kept} "
+        f"on {device} {args.dtype}"
+    )
     print(f"| {'attention':<42} | {'fwd+bwd ms':>10} | {'vs dense':>8} |")
     print(f"|{'-' * 44}|{'-' * 12}|{'-' * 10}|")
     base = None
@@ -57,8 +70,10 @@ def main() -> None:
             fn().sum().backward()
         times = []
         for _ in range(args.repeats):
+            sync()
             start = time.perf_counter()
             fn().sum().backward()
+            sync()
             times.append(time.perf_counter() - start)
         ms = statistics.median(times) * 1000
         base = base or ms
