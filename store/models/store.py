@@ -19,13 +19,12 @@ then L layers X = LN(Attn(X) + X), X = LN(FFN(X) + X) with MoBA (or dense) atten
 over [the fixed tokens flattened, the mean of all real tokens].
 
 Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one collection for
-the item-valued features: mean-pooled bags when the history is pooled into one token (the default;
-the pooled table lookup is the history token), an EmbeddingCollection (per position) with
-history_tokens=True. For STORE the batch must already be
-transformed by ``SidTable.transform`` (item features moved to ``batch.sid`` as ``<f>_sid<k>``); table
-t_sid<k> serves ``<f>_sid<k>`` for every item feature f, and the SID collection reads ``batch.sid``
-only, so the trainer can replicate it. For ID the raw batch is used; t_item serves every item
-feature.
+the item-valued features (``items.ec``): mean-pooled bags when the history is pooled into one token
+(the default; the pooled lookup is the history token), an EmbeddingCollection (per position) with
+history_tokens=True. For STORE the batch must already be transformed by ``SidTable.transform``
+(item features moved to ``batch.sid`` as ``<f>_sid<k>``); table t_sid<k> serves ``<f>_sid<k>`` for
+every item feature f, and the SID collection reads ``batch.sid`` only, so the trainer can
+replicate it. For ID the raw batch is used; t_item serves every item feature.
 """
 
 from __future__ import annotations
