@@ -14,6 +14,7 @@ Not a test: numbers depend on the machine and on what else runs on it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -57,6 +58,7 @@ def main() -> None:
     import torch
 
     from data_pipeline.synthetic import generate_dataset
+    from launch.compare import trainer_command
     from store.sid import SidTable
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
@@ -68,50 +70,40 @@ def main() -> None:
     )
     SidTable.from_codes(codes, codebook_size=args.codebook_size).save(sids)
 
+    models, procs_list = args.models.split(","), [int(x) for x in args.procs.split(",")]
     runs: dict[tuple, list[dict]] = {}
-    for rep in range(args.repeats):
-        for model in args.models.split(","):
-            for procs in (int(x) for x in args.procs.split(",")):
-                for pipeline in (True, False):
-                    out = tmp / f"{model}_{procs}_{pipeline}_r{rep}"
-                    launcher = [sys.executable, "-m", "trainer"]
-                    if procs > 1:
-                        launcher = [
-                            sys.executable,
-                            "-m",
-                            "torch.distributed.run",
-                            "--nproc-per-node",
-                            str(procs),
-                        ]
-                        launcher += ["-m", "trainer"]
-                    flags = [
-                    "--data", str(data), "--model", model, "--out", str(out), "--device", args.device,
-                    "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
-                    "--eval.max_batches", "2", "--logging.every_steps", "10", "--logging.progress", "false",
-                    "--logging.tensorboard", "false", "--model.num_rotations", str(args.num_sids),
-                    "--pipeline" if pipeline else "--no-pipeline",
-                ]  # fmt: skip
-                    if model == "store":
-                        flags += ["--sids", str(sids)]
-                    if model == "id":  # same token count as STORE (the ID item embedding split into K tokens)
-                        flags += ["--model.id_item_tokens", str(args.num_sids)]
-                    print(f"running {model} procs={procs} pipeline={pipeline} (repeat {rep + 1}) ...",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                    s = run(launcher + flags, out, args.timeout)
-                    if s is not None:
-                        runs.setdefault((model, procs, pipeline), []).append(s)
-    rows = []
-    for model in args.models.split(","):
-        for procs in (int(x) for x in args.procs.split(",")):
-            for pipeline in (True, False):
-                got = sorted(runs.get((model, procs, pipeline), []), key=lambda s: s["samples_per_s"])
-                rows.append((model, procs, pipeline, got[(len(got) - 1) // 2] if got else None))
+    # repeats outermost: each setting's runs are spread over the whole benchmark, not back to back
+    for rep, model, procs, pipeline in itertools.product(
+        range(args.repeats), models, procs_list, (True, False)
+    ):
+        out = tmp / f"{model}_{procs}_{pipeline}_r{rep}"
+        flags = [
+            "--data", str(data), "--model", model, "--out", str(out), "--device", args.device,
+            "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
+            "--eval.max_batches", "2", "--logging.every_steps", "10", "--logging.progress", "false",
+            "--logging.tensorboard", "false", "--model.num_rotations", str(args.num_sids),
+            "--pipeline" if pipeline else "--no-pipeline",
+        ]  # fmt: skip
+        if model == "store":
+            flags += ["--sids", str(sids)]
+        if model == "id":  # same token count as STORE (the ID item embedding split into K tokens)
+            flags += ["--model.id_item_tokens", str(args.num_sids)]
+        print(
+            f"running {model} procs={procs} pipeline={pipeline} (repeat {rep + 1}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        s = run(trainer_command(procs, flags), out, args.timeout)
+        if s is not None:
+            runs.setdefault((model, procs, pipeline), []).append(s)
+    median: dict[tuple, dict | None] = {}  # setting -> its median run's summary (None: every run failed)
+    for setting in itertools.product(models, procs_list, (True, False)):
+        got = sorted(runs.get(setting, []), key=lambda s: s["samples_per_s"])
+        median[setting] = got[(len(got) - 1) // 2] if got else None
 
     def sps(model: str, procs: int, pipeline: bool) -> float:
-        for m, n, pl, s in rows:
-            if (m, n, pl) == (model, procs, pipeline) and s:
-                return float(s["samples_per_s"])
-        return float("nan")
+        s = median.get((model, procs, pipeline))
+        return float(s["samples_per_s"]) if s else float("nan")
 
     print(
         f"\nbatch size {args.batch_size} per rank, {args.steps} steps, device {args.device}, data {args.rows} rows, "
@@ -121,7 +113,7 @@ def main() -> None:
         f"{'model':<8} {'procs':>5} {'pipeline':>9} {'used':>5} {'samples/s':>11} {'per rank':>10} {'auc':>7}"
     )
     print(head + f" {'data ms':>8} {'fwd+bwd ms':>11} {'opt ms':>7}")
-    for model, procs, pipeline, s in rows:
+    for (model, procs, pipeline), s in median.items():
         if s is None:
             print(f"{model:<8} {procs:>5} {str(pipeline):>9} {'-':>5} {'failed':>11}")
             continue
@@ -131,16 +123,16 @@ def main() -> None:
             f"{s['step_time_ms_rank0']['forward_backward']:>11.1f} {s['step_time_ms_rank0']['optimizer']:>7.1f}"
         )
     print()
-    for procs in (int(x) for x in args.procs.split(",")):
+    for procs in procs_list:
         for pipeline in (True, False):
             ratio = sps("store", procs, pipeline) / sps("id", procs, pipeline)
             print(f"STORE / ID samples/s, {procs} proc, pipeline={pipeline}: {ratio:.2f}x (target >= 1.0x)")
-    for model in args.models.split(","):
+    for model in models:
         for pipeline in (True, False):
             ratio = sps(model, 2, pipeline) / sps(model, 1, pipeline)
             print(f"{model}: 2 procs / 1 proc, pipeline={pipeline}: {ratio:.2f}x (target >= 1.6x)")
-    for model in args.models.split(","):
-        for procs in (int(x) for x in args.procs.split(",")):
+    for model in models:
+        for procs in procs_list:
             ratio = sps(model, procs, True) / sps(model, procs, False)
             print(f"{model}: pipeline on / off, {procs} proc: {ratio:.2f}x")
     print(f"\noutputs in {tmp}")
