@@ -192,7 +192,7 @@ class SidTable:
             labels=batch.labels,
             user_ids=batch.user_ids,
             item_ids=batch.item_ids,
-            sid=_sid_features(kjt, spec, self.codes_by_sid),
+            sid=sid_features(kjt, spec, self.codes_by_sid),
         )
 
     @functools.cached_property
@@ -201,12 +201,11 @@ class SidTable:
         return self.codes.t().contiguous()
 
 
-def sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes: torch.Tensor) -> KeyedJaggedTensor:
-    """The SID features of the item_ref features in ``kjt`` (keys ``sid_feature_names``); codes [N, K]."""
-    return _sid_features(kjt, spec, codes.t())
+def sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes_t: torch.Tensor) -> KeyedJaggedTensor:
+    """The SID features of the item_ref features in ``kjt`` (keys ``sid_feature_names``).
 
-
-def _sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes_t: torch.Tensor) -> KeyedJaggedTensor:
+    codes_t: the codes by SID, [K, N] (``SidTable.codes_by_sid``): one gather serves every item
+    feature and every SID."""
     items = item_ref_features(spec)
     keys = kjt.keys()
     missing = [f for f in items if f not in keys]
@@ -226,7 +225,7 @@ def _sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes_t: torch.Tens
 
 
 class SidLookup(nn.Module):
-    """Model-time version of ``SidTable.transform``: holds the codes as a buffer [N, K].
+    """Model-time version of ``SidTable.transform``: holds the codes [N, K] as a buffer by SID, [K, N].
 
     forward(kjt) -> the SID features (what ``SidTable.transform`` puts in ``Batch.sid``). Use it only
     where the batch cannot be transformed at data time: it is KJT surgery before the embedding lookup,
@@ -235,8 +234,9 @@ class SidLookup(nn.Module):
 
     def __init__(self, codes: torch.Tensor, spec: DatasetSpec) -> None:
         super().__init__()
-        self.register_buffer("codes", torch.as_tensor(codes, dtype=torch.int64), persistent=False)
+        codes_t = torch.as_tensor(codes, dtype=torch.int64).t().contiguous()
+        self.register_buffer("codes_by_sid", codes_t, persistent=False)
         self.spec = spec
 
     def forward(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return sid_features(kjt, self.spec, self.codes)
+        return sid_features(kjt, self.spec, self.codes_by_sid)
