@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
-    cfg = CompareConfig(**{k: v for k, v in vars(args).items()}, trainer_args=extra)
+    cfg = CompareConfig(**vars(args), trainer_args=extra)
     try:
         report = run_comparison(cfg)
     except DataError as e:

@@ -114,13 +114,11 @@ def embedding_tables(model: nn.Module) -> list[TableInfo]:
             configs, pooled = module.embedding_configs(), False
         else:
             continue
-        for c in configs:
-            exclusive = bool(getattr(module, EXCLUSIVE_INPUT, False))
-            tables.append(
-                TableInfo(
-                    c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), pooled, exclusive
-                )
-            )
+        exclusive = bool(getattr(module, EXCLUSIVE_INPUT, False))
+        tables += [
+            TableInfo(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), pooled, exclusive)
+            for c in configs
+        ]
     return tables
 
 
