@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from launch.compare import run_logged, trainer_command  # noqa: E402
-from launch.report import bayes_optimal, fmt, md_table, per_epoch  # noqa: E402
+from launch.report import bayes_optimal, ceiling_row, fmt, md_table, per_epoch  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
@@ -218,17 +218,7 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
             [shown, s.get("auc"), s.get("gauc"), s.get("logloss"), s.get("tail_auc"), sps, emb_params(s)]
         )
     if ceiling:
-        rows.append(
-            [
-                "Bayes-optimal (true click prob.)",
-                ceiling["auc"],
-                ceiling["gauc"],
-                ceiling["logloss"],
-                "",
-                "",
-                "",
-            ]
-        )
+        rows.append(ceiling_row(ceiling, 3, blank=""))
     return md_table(["model", "AUC", "GAUC", "logloss", "tail AUC", "samples/s", "embedding params"], rows)
 
 

@@ -96,6 +96,12 @@ def per_epoch(summary: dict) -> list[dict]:
     return [{**last[e], "epoch": e + 1} for e in sorted(last)]
 
 
+def ceiling_row(ceiling: dict, blanks: int, blank: object = None) -> list:
+    """The Bayes-optimal row of a model table: name, AUC, GAUC, logloss, then ``blanks`` empty cells."""
+    metrics = [ceiling["auc"], ceiling["gauc"], ceiling["logloss"]]
+    return ["Bayes-optimal (true click prob.)", *metrics, *[blank] * blanks]
+
+
 def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
     """AUC / GAUC / logloss of the true click probability on `split` (synthetic data), else None."""
     import numpy as np
@@ -216,16 +222,7 @@ def section_test(summaries: dict[str, dict], ceiling: dict | None) -> str:
         for n, s in summaries.items()
     ]
     if ceiling:
-        rows.append(
-            [
-                "Bayes-optimal (true click prob.)",
-                ceiling["auc"],
-                ceiling["gauc"],
-                ceiling["logloss"],
-                None,
-                None,
-            ]
-        )
+        rows.append(ceiling_row(ceiling, 2))
     text = md_table(["model", "AUC", "GAUC", "logloss", "tail AUC", "steps"], rows)
     if "id" in summaries and "store" in summaries:
         d = {
