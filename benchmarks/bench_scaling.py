@@ -337,6 +337,8 @@ def main() -> int:
     args.trainer_args = extra[1:] if extra[:1] == ["--"] else extra
     if args.data and not args.sids:
         p.error("--data needs --sids (a SID table of that dataset)")
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.projection_only:

@@ -53,6 +53,8 @@ def main() -> None:
         help="run the whole grid this many times (interleaved) and report each setting's median",
     )  # fmt: skip
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
 
     sys.path.insert(0, str(REPO))
     import torch
