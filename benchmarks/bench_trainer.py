@@ -65,12 +65,19 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     data, sids = tmp / "data", tmp / "sids"
-    spec = generate_dataset(data, args.rows, items=args.items, users=args.items // 2, seed=0, progress=False)
+    spec = generate_dataset(
+        data, args.rows, items=args.items, users=args.items // 2, seed=0, progress=False
+    )
     n_items = spec.item_table.num_items
     codes = torch.randint(
         0, args.codebook_size, (n_items, args.num_sids), generator=torch.Generator().manual_seed(0)
     )
-    SidTable.from_codes(codes, codebook_size=args.codebook_size).save(sids)
+    # random codes for every tokenized feature (the item and the user): the step time does not
+    # depend on which codes, only on how many
+    users = spec.feature("user_id").vocab_size
+    SidTable.from_codes(codes, codebook_size=args.codebook_size, features={"user_id": codes[:users]}).save(
+        sids
+    )
 
     models, procs_list = args.models.split(","), [int(x) for x in args.procs.split(",")]
     runs: dict[tuple, list[dict]] = {}

@@ -21,6 +21,8 @@ the item table (``0 <= item_id < num_items``) so semantic-ID tables can be index
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -50,6 +52,10 @@ class SparseFeature:
     """Multi-valued only: keep the last max_len values of each list (0 keeps all)."""
     item_ref: bool = False
     """Its values are item IDs (the item column, item-history lists): SIDs can replace them."""
+    high_cardinality: bool = False
+    """A high-cardinality feature (user ID, site/app/device IDs, large categorical columns): STORE
+    replaces its raw-ID table by K semantic IDs; False marks a low-cardinality static feature
+    (grouped and rotated in STORE). Item-valued features (``item_ref``) always count as high."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,9 @@ class DatasetSpec:
     dense: list[str]
     sparse: list[SparseFeature]
     item_id: str
+    """The item-ID column ("" when the data has none: no item tokens, no tail-item metrics)."""
     user_id: str
+    """The user-ID column ("" when the data has none: no GAUC)."""
     timestamp: str
     prob: str | None = None
     """Column with the true click probability (synthetic data), or None."""
@@ -109,7 +117,46 @@ class DatasetSpec:
         cols = [self.label, *self.dense, *self.sparse_names, self.user_id, self.item_id, self.timestamp]
         if self.prob:
             cols.append(self.prob)
-        return list(dict.fromkeys(cols))
+        return [c for c in dict.fromkeys(cols) if c]
+
+    @property
+    def high_cardinality(self) -> list[str]:
+        """The features STORE tokenizes, each with its own SIDs: the item feature first (every
+        item-valued feature uses its SIDs), then the other high-cardinality features in spec order."""
+        items = [self.item_id] if self.item_id else []
+        return items + [f.name for f in self.sparse if f.high_cardinality and not f.item_ref]
+
+    def with_high_cardinality(self, names: list[str], flag: str = "--high-card") -> DatasetSpec:
+        """A copy whose high-cardinality features are exactly ``names`` (plus the item-valued ones,
+        which always are): the ``--high-card`` override of the tokenizer and the trainer."""
+        known = self.sparse_names
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise DataError(f"{flag}: unknown sparse feature(s) {unknown}; the dataset has {known}")
+        sparse = [dataclasses.replace(f, high_cardinality=f.name in names) for f in self.sparse]
+        return dataclasses.replace(self, sparse=sparse)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of what SID tables and learned embeddings depend on: the dataset's name, its
+        sparse features (name, vocab, kind), item count and split sizes. Feature roles are left out
+        (a flag may override them)."""
+        key = {
+            "name": self.name,
+            "sparse": [(f.name, f.vocab_size, f.multi, f.item_ref) for f in self.sparse],
+            "items": self.item_table.num_items if self.item_table is not None else 0,
+            "rows": {k: self.num_rows[k] for k in sorted(self.num_rows)},
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def record(self) -> dict:
+        """What a SID table or a finished run records about the dataset it was built from."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "high_cardinality": self.high_cardinality,
+            "vocab": {f: self.feature(f).vocab_size for f in self.high_cardinality},
+        }
 
     # -- validation ----------------------------------------------------------------------------
     def validate(self, where: str = SPEC_FILE) -> None:
@@ -126,8 +173,12 @@ class DatasetSpec:
                 raise bad(f"sparse feature {f.name!r}: vocab_size must be > 0, got {f.vocab_size}")
             if f.max_len < 0:
                 raise bad(f"sparse feature {f.name!r}: max_len must be >= 0, got {f.max_len}")
-        if self.item_id not in names:
+        if self.item_id and self.item_id not in names:
             raise bad(f"item_id column {self.item_id!r} must also be a sparse feature")
+        if self.item_id and self.feature(self.item_id).multi:
+            raise bad(f"item_id column {self.item_id!r} must be single-valued")
+        if not self.item_id and any(f.item_ref for f in self.sparse):
+            raise bad("item_ref features need an item_id column (their SIDs are the item's)")
         overlap = set(self.dense) & set(names)
         if overlap:
             raise bad(f"columns {sorted(overlap)} are both dense and sparse")
@@ -176,6 +227,15 @@ class DatasetSpec:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, where=str(path))
+
+
+def apply_high_card(spec: DatasetSpec, flag: str) -> DatasetSpec:
+    """The spec with a ``--high-card`` flag applied (tokenizer and trainer alike): '' keeps its roles,
+    'none' leaves only the item-valued features, 'f1,f2' makes exactly those (and the item) high."""
+    if not flag.strip():
+        return spec
+    names = [] if flag.strip() == "none" else [n.strip() for n in flag.split(",") if n.strip()]
+    return spec.with_high_cardinality(names)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -20,6 +20,14 @@ The hidden model (all parameters drawn from ``--seed``):
   topic, age x coarse topic, hour x device, history x topic). The intercept is calibrated so the
   mean click probability equals ``--ctr``; the true probability is written as ``click_prob``, so the
   Bayes-optimal AUC / logloss on the test split are known.
+* Extra high-cardinality columns (``--high-card-columns N --high-card-size V``, default none):
+  ``hc_id_0`` .. ``hc_id_{N-1}``, row-level context IDs 0..V-1 (like a site or app ID) with Zipf-like
+  popularity (the popular IDs are a random permutation, so the number carries no information). Each
+  ID belongs to a hidden cluster; its click effect is a cluster effect + an ID-specific offset + a
+  cluster x coarse-topic cross, and it is part of the true logit (so ``click_prob`` stays the exact
+  Bayes-optimal probability). They are marked ``high_cardinality`` in the spec, as is ``user_id``.
+  Their draws come from a stream of their own, so the other columns of a dataset with extra
+  columns equal those of the same dataset without them (only the labels and ``click_prob`` move).
 
 Timestamps increase through the rows; train / valid / test are the first / next / last fractions
 (split boundaries are one second apart, so every train time < every valid time < every test time).
@@ -77,7 +85,7 @@ DENSE_FEATURES = (
 # Random streams: the model, each item chunk, each row chunk and the calibration pilot draw from
 # their own seed sequence, so no part depends on how many draws another made (rows can be made
 # chunk by chunk, in any process, reproducibly).
-_MODEL, _ITEMS, _ROWS, _CALIB = range(4)
+_MODEL, _ITEMS, _ROWS, _CALIB, _HIGH_CARD = range(5)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,10 @@ class SyntheticConfig:
     """Time span of the rows in days."""
     chunk_rows: int = 65_536
     """Rows generated per step (bounds memory; part of the random stream, so it changes the data)."""
+    high_card_columns: int = 0
+    """Extra high-cardinality categorical columns hc_id_0.. with a click effect (0: none, as before)."""
+    high_card_size: int = 100_000
+    """IDs per extra high-cardinality column: 0..high_card_size-1."""
     name: str = "synthetic"
     """Dataset name written into the spec."""
 
@@ -162,6 +174,8 @@ class SyntheticConfig:
         need(0.001 <= self.ctr <= 0.9, "ctr", "must be in [0.001, 0.9]", self.ctr)
         need(self.days > 0, "days", "must be > 0", self.days)
         need(self.chunk_rows > 0, "chunk-rows", "must be > 0", self.chunk_rows)
+        need(self.high_card_columns >= 0, "high-card-columns", "must be >= 0", self.high_card_columns)
+        need(self.high_card_size >= 2, "high-card-size", "must be >= 2", self.high_card_size)
         for split, n in self.split_rows().items():
             if n < 1:
                 raise DataError(
@@ -238,6 +252,10 @@ class HiddenModel:
     HIST_POOL = 2  # each user's item sequence is HIST_POOL x history_len long (a ring)
     LATENT = 16
     USER_ZIPF = 0.7  # exponent of user activity (rows per user)
+    # Extra high-cardinality columns: popularity exponent, hidden clusters (~sqrt(V) of them) and the
+    # logit spread of the cluster effect, the ID-specific offset and the cluster x coarse-topic cross.
+    HC_ZIPF = 1.0
+    SD_HC_CLUSTER, SD_HC_ID, SD_HC_X_L1 = 0.4, 0.3, 0.2
 
     def __init__(self, cfg: SyntheticConfig) -> None:
         self.cfg = cfg
@@ -385,8 +403,31 @@ class HiddenModel:
         self.weekday_eff = (0.1 * rng.standard_normal(7)).astype(np.float32)
         self.holiday_days = rng.random(cfg.days + 2) < 0.1
         self.holiday_eff = 0.3
+        self.high_card = [self._high_card_column(j) for j in range(cfg.high_card_columns)]
         self.intercept = 0.0
         self.intercept = self._calibrate()
+
+    def _high_card_column(self, j: int) -> dict[str, np.ndarray]:
+        """Parameters of extra column j (its own seed stream): the ID at each popularity rank, each
+        ID's hidden cluster and logit offset (cluster effect + ID effect), the cluster x topic_l1 cross."""
+        cfg = self.cfg
+        rng = _rng(cfg.seed, _HIGH_CARD, j)
+        v = cfg.high_card_size
+        n_clusters = int(np.clip(round(np.sqrt(v)), 1, 1024))
+        cluster = rng.integers(0, n_clusters, v)
+        b_cluster = self.SD_HC_CLUSTER * rng.standard_normal(n_clusters)
+        return {
+            "rank_to_id": rng.permutation(v),
+            "cluster": cluster,
+            "effect": (b_cluster[cluster] + self.SD_HC_ID * rng.standard_normal(v)).astype(np.float32),
+            "x_l1": (self.SD_HC_X_L1 * rng.standard_normal((n_clusters, cfg.topics_l1))).astype(np.float32),
+            "scale": _power_scale(v, self.HC_ZIPF),
+        }
+
+    def high_card_effect(self, j: int, ids: np.ndarray, l1: np.ndarray) -> np.ndarray:
+        """The logit contribution of extra column j's IDs on rows whose items have coarse topic l1."""
+        hc = self.high_card[j]
+        return hc["effect"][ids] + hc["x_l1"][hc["cluster"][ids], l1]
 
     # -- sampling -----------------------------------------------------------------------------
     def _items_for_users(self, users: np.ndarray, p_fav: float, rng: np.random.Generator) -> np.ndarray:
@@ -452,6 +493,16 @@ class HiddenModel:
             + hist_match / n_hist
             - 0.15 * np.log1p(depth)
         )
+        extra = {}
+        if self.high_card:
+            # A jumped copy of the row stream: rng itself is not advanced, so every other draw of
+            # the chunk (and the label's uniforms) is the same as without the extra columns.
+            rng_hc = np.random.Generator(rng.bit_generator.jumped())
+            for j, name in enumerate(high_card_names(len(self.high_card))):
+                hc = self.high_card[j]
+                rank = _power_rank(rng_hc.random(n), cfg.high_card_size, self.HC_ZIPF, hc["scale"])
+                extra[name] = hc["rank_to_id"][rank]
+                logit = logit + self.high_card_effect(j, extra[name], l1)
         prob = _sigmoid(logit)
         label = rng.random(n) < prob
 
@@ -481,6 +532,7 @@ class HiddenModel:
             "hour": hour,
             "weekday": weekday,
             "holiday": holiday,
+            **extra,
             "ts": ts,
             "click_prob": prob.astype(np.float32),
             "logit": logit,  # not a column: for calibration
@@ -532,6 +584,11 @@ def dense_names(n: int) -> list[str]:
     return names + [f"noise_{i}" for i in range(n - len(names))]
 
 
+def high_card_names(n: int) -> list[str]:
+    """Names of the first n extra high-cardinality columns."""
+    return [f"hc_id_{j}" for j in range(n)]
+
+
 def make_spec(cfg: SyntheticConfig) -> DatasetSpec:
     """The spec of a synthetic dataset (num_rows filled in)."""
     user = [SparseFeature(name, card) for name, card in USER_FEATURES.items()]
@@ -541,12 +598,16 @@ def make_spec(cfg: SyntheticConfig) -> DatasetSpec:
         SparseFeature("item_topic_l2", cfg.num_topics),
     ]
     sparse = [
-        SparseFeature("user_id", cfg.users),
+        SparseFeature("user_id", cfg.users, high_cardinality=True),
         SparseFeature("item_id", cfg.items, item_ref=True),
         SparseFeature("hist_items", cfg.items, multi=True, max_len=cfg.history_len, item_ref=True),
         *item,
         *user,
         *context,
+        *(
+            SparseFeature(c, cfg.high_card_size, high_cardinality=True)
+            for c in high_card_names(cfg.high_card_columns)
+        ),
     ]
     return DatasetSpec(
         name=cfg.name,
@@ -741,6 +802,15 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ctr", type=float, default=d.ctr, help="target mean click probability")
     p.add_argument("--days", type=int, default=d.days, help="time span of the rows in days")
     p.add_argument("--chunk-rows", type=int, default=d.chunk_rows, help="rows generated per step")
+    p.add_argument(
+        "--high-card-columns",
+        type=int,
+        default=d.high_card_columns,
+        help="extra high-cardinality ID columns hc_id_0.. with a hidden click effect (default 0: none)",
+    )
+    p.add_argument(
+        "--high-card-size", type=int, default=d.high_card_size, help="IDs per extra high-cardinality column"
+    )
     p.add_argument("--name", default=d.name, help="dataset name in the spec")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

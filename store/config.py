@@ -52,7 +52,8 @@ class ModelConfig:
     history_tokens: bool = False
     """Feed each history item as its own token; False pools the history into one token."""
     id_item_tokens: int = 0
-    """ID model: tokens the raw item-ID embedding is projected into (0: as many as the SIDs, else 1)."""
+    """ID model: tokens each high-cardinality feature's raw-ID embedding is projected into (0: as many as the
+    SIDs, else 1)."""
 
     # -- baselines -----------------------------------------------------------------------------
     cross_layers: int = 3

@@ -133,7 +133,7 @@ def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None
     if model.rotation is not None:
         r, m = model.rotation.rotations.shape[:2]
         other += 2 * b * r * m * m + linear_flops(model.rotation.proj, b * r)
-    if hasattr(model.items, "split"):
+    if hasattr(model.items, "split"):  # the ID twin: one Linear(D, K*D) per tokenized feature
         other += linear_flops(model.items.split, b)
     report.other = other
     return report

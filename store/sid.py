@@ -1,24 +1,31 @@
-"""Semantic-ID tables: item ID -> K codes, and the feature transform that swaps items for SIDs.
+"""Semantic-ID tables: feature ID -> K codes, and the transform that swaps raw IDs for SIDs.
 
-A SID table folder (written by the tokenizer, ``store.tokenize``)::
+A SID folder (written by the tokenizer, ``store.tokenize``)::
 
-    SIDS_DIR/sid_table.parquet   columns item_id int64, sid_0 .. sid_{K-1} int64; one row per item
-    SIDS_DIR/meta.json           {"method": "opmq|rqvae|opq", "num_sids": K, "codebook_size": C,
-                                  "num_items": N, ...stats}
+    SIDS_DIR/sid_table.parquet      the item feature: item_id int64, sid_0 .. sid_{K-1} int64, one row per item
+    SIDS_DIR/sids_<feature>.parquet every other high-cardinality feature: id, sid_0 .. sid_{K-1}, one row
+                                    per table row 0..vocab_size-1
+    SIDS_DIR/meta.json              {"method": "opmq|rqvae|opq", "num_sids": K, "codebook_size": C,
+                                     "num_items": N, "features": {feature: {"rows": V, "file": ...}},
+                                     "dataset": {"name", "fingerprint", "vocab"}, ...stats}
 
-STORE never sees raw item IDs in its embeddings: every item-valued feature ``f`` (``item_ref=True`` in
-the spec, e.g. ``item_id`` and ``hist_items``) becomes K features ``f_sid0 .. f_sid{K-1}`` holding the
-item's k-th code. ``SidTable.transform`` does this at data time (on any rank, before the batch reaches
-the model, so TorchRec can pipeline the lookup); ``SidLookup`` does the same inside a model.
+STORE never sees raw IDs of a high-cardinality feature (``DatasetSpec.high_cardinality``): every such
+feature ``f`` becomes K features ``f_sid0 .. f_sid{K-1}`` holding its ID's k-th code; every item-valued
+feature (``item_ref``: ``item_id``, ``hist_items``) uses the item's codes. ``SidTable.transform`` does
+this at data time (on any rank, before the batch reaches the model, so TorchRec can pipeline the
+lookup); ``SidLookup`` does the same inside a model.
 
 The SID features travel in their own KeyedJaggedTensor (``Batch.sid``), apart from the static
 features (``Batch.sparse``): the SID codebook collection then receives exactly the keys it serves,
 which is what TorchRec's data-parallel (replicated) EmbeddingCollection needs.
+
+``codebook_size`` is the rows of each codebook table. A tokenizer that reserves a code for IDs it has
+no embedding for (``learned`` embeddings of IDs absent from the train split) writes that code as
+``meta["unseen_code"]`` (= the last row).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,78 +46,133 @@ METHODS = ("opmq", "rqvae", "opq")
 
 
 def sid_feature_name(feature: str, k: int) -> str:
-    """Key of the k-th SID feature replacing item-valued feature ``feature``."""
+    """Key of the k-th SID feature replacing feature ``feature``."""
     return f"{feature}_sid{k}"
 
 
+def feature_file(feature: str) -> str:
+    """File of a non-item feature's codes in a SID folder."""
+    return f"sids_{feature}.parquet"
+
+
 def item_ref_features(spec: DatasetSpec) -> list[str]:
-    """Sparse features whose values are item IDs (the ones SIDs replace), in spec order."""
+    """Sparse features whose values are item IDs (they use the item's SIDs), in spec order."""
     return [f.name for f in spec.sparse if f.item_ref]
 
 
+def sid_sources(spec: DatasetSpec) -> dict[str, list[str]]:
+    """{tokenized feature: the batch features that take its codes}: the item feature serves every
+    item-valued feature, each other high-cardinality feature serves itself. In token order."""
+    return {f: (item_ref_features(spec) if f == spec.item_id else [f]) for f in spec.high_cardinality}
+
+
 def sid_feature_names(spec: DatasetSpec, num_sids: int) -> list[str]:
-    """Keys of ``Batch.sid`` after ``SidTable.transform``: for k = 0..K-1, every item_ref feature's
-    ``<f>_sid<k>`` (the feature order of STORE's SID EmbeddingCollection, table t_sid<k> per k)."""
-    items = item_ref_features(spec)
-    return [sid_feature_name(f, k) for k in range(num_sids) for f in items]
+    """Keys of ``Batch.sid`` after ``SidTable.transform``: per tokenized feature (in
+    ``spec.high_cardinality`` order), for k = 0..K-1, each of its batch features' ``<f>_sid<k>``."""
+    return [
+        sid_feature_name(f, k)
+        for served in sid_sources(spec).values()
+        for k in range(num_sids)
+        for f in served
+    ]
 
 
 @dataclass
 class SidTable:
-    """The codes of every item. ``codes[i, k]`` is item i's k-th semantic ID, in [0, codebook_size)."""
+    """The codes of every tokenized feature. ``tables[f][i, k]`` is ID i's k-th semantic ID of
+    feature f, in [0, codebook_size); ``codes`` is the item feature's."""
 
-    codes: torch.Tensor
-    """LongTensor[N, K]."""
+    tables: dict[str, torch.Tensor]
+    """{feature: LongTensor[rows, K]}, the item feature first (key ``item_feature``)."""
     codebook_size: int
-    """C: rows of each SID embedding table."""
+    """Rows of each SID embedding table."""
     method: str = "opmq"
     """Tokenizer that produced the codes (opmq / rqvae / opq)."""
+    item_feature: str = "item_id"
+    """Key of the item feature's codes in ``tables`` ("" when there is none)."""
     meta: dict = field(default_factory=dict)
-    """The rest of meta.json (tokenizer stats), kept for logging."""
+    """The rest of meta.json (dataset record, tokenizer stats), kept for checks and logging."""
+    _by_sid: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.codes.dim() != 2 or self.codes.dtype != torch.int64:
-            raise DataError(
-                f"SID codes must be an int64 [N, K] tensor, got {self.codes.dtype} {tuple(self.codes.shape)}"
-            )
-        if self.codes.numel() and (int(self.codes.min()) < 0 or int(self.codes.max()) >= self.codebook_size):
-            raise DataError(f"SID codes must lie in [0, codebook_size={self.codebook_size})")
+        ks = set()
+        for name, codes in self.tables.items():
+            if codes.dim() != 2 or codes.dtype != torch.int64:
+                raise DataError(
+                    f"SID codes of {name!r} must be an int64 [N, K] tensor, got {codes.dtype} "
+                    f"{tuple(codes.shape)}"
+                )
+            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+                raise DataError(f"SID codes of {name!r} must lie in [0, codebook_size={self.codebook_size})")
+            ks.add(int(codes.shape[1]))
+        if len(ks) > 1:
+            raise DataError(f"every feature needs the same number of SIDs, got {sorted(ks)}")
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The item feature's codes [N, K]."""
+        if self.item_feature not in self.tables:
+            raise DataError("this SID table has no item feature")
+        return self.tables[self.item_feature]
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.tables)
 
     @property
     def num_items(self) -> int:
-        return int(self.codes.shape[0])
+        return int(self.codes.shape[0]) if self.item_feature in self.tables else 0
 
     @property
     def num_sids(self) -> int:
-        """K: codes per item."""
-        return int(self.codes.shape[1])
+        """K: codes per ID."""
+        return int(next(iter(self.tables.values())).shape[1])
 
     @classmethod
     def from_codes(
-        cls, codes: torch.Tensor, codebook_size: int | None = None, method: str = "opmq"
+        cls,
+        codes: torch.Tensor,
+        codebook_size: int | None = None,
+        method: str = "opmq",
+        features: dict[str, torch.Tensor] | None = None,
     ) -> SidTable:
-        """In-memory table (tests, tools). codebook_size defaults to max code + 1."""
-        codes = torch.as_tensor(codes, dtype=torch.int64)
-        size = int(codes.max()) + 1 if codebook_size is None else int(codebook_size)
-        return cls(codes=codes, codebook_size=size, method=method)
+        """In-memory table (tests, tools): the item codes, plus ``features``' codes (other
+        high-cardinality features). codebook_size defaults to max code + 1."""
+        tables = {"item_id": torch.as_tensor(codes, dtype=torch.int64)}
+        tables |= {f: torch.as_tensor(c, dtype=torch.int64) for f, c in (features or {}).items()}
+        size = max(int(c.max()) for c in tables.values()) + 1 if codebook_size is None else codebook_size
+        return cls(tables=tables, codebook_size=int(size), method=method)
 
     # -- io ------------------------------------------------------------------------------------
     def save(self, sids_dir: str | os.PathLike) -> Path:
-        """Write SIDS_DIR/sid_table.parquet and meta.json (atomically, table first)."""
+        """Write SIDS_DIR/sid_table.parquet, sids_<feature>.parquet and meta.json (atomically, tables first)."""
         root = Path(sids_dir)
         root.mkdir(parents=True, exist_ok=True)
-        cols = {"item_id": pa.array(range(self.num_items), pa.int64())}
-        for k in range(self.num_sids):
-            cols[f"sid_{k}"] = pa.array(self.codes[:, k].numpy(), pa.int64())
-        tmp = root / f".{SID_TABLE_FILE}.tmp-{os.getpid()}"
-        pq.write_table(pa.table(cols), tmp)
-        os.replace(tmp, root / SID_TABLE_FILE)
+        for name, codes in self.tables.items():
+            cols = {
+                ("item_id" if name == self.item_feature else "id"): pa.array(range(len(codes)), pa.int64())
+            }
+            for k in range(self.num_sids):
+                cols[f"sid_{k}"] = pa.array(codes[:, k].numpy(), pa.int64())
+            file = SID_TABLE_FILE if name == self.item_feature else feature_file(name)
+            tmp = root / f".{file}.tmp-{os.getpid()}"
+            pq.write_table(pa.table(cols), tmp)
+            os.replace(tmp, root / file)
         meta = {
             **self.meta,
             "method": self.method,
             "num_sids": self.num_sids,
             "codebook_size": self.codebook_size,
             "num_items": self.num_items,
+            "item_feature": self.item_feature,
+            "features": {
+                name: {
+                    **self.meta.get("features", {}).get(name, {}),
+                    "rows": len(codes),
+                    "file": SID_TABLE_FILE if name == self.item_feature else feature_file(name),
+                }
+                for name, codes in self.tables.items()
+            },
         }
         atomic_write_text(root / SID_META_FILE, json.dumps(meta, indent=2) + "\n")
         return root
@@ -119,72 +181,88 @@ class SidTable:
     def load(cls, sids_dir: str | os.PathLike, spec: DatasetSpec | None = None) -> SidTable:
         """Read a SID folder; DataError naming the file/column if missing or malformed.
 
-        With ``spec``, also check that the table covers every item the spec's item features can hold.
+        With ``spec``, also check that the table fits the dataset (``check_fits``).
         """
         root = Path(sids_dir)
-        table_path, meta_path = root / SID_TABLE_FILE, root / SID_META_FILE
-        for path in (table_path, meta_path):
-            if not path.is_file():
-                raise DataError(f"{path}: missing (is {root} a SID folder written by the tokenizer?)")
+        meta_path = root / SID_META_FILE
+        if not meta_path.is_file():
+            raise DataError(f"{meta_path}: missing (is {root} a SID folder written by the tokenizer?)")
         try:
             meta = json.loads(meta_path.read_text())
-            k, c, n = int(meta["num_sids"]), int(meta["codebook_size"]), int(meta["num_items"])
+            k, c = int(meta["num_sids"]), int(meta["codebook_size"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{meta_path}: needs integer num_sids, codebook_size, num_items ({e})") from None
+            raise DataError(f"{meta_path}: needs integer num_sids and codebook_size ({e})") from None
         method = str(meta.get("method", ""))
         if method not in METHODS:
             raise DataError(f"{meta_path}: method must be one of {METHODS}, got {method!r}")
-        if k <= 0 or c <= 0 or n <= 0:
-            raise DataError(f"{meta_path}: num_sids, codebook_size and num_items must be > 0")
-        try:
-            table = pq.read_table(table_path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{table_path}: not a readable parquet file ({e})") from None
-        wanted = ["item_id", *(f"sid_{i}" for i in range(k))]
-        missing = [col for col in wanted if col not in table.column_names]
-        if missing:
-            raise DataError(f"{table_path}: missing columns {missing} (meta.json says num_sids={k})")
-        cols = {}
-        for col in wanted:
-            if not pa.types.is_integer(table.schema.field(col).type) or table.column(col).null_count:
-                raise DataError(f"{table_path}: column {col!r} must be non-null int64")
-            cols[col] = torch.from_numpy(table.column(col).to_numpy().astype("int64"))
-        item_ids = cols["item_id"]
-        if len(item_ids) != n or not torch.equal(torch.sort(item_ids).values, torch.arange(n)):
-            raise DataError(f"{table_path}: column 'item_id' must hold each of 0..{n - 1} exactly once")
-        codes = torch.empty(n, k, dtype=torch.int64)
-        for i in range(k):
-            codes[item_ids, i] = cols[f"sid_{i}"]
-        if int(codes.min()) < 0 or int(codes.max()) >= c:
-            raise DataError(f"{table_path}: sid_* values must lie in [0, codebook_size={c})")
+        if k <= 0 or c <= 0:
+            raise DataError(f"{meta_path}: num_sids and codebook_size must be > 0")
+        item_feature = str(meta.get("item_feature", "item_id"))
+        # Tables written before per-feature SIDs hold the item feature only.
+        files = {n: str(v.get("file", "")) for n, v in meta.get("features", {}).items()}
+        if not files:
+            files = {item_feature: SID_TABLE_FILE}
+        tables = {}
+        for name, file in files.items():
+            id_col = "item_id" if name == item_feature else "id"
+            tables[name] = _read_codes(root / file, id_col, k, c)
         rest = {key: v for key, v in meta.items() if key not in ("method", "num_sids", "codebook_size")}
-        sids = cls(codes=codes, codebook_size=c, method=method, meta=rest)
+        sids = cls(tables=tables, codebook_size=c, method=method, item_feature=item_feature, meta=rest)
         if spec is not None:
-            sids.check_covers(spec, where=str(table_path))
+            sids.check_fits(spec, where=str(root))
         return sids
 
-    def check_covers(self, spec: DatasetSpec, where: str = "SID table") -> None:
-        """DataError unless every item ID the spec's item features can hold has codes."""
-        needed = spec.item_table.num_items if spec.item_table is not None else 0
-        for name in item_ref_features(spec):
-            needed = max(needed, spec.feature(name).vocab_size)
-        if self.num_items < needed:
+    def check_fits(self, spec: DatasetSpec, where: str = "SID table") -> None:
+        """DataError unless this table was built for ``spec``'s dataset and covers its tokenized
+        features: the recorded dataset fingerprint matches (tables that record one), the features
+        are ``spec.high_cardinality`` (as overridden by --high-card), and each covers its vocab."""
+        record = self.meta.get("dataset")
+        if record and record.get("fingerprint") != spec.fingerprint:
             raise DataError(
-                f"{where}: covers {self.num_items} items but dataset {spec.name!r} has {needed} "
-                "(was it built for another dataset?)"
+                f"{where}: built for dataset {record.get('name')!r} (fingerprint {record.get('fingerprint')}), "
+                f"not for dataset {spec.name!r} (fingerprint {spec.fingerprint}); "
+                "tokenize this dataset with python -m store.tokenize"
             )
+        wanted = [self.item_feature if f == spec.item_id else f for f in spec.high_cardinality]
+        missing = [
+            f
+            for f in spec.high_cardinality
+            if (self.item_feature if f == spec.item_id else f) not in self.tables
+        ]
+        extra = [f for f in self.tables if f not in wanted]
+        if missing or extra:
+            raise DataError(
+                f"{where}: has SIDs for {self.features} but dataset {spec.name!r} tokenizes "
+                f"{spec.high_cardinality} (missing {missing}, extra {extra}); tokenize with the same "
+                "--high-card as the trainer"
+            )
+        for f in spec.high_cardinality:
+            name = self.item_feature if f == spec.item_id else f
+            needed = spec.feature(f).vocab_size
+            if f == spec.item_id:
+                needed = max([needed, *(spec.feature(g).vocab_size for g in item_ref_features(spec))])
+                if spec.item_table is not None:
+                    needed = max(needed, spec.item_table.num_items)
+            have = len(self.tables[name])
+            if have < needed:
+                what = "items" if f == spec.item_id else f"rows of {f!r}"
+                raise DataError(
+                    f"{where}: covers {have} {what} but dataset {spec.name!r} has {needed} "
+                    "(was it built for another dataset?)"
+                )
 
     # -- the data-time transform -----------------------------------------------------------------
     def transform(self, batch: Batch, spec: DatasetSpec) -> Batch:
-        """Move each item_ref feature ``f`` of ``batch.sparse`` into ``batch.sid`` as ``f_sid0..K-1``.
+        """Move each tokenized feature ``f`` of ``batch.sparse`` into ``batch.sid`` as ``f_sid0..K-1``
+        (item-valued features through the item's codes).
 
         ``sparse`` keeps the other features (same order); ``sid`` has keys ``sid_feature_names``, the
-        lengths of ``f`` and values ``codes[item, k]``. ``item_ids`` stays the raw item ID.
+        lengths of ``f`` and values ``codes[id, k]``. ``item_ids`` stays the raw item ID.
         """
         kjt = batch.sparse
         keys = kjt.keys()
-        items = set(item_ref_features(spec))
-        keep = [i for i, key in enumerate(keys) if key not in items]
+        moved = {f for served in sid_sources(spec).values() for f in served}
+        keep = [i for i, key in enumerate(keys) if key not in moved]
         sparse = kjt if len(keep) == len(keys) else kjt.permute(keep)
         return Batch(
             dense=batch.dense,
@@ -192,51 +270,99 @@ class SidTable:
             labels=batch.labels,
             user_ids=batch.user_ids,
             item_ids=batch.item_ids,
-            sid=sid_features(kjt, spec, self.codes_by_sid),
+            sid=sid_features(kjt, spec, self.codes_by_sid(spec)),
         )
 
-    @functools.cached_property
-    def codes_by_sid(self) -> torch.Tensor:
-        """codes transposed, [K, N] contiguous: one row per SID, so a batch's lookup is one gather."""
-        return self.codes.t().contiguous()
+    def codes_by_sid(self, spec: DatasetSpec) -> dict[str, torch.Tensor]:
+        """{tokenized feature of spec: its codes transposed, [K, rows] contiguous}: one row per SID,
+        so a batch's lookup is one gather per feature."""
+        return {
+            f: self._transposed(self.item_feature if f == spec.item_id else f) for f in spec.high_cardinality
+        }
+
+    def _transposed(self, name: str) -> torch.Tensor:
+        if name not in self._by_sid:
+            self._by_sid[name] = self.tables[name].t().contiguous()
+        return self._by_sid[name]
 
 
-def sid_features(kjt: KeyedJaggedTensor, spec: DatasetSpec, codes_t: torch.Tensor) -> KeyedJaggedTensor:
-    """The SID features of the item_ref features in ``kjt`` (keys ``sid_feature_names``).
-
-    codes_t: the codes by SID, [K, N] (``SidTable.codes_by_sid``): one gather serves every item
-    feature and every SID."""
-    items = item_ref_features(spec)
-    keys = kjt.keys()
-    missing = [f for f in items if f not in keys]
+def _read_codes(path: Path, id_col: str, k: int, c: int) -> torch.Tensor:
+    """One codes file -> [rows, K], rows 0..N-1 each exactly once. DataError naming file and column."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing (is {path.parent} a SID folder written by the tokenizer?)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    wanted = [id_col, *(f"sid_{i}" for i in range(k))]
+    missing = [col for col in wanted if col not in table.column_names]
     if missing:
-        raise ValueError(f"the batch has no item feature(s) {missing} to map to semantic IDs")
-    idx = [keys.index(f) for f in items]
+        raise DataError(f"{path}: missing columns {missing} (meta.json says num_sids={k})")
+    cols = {}
+    for col in wanted:
+        if not pa.types.is_integer(table.schema.field(col).type) or table.column(col).null_count:
+            raise DataError(f"{path}: column {col!r} must be non-null int64")
+        cols[col] = torch.from_numpy(table.column(col).to_numpy().astype("int64"))
+    ids = cols[id_col]
+    n = len(ids)
+    if n == 0 or not torch.equal(torch.sort(ids).values, torch.arange(n)):
+        raise DataError(f"{path}: column {id_col!r} must hold each of 0..{max(n - 1, 0)} exactly once")
+    codes = torch.empty(n, k, dtype=torch.int64)
+    for i in range(k):
+        codes[ids, i] = cols[f"sid_{i}"]
+    if int(codes.min()) < 0 or int(codes.max()) >= c:
+        raise DataError(f"{path}: sid_* values must lie in [0, codebook_size={c})")
+    return codes
+
+
+def sid_features(
+    kjt: KeyedJaggedTensor, spec: DatasetSpec, codes_t: dict[str, torch.Tensor]
+) -> KeyedJaggedTensor:
+    """The SID features of the tokenized features in ``kjt`` (keys ``sid_feature_names``).
+
+    codes_t: {tokenized feature: its codes by SID, [K, rows]} (``SidTable.codes_by_sid``): one
+    gather per tokenized feature serves all its batch features and every SID."""
+    keys = kjt.keys()
+    sources = sid_sources(spec)
+    missing = [f for served in sources.values() for f in served if f not in keys]
+    if missing:
+        raise ValueError(f"the batch has no feature(s) {missing} to map to semantic IDs")
     values = torch.split(kjt.values(), kjt.length_per_key())
     lengths = kjt.lengths().view(len(keys), -1)
-    item_values = torch.cat([values[i] for i in idx])
-    num_sids = int(codes_t.shape[0])
+    out_values, out_lengths, num_sids = [], [], 1
+    for src, served in sources.items():
+        idx = [keys.index(f) for f in served]
+        table = codes_t[src]
+        num_sids = int(table.shape[0])
+        # row k of table[:, ids] holds every served feature's k-th SID: already in key order
+        out_values.append(table[:, torch.cat([values[i] for i in idx])].reshape(-1))
+        out_lengths.append(torch.cat([lengths[i] for i in idx]).repeat(num_sids))
+    if not out_values:
+        return KeyedJaggedTensor.from_lengths_sync(
+            keys=[], values=torch.empty(0, dtype=torch.long), lengths=torch.empty(0, dtype=torch.int32)
+        )
     return KeyedJaggedTensor.from_lengths_sync(
         keys=sid_feature_names(spec, num_sids),
-        # row k of codes_t[:, items] holds every item feature's k-th SID: already in key order
-        values=codes_t[:, item_values].reshape(-1),
-        lengths=torch.cat([lengths[i] for i in idx]).repeat(num_sids),
+        values=torch.cat(out_values),
+        lengths=torch.cat(out_lengths),
     )
 
 
 class SidLookup(nn.Module):
-    """Model-time version of ``SidTable.transform``: holds the codes [N, K] as a buffer by SID, [K, N].
+    """Model-time version of ``SidTable.transform``: holds each feature's codes by SID, [K, rows].
 
     forward(kjt) -> the SID features (what ``SidTable.transform`` puts in ``Batch.sid``). Use it only
     where the batch cannot be transformed at data time: it is KJT surgery before the embedding lookup,
     which TorchRec's pipelined input distribution cannot overlap.
     """
 
-    def __init__(self, codes: torch.Tensor, spec: DatasetSpec) -> None:
+    def __init__(self, sids: SidTable, spec: DatasetSpec) -> None:
         super().__init__()
-        codes_t = torch.as_tensor(codes, dtype=torch.int64).t().contiguous()
-        self.register_buffer("codes_by_sid", codes_t, persistent=False)
+        self.names = list(spec.high_cardinality)
+        for i, codes_t in enumerate(sids.codes_by_sid(spec).values()):
+            self.register_buffer(f"codes_by_sid{i}", codes_t, persistent=False)
         self.spec = spec
 
     def forward(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return sid_features(kjt, self.spec, self.codes_by_sid)
+        codes = {f: getattr(self, f"codes_by_sid{i}") for i, f in enumerate(self.names)}
+        return sid_features(kjt, self.spec, codes)

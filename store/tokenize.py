@@ -27,16 +27,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
-from store import sasrec
-from store.item_embeddings import SOURCES, ItemEmbeddings, default_source, open_source
+from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
+from store import learned, sasrec
+from store.item_embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source, open_source
 from store.quantizers import METHODS, SemanticTokenizer, TokenizerConfig, load_tokenizer
+from store.sid import SidTable
 
 __all__ = [
     "TrainConfig",
@@ -212,66 +211,55 @@ def collision_stats(keys: Tensor) -> tuple[float, int]:
 # -- tokenizing a catalog ------------------------------------------------------------------------
 
 
-def tokenize_catalog(
+def assign_codes(
     emb: ItemEmbeddings,
     tokenizer: SemanticTokenizer,
-    out_dir: str | os.PathLike,
+    rows: int,
+    unseen_code: int | None = None,
     batch_size: int = 8192,
     progress: bool = True,
-    require_all: bool = True,
-) -> dict:
-    """Stream every item through the tokenizer into out_dir/sid_table.parquet (atomic).
+) -> tuple[Tensor, dict]:
+    """Stream every embedded ID through the tokenizer: codes [rows, K] and quality statistics.
 
-    Memory is bounded by one batch plus O(num_items) bytes of bookkeeping (a seen-flag and an 8-byte
-    tuple key per item, for coverage and the collision rate). Returns the quality statistics. With
-    require_all, an item ID without an embedding is a DataError and no table is written (the trainer
-    needs SIDs for every item 0..num_items-1).
+    A row without an embedding gets ``unseen_code`` in every position (the reserved code of the
+    ``learned`` source); with ``unseen_code`` None it is a DataError (the trainer needs SIDs for
+    every item 0..rows-1). Memory: the codes plus a seen-flag and an 8-byte tuple key per row.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     K, C = tokenizer.cfg.num_sids, tokenizer.cfg.codebook_size
     if emb.dim != tokenizer.cfg.input_dim:
         raise DataError(f"embeddings have dim {emb.dim}, the tokenizer expects {tokenizer.cfg.input_dim}")
-    schema = pa.schema([("item_id", pa.int64())] + [(f"sid_{k}", pa.int64()) for k in range(K)])
-    path = out_dir / SID_TABLE
-    tmp = out_dir / f".{SID_TABLE}.tmp-{os.getpid()}"
-    seen = torch.zeros(emb.num_items, dtype=torch.bool)
+    codes = torch.full((rows, K), -1 if unseen_code is None else unseen_code, dtype=torch.long)
+    seen = torch.zeros(rows, dtype=torch.bool)
     counts = torch.zeros(K, C, dtype=torch.long)
     keys = []
     t0 = time.perf_counter()
-    bar = tqdm(total=emb.num_items, desc="assign SIDs", unit="item", unit_scale=True, disable=not progress)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for ids, e in emb.batches(batch_size):
-                if seen[ids].any() or len(torch.unique(ids)) != len(ids):
-                    raise DataError(f"{emb.source} embeddings: item ID {_first_dup(ids, seen)} appears twice")
-                seen[ids] = True
-                codes = tokenizer.encode(e)
-                counts.scatter_add_(1, codes.t(), torch.ones(K, len(ids), dtype=torch.long))
-                keys.append(sid_keys(codes, C))
-                cols = [pa.array(ids.numpy())] + [pa.array(codes[:, k].numpy()) for k in range(K)]
-                writer.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
-                bar.update(len(ids))
-        if require_all and not seen.all():
-            missing = (~seen).nonzero().flatten()
-            raise DataError(
-                f"{emb.source} embeddings: {len(missing)} of {emb.num_items} item IDs have no embedding "
-                f"(first: {missing[:5].tolist()}); every item 0..{emb.num_items - 1} needs one"
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        bar.close()
+    bar = tqdm(
+        total=rows, desc=f"assign SIDs ({emb.source})", unit="id", unit_scale=True, disable=not progress
+    )
+    for ids, e in emb.batches(batch_size):
+        if seen[ids].any() or len(torch.unique(ids)) != len(ids):
+            raise DataError(f"{emb.source} embeddings: ID {_first_dup(ids, seen)} appears twice")
+        seen[ids] = True
+        c = tokenizer.encode(e)
+        codes[ids] = c
+        counts.scatter_add_(1, c.t(), torch.ones(K, len(ids), dtype=torch.long))
+        keys.append(sid_keys(c, C))
+        bar.update(len(ids))
+    bar.close()
+    if unseen_code is None and not seen.all():
+        missing = (~seen).nonzero().flatten()
+        raise DataError(
+            f"{emb.source} embeddings: {len(missing)} of {rows} item IDs have no embedding "
+            f"(first: {missing[:5].tolist()}); every item 0..{rows - 1} needs one"
+        )
     seconds = time.perf_counter() - t0
     n = int(seen.sum())
     util, ppl = codebook_stats(counts)
     rate, unique = collision_stats(torch.cat(keys) if keys else torch.empty(0, dtype=torch.long))
-    if n < emb.num_items:
-        log.warning("%d of %d items have no embedding and no SIDs", emb.num_items - n, emb.num_items)
-    return {
+    return codes, {
         "items_tokenized": n,
-        "coverage": n / max(emb.num_items, 1),
-        "missing_items": emb.num_items - n,
+        "coverage": n / max(rows, 1),
+        "missing_items": rows - n,
         "utilisation": util,
         "perplexity": ppl,
         "collision_rate": rate,
@@ -281,6 +269,20 @@ def tokenize_catalog(
     }
 
 
+def tokenize_catalog(
+    emb: ItemEmbeddings,
+    tokenizer: SemanticTokenizer,
+    out_dir: str | os.PathLike,
+    batch_size: int = 8192,
+    progress: bool = True,
+) -> dict:
+    """Every item of ``emb`` through the tokenizer into out_dir/sid_table.parquet (+ meta.json),
+    written atomically once every item has its codes. Returns the quality statistics."""
+    codes, stats = assign_codes(emb, tokenizer, emb.num_items, None, batch_size, progress)
+    SidTable({"item_id": codes}, tokenizer.cfg.codebook_size, tokenizer.cfg.method).save(out_dir)
+    return stats
+
+
 def _first_dup(ids: Tensor, seen: Tensor) -> int:
     if seen[ids].any():
         return int(ids[seen[ids]][0])
@@ -288,21 +290,88 @@ def _first_dup(ids: Tensor, seen: Tensor) -> int:
     return int(u[c > 1][0])
 
 
+# -- sources per feature -------------------------------------------------------------------------
+
+
+def feature_sources(spec: DatasetSpec, embedding: str | None) -> dict[str, str]:
+    """{tokenized feature: embedding source}. The item: ``--embedding``, else the first that exists of
+    content, text, SASRec (with an item history), learned. Every other feature: learned (the one
+    source a non-item feature has)."""
+    out = {}
+    for f in spec.high_cardinality:
+        if f == spec.item_id:
+            out[f] = embedding or default_source(spec)
+        else:
+            out[f] = LEARNED
+    return out
+
+
+def learned_embeddings(
+    args: argparse.Namespace, spec: DatasetSpec, features: list[str], progress: bool
+) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
+    """({feature: [rows, D] rows learned on the train split}, {feature: train counts per row}, origin)."""
+    if not features:
+        return {}, {}, ""
+    if args.from_run:
+        tables, origin = learned.from_run(args.from_run, spec, features), f"run {args.from_run}"
+    else:
+        fm = learned.FMConfig(
+            dim=args.fm_dim,
+            epochs=args.fm_epochs,
+            batch_size=args.fm_batch_size,
+            lr=args.fm_lr,
+            seed=args.seed,
+        )
+        tables, origin = learned.train_fm(args.data, spec, features, fm, progress), "fm (train split)"
+    return tables, learned.train_counts(args.data, spec, features, progress), origin
+
+
+def open_feature_source(
+    args: argparse.Namespace, spec: DatasetSpec, feature: str, source: str, learned_rows: dict, counts: dict
+) -> tuple[ItemEmbeddings, int | None]:
+    """The embeddings of one tokenized feature and the code for rows without one (None: every row
+    must have one)."""
+    if source == LEARNED:
+        seen = (counts[feature] > 0).nonzero().flatten()
+        return ItemEmbeddings.from_rows(learned_rows[feature], seen, LEARNED), args.codebook_size
+    sas_cfg = sasrec.config_from_args(args, prefix="sasrec-", seed=args.seed)
+    progress = not args.no_progress
+    return open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=progress), None
+
+
+def tokenizer_dir(spec: DatasetSpec, feature: str) -> str:
+    return TOKENIZER_DIR if feature == spec.item_id else f"{TOKENIZER_DIR}_{feature}"
+
+
 # -- CLI -----------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d, t = TokenizerConfig(), TrainConfig()
+    d, t, fm = TokenizerConfig(), TrainConfig(), learned.FMConfig()
     p = argparse.ArgumentParser(prog="python -m store.tokenize", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="dataset folder (DIR/spec.json, DIR/items/*.parquet)")
     p.add_argument("--out", required=True, help="output folder for sid_table.parquet, meta.json, tokenizer/")
     p.add_argument("--method", choices=METHODS, default=d.method, help="tokenizer")
-    p.add_argument("--num-sids", type=int, default=d.num_sids, help="K: semantic IDs per item")
+    p.add_argument("--num-sids", type=int, default=d.num_sids, help="K: semantic IDs per feature")
     p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="C: codewords per codebook")
     p.add_argument(
-        "--embedding", choices=SOURCES, default=None,
-        help="item embedding source (default: content if the item table has embeddings, else text, else sasrec)",
+        "--embedding", choices=(*SOURCES, LEARNED), default=None,
+        help="the item's embedding source (default: content if the item table has embeddings, else text, "
+        "else sasrec if there is an item history, else learned); other features always use learned",
     )  # fmt: skip
+    p.add_argument(
+        "--from-run", default="",
+        help="learned: read the embedding tables of this finished trainer run (a raw-ID model such as "
+        "--model id) instead of training a small FM on the train split",
+    )  # fmt: skip
+    p.add_argument(
+        "--high-card", default="",
+        help="high-cardinality features 'f1,f2' to tokenize, overriding the spec's ('none': only the item)",
+    )  # fmt: skip
+    p.add_argument("--fm-dim", type=int, default=fm.dim, help="learned (no --from-run): FM factor width")
+    p.add_argument("--fm-epochs", type=int, default=fm.epochs, help="learned: FM passes over the train split")
+    p.add_argument("--fm-batch-size", type=int, default=fm.batch_size, help="learned: FM rows per step")
+    p.add_argument("--fm-lr", type=float, default=fm.lr, help="learned: FM learning rate")
     p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="OPMQ/RQ-VAE latent dim per code")
     p.add_argument(
         "--expert-hidden", type=int, default=d.expert_hidden, help="OPMQ expert hidden width (0: linear)"
@@ -351,76 +420,131 @@ def run(args: argparse.Namespace) -> dict:
         raise DataError(f"--expert-hidden must be >= 0, got {args.expert_hidden}")
     if not Path(args.data).is_dir():
         raise DataError(f"--data {args.data}: dataset folder does not exist")
+    if args.from_run and not Path(args.from_run).is_dir():
+        raise DataError(f"--from-run {args.from_run}: folder does not exist")
     train = TrainConfig(
         epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
     train.validate()
-    spec = DatasetSpec.load(args.data)
-    source = args.embedding or default_source(spec)
+    spec = apply_high_card(DatasetSpec.load(args.data), args.high_card)
+    if not spec.high_cardinality:
+        raise DataError(
+            f"{args.data}: dataset {spec.name!r} has no item and no high-cardinality feature to tokenize "
+            "(name some with --high-card)"
+        )
+    sources = feature_sources(spec, args.embedding)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
 
     t0 = time.perf_counter()
-    sas_cfg = sasrec.config_from_args(args, prefix="sasrec-", seed=args.seed)
-    emb = open_source(args.data, spec, source, out, sasrec_config=sas_cfg, progress=progress)
-    log.info("embeddings: %s, dim %d, %d items", source, emb.dim, emb.num_items)
-    x = sample_embeddings(emb, args.max_train_items, seed=args.seed)
-    if len(x) == 0:
-        raise DataError(f"{args.data}: no item embeddings found for --embedding {source}")
-    cfg = TokenizerConfig(
-        method=args.method,
-        num_sids=args.num_sids,
-        codebook_size=args.codebook_size,
-        input_dim=emb.dim,
-        latent_dim=args.latent_dim,
-        expert_hidden=args.expert_hidden,
-        hidden_dim=args.hidden_dim,
-        commitment=args.commitment,
-        ortho_weight=args.ortho_weight,
-        opq_rotation=not args.no_rotation,
+    learned_rows, counts, origin = learned_embeddings(
+        args, spec, [f for f, src in sources.items() if src == LEARNED], progress
     )
-    t1 = time.perf_counter()
-    tok = train_tokenizer(x, cfg, train, progress=progress)
-    train_seconds = time.perf_counter() - t1
-    recon = relative_recon_error(tok, x[:100_000])
-    tok.save(out / TOKENIZER_DIR)
-    stats = tokenize_catalog(emb, tok, out, batch_size=args.encode_batch_size, progress=progress)
+    tables, per_feature, unseen = {}, {}, False
+    for f, source in sources.items():
+        emb, unseen_code = open_feature_source(args, spec, f, source, learned_rows, counts)
+        unseen |= unseen_code is not None
+        rows = learned.rows_of(spec, f) if source == LEARNED else emb.num_items
+        log.info("%s: embeddings %s, dim %d, %d of %d rows", f, source, emb.dim, emb.num_items, rows)
+        cfg = TokenizerConfig(
+            method=args.method,
+            num_sids=args.num_sids,
+            codebook_size=args.codebook_size,
+            input_dim=emb.dim,
+            latent_dim=args.latent_dim,
+            expert_hidden=args.expert_hidden,
+            hidden_dim=args.hidden_dim,
+            commitment=args.commitment,
+            ortho_weight=args.ortho_weight,
+            opq_rotation=not args.no_rotation,
+        )
+        x = sample_embeddings(emb, args.max_train_items, seed=args.seed)
+        if len(x) == 0:
+            if unseen_code is None:
+                raise DataError(f"{args.data}: no embeddings found for feature {f!r} (--embedding {source})")
+            log.warning("%s: no ID occurs in the train split; every row gets the reserved code", f)
+            codes = torch.full((rows, args.num_sids), unseen_code, dtype=torch.long)
+            tables[f], per_feature[f] = (
+                codes,
+                {"embedding_source": source, "rows": rows, "items_tokenized": 0},
+            )
+            continue
+        t1 = time.perf_counter()
+        tok = train_tokenizer(x, cfg, train, progress=progress)
+        train_seconds = time.perf_counter() - t1
+        recon = relative_recon_error(tok, x[:100_000])
+        tok.save(out / tokenizer_dir(spec, f))
+        codes, stats = assign_codes(emb, tok, rows, unseen_code, args.encode_batch_size, progress)
+        tables[f] = codes
+        per_feature[f] = {
+            "embedding_source": source,
+            "embedding_dim": emb.dim,
+            "rows": rows,
+            "tokenizer": tokenizer_dir(spec, f),
+            "train_items": len(x),
+            "train_seconds": train_seconds,
+            "train_loss": tok.history[-1],
+            "reseeded_codewords": tok.reseeded,
+            "recon_error_rel": recon,
+            **stats,
+            "unseen_rows": rows - stats["items_tokenized"] if unseen_code is not None else 0,
+        }
+    codebook_rows = args.codebook_size + (1 if unseen else 0)
+    K = args.num_sids
     meta = {
-        "method": cfg.method,
-        "num_sids": cfg.num_sids,
-        "codebook_size": cfg.codebook_size,
-        "num_items": emb.num_items,
-        "embedding_source": source,
-        "embedding_dim": emb.dim,
-        "tokenizer": TOKENIZER_DIR,
+        "method": args.method,
+        "num_sids": K,
+        "codebook_size": codebook_rows,
+        "codewords": args.codebook_size,
         "tokenizer_config": asdict(cfg),
-        "train_items": len(x),
-        "train_seconds": train_seconds,
-        "train_loss": tok.history[-1],
-        "reseeded_codewords": tok.reseeded,
-        "recon_error_rel": recon,
-        **stats,
+        "dataset": spec.record(),
+        "learned_from": origin,
+        # embedding parameters: STORE's codebooks vs the raw-ID tables they replace (fp32)
+        "embedding_params": {
+            f: {"sid": K * codebook_rows, "raw_id": learned.rows_of(spec, f)} for f in per_feature
+        },
+        "features": per_feature,
         "total_seconds": time.perf_counter() - t0,
     }
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
-    return meta
+    if unseen:
+        meta["unseen_code"] = args.codebook_size
+    if spec.item_id:  # the item's figures at the top level, as before per-feature SIDs
+        meta |= {k: v for k, v in per_feature[spec.item_id].items() if k not in ("rows", "tokenizer")}
+        meta["num_items"] = per_feature[spec.item_id]["rows"]
+        meta["tokenizer"] = TOKENIZER_DIR
+    item_feature = spec.item_id if spec.item_id else ""
+    SidTable(tables, codebook_rows, args.method, item_feature=item_feature, meta=meta).save(out)
+    return json.loads((out / META_FILE).read_text())
 
 
 def report(meta: dict) -> str:
-    util, ppl = np.array(meta["utilisation"]), np.array(meta["perplexity"])
-    lines = [
-        f"method {meta['method']}  K={meta['num_sids']}  C={meta['codebook_size']}  "
-        f"embedding {meta['embedding_source']} (dim {meta['embedding_dim']})",
-        f"items covered        {meta['items_tokenized']} / {meta['num_items']} ({100 * meta['coverage']:.2f}%)",
-        f"recon error (rel.)   {meta['recon_error_rel']:.4f}  (on {meta['train_items']} training items)",
-        f"utilisation          mean {util.mean():.3f}  min {util.min():.3f}",
-        f"perplexity           mean {ppl.mean():.1f}  min {ppl.min():.1f}  (max {meta['codebook_size']})",
-        f"collision rate       {meta['collision_rate']:.4f}  ({meta['unique_sids']} distinct SID tuples)",
-        f"assign throughput    {meta['assign_items_per_s']:,.0f} items/s",
-    ]
-    if meta["num_sids"] <= 8:
-        lines.insert(4, "per codebook         " + "  ".join(f"{u:.2f}/{p:.1f}" for u, p in zip(util, ppl)))
+    """The console summary: one block per tokenized feature."""
+    C = meta.get("codewords", meta["codebook_size"])
+    lines = [f"method {meta['method']}  K={meta['num_sids']}  C={C}" + (
+        f"  (+1 reserved code for IDs absent from the train split, learned from {meta['learned_from']})"
+        if "unseen_code" in meta else ""
+    )]  # fmt: skip
+    for f, m in meta["features"].items():
+        params = meta["embedding_params"][f]
+        lines.append(f"{f}: embedding {m['embedding_source']}, {m['rows']} rows")
+        lines.append(
+            f"  embedding params     {params['sid']:,} SID codebook rows vs {params['raw_id']:,} raw-ID rows "
+            f"({params['raw_id'] / params['sid']:.1f}x fewer)"
+        )
+        if not m.get("items_tokenized"):
+            lines.append("  no ID seen in the train split: every row has the reserved code")
+            continue
+        util, ppl = np.array(m["utilisation"]), np.array(m["perplexity"])
+        lines += [
+            f"  covered              {m['items_tokenized']} / {m['rows']} ({100 * m['coverage']:.2f}%)"
+            + (f", {m['unseen_rows']} unseen -> reserved code" if m.get("unseen_rows") else ""),
+            f"  recon error (rel.)   {m['recon_error_rel']:.4f}  (on {m['train_items']} training IDs)",
+            f"  utilisation          mean {util.mean():.3f}  min {util.min():.3f}",
+            f"  perplexity           mean {ppl.mean():.1f}  min {ppl.min():.1f}  (max {C})",
+            f"  collision rate       {m['collision_rate']:.4f}  ({m['unique_sids']} distinct SID tuples)",
+            f"  assign throughput    {m['assign_items_per_s']:,.0f} IDs/s",
+        ]
     return "\n".join(lines)
 
 
@@ -432,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    log.info("wrote %s, %s and %s/", Path(args.out) / SID_TABLE, META_FILE, TOKENIZER_DIR)
+    log.info("wrote %s/: SID tables, %s and tokenizers", args.out, META_FILE)
     print(report(meta))
     return 0
 

@@ -56,7 +56,7 @@ def build_model(
     if name == "store":
         if sids is None:
             raise ValueError("model 'store' needs --sids (a SID table folder written by the tokenizer)")
-        sids.check_covers(spec)
+        sids.check_fits(spec)
         model: nn.Module = StoreModel(spec, cfg, sids, device)
     elif name == "id":
         tokens = cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)

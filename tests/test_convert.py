@@ -123,6 +123,11 @@ def test_movielens_100k_item_table_and_user_features(ml100k):
     assert r["gender"] == 1 and r["age"] == 2
     r = next(r for r in rows if r["item_id"] == 0)
     assert r["genres"] == toy["genre_ids"] and r["year_bucket"] == toy["year_bucket"] == 20  # 1995
+    # roles: the user ID is high-cardinality, item and history are item-valued, the rest is static
+    assert spec.high_cardinality == ["item_id", "user_id"]
+    roles = [f.name for f in spec.sparse if f.high_cardinality or f.item_ref]
+    assert roles == ["user_id", "item_id", "hist_items"]
+    assert {"gender", "age", "occupation", "zip3"} <= set(spec.feature_groups["user"])
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -145,6 +150,7 @@ def check_tiny(out: Path, spec: DatasetSpec) -> None:
     assert last[1]["hist_items"] == [dense[10], dense[20], dense[30]]  # movies 10 and 20 share a second
     same_second = [r for r in rows if r["user_id"] == 1 and r["timestamp"] == 100]
     assert [r["hist_items"] for r in same_second] == [[], []]
+    assert spec.high_cardinality == ["item_id", "user_id"] and spec.feature("user_id").high_cardinality
     check_common(out, spec)
 
 
@@ -235,6 +241,11 @@ def test_criteo_sample(tmp_path):
     assert "C3" not in spec.sparse_names and spec.item_table.num_items == 1000
     assert rows["user_id"].to_numpy().max() == 0
     assert spec.feature_groups == {"low_cardinality": ["C6", "C9", "C14", "C17", "C20", "C22", "C23"]}
+    # roles: the columns big on the full data (their Kaggle counts), though the sample's are small
+    big = ["C4", "C7", "C10", "C12", "C15", "C16", "C21", "C24", "C26"]
+    assert spec.high_cardinality == ["item_id", *big]
+    assert [f.name for f in spec.sparse if f.high_cardinality] == big
+    assert len(set(rows["C4"].to_numpy().tolist())) < 200  # small on the sample all the same
 
 
 def test_criteo_tsv_without_header_matches_csv(tmp_path):
@@ -264,6 +275,12 @@ def test_criteo_vocab_sizes_and_stable_hash(tmp_path):
     )
     assert spec.feature("C1").vocab_size == 7 and spec.feature("C4").vocab_size == 1000
     assert spec.feature("C9").vocab_size == 64 and "C12" not in spec.sparse_names
+    assert spec.high_cardinality == ["item_id"]  # tables of <= 1000 rows: no column is high-cardinality
+    big = convert(
+        "criteo", cfg(real("criteo-sample"), tmp_path / "b", vocab_sizes={"C1": 50_000, "C7": 9_999})
+    )
+    assert not big.feature("C1").high_cardinality  # a big table alone does not count: C1 has ~1.5K values
+    assert not big.feature("C7").high_cardinality and big.feature("C10").high_cardinality
     ids = hashed_ids(pa.array(["05db9164", None, "", "05db9164"]), 1000)
     assert ids[0] == ids[3] and ids[1] == ids[2] == 0 and 1 <= ids[0] < 1000
     # pinned: the hash must not change between runs, machines or releases (IDs are stored on disk)
@@ -304,6 +321,14 @@ def test_avazu_original_layout(tmp_path):
     assert len(set(users[:5] + users[6:])) == 1 and users[5] != users[0]  # placeholder device: ip+model
     assert len({r["item_id"] for r in t}) == 3 and "C14" not in spec.sparse_names
     assert all(r["C15"] == t[0]["C15"] for r in t) and t[0]["C15"] > 0
+    ids = ["site_id", "site_domain", "app_id", "app_domain", "device_id", "device_ip", "device_model"]
+    assert spec.high_cardinality == ["item_id", *ids]
+    assert [f.name for f in spec.sparse if f.high_cardinality] == ids
+    assert spec.feature_groups["user"] == ["device_type", "device_conn_type"]  # device_model left out
+    grouped = {c for cols in spec.feature_groups.values() for c in cols}
+    assert grouped <= set(spec.sparse_names) and not grouped & set(ids)
+    small = convert("avazu", cfg(tmp_path / "src", tmp_path / "small", vocab_size=512, item_column="site_id"))
+    assert small.high_cardinality == ["item_id", *ids[1:]]  # ID columns whatever the table size
 
 
 def test_avazu_test_file_without_click_is_refused(tmp_path):
@@ -328,6 +353,7 @@ def test_open_bandit_real(tmp_path):
     assert rows["click"].to_numpy().mean() == pytest.approx(source["click"].to_numpy().mean())
     assert spec.item_table.num_items == 80 and spec.dense == ["item_feature_0", "affinity"]
     assert spec.feature_groups["user"] == [f"user_feature_{i}" for i in range(4)]
+    assert spec.high_cardinality == ["item_id"] and not any(f.high_cardinality for f in spec.sparse)
     # the log is in time order, so the splits in order are the file's rows in order
     assert np.array_equal(rows["item_id"].to_numpy(), source["item_id"].to_numpy())
     assert np.array_equal(rows["position"].to_numpy(), source["position"].to_numpy())
@@ -336,6 +362,26 @@ def test_open_bandit_real(tmp_path):
     assert np.allclose(rows["affinity"].to_numpy(), expect)
     seconds = source["timestamp"].cast(pa.int64()).to_numpy() // 10**9
     assert np.array_equal(rows["timestamp"].to_numpy(), seconds)
+
+
+def test_open_bandit_large_user_feature_is_high_cardinality(tmp_path):
+    write(
+        tmp_path / "src" / "item_context.csv",
+        ",item_id,item_feature_0,item_feature_1\n0,0,0.5,a\n1,1,-0.5,b\n",
+    )
+    n = 10_000  # user_feature_0 takes n distinct values: the size rule's threshold
+    lines = [
+        ",timestamp,item_id,position,click,propensity_score,"
+        + ",".join(f"user_feature_{i}" for i in range(4))
+    ]
+    for i in range(n):  # 60 rows a second, in time order
+        ts = f"2019-11-24 00:{i // 3600:02d}:{i // 60 % 60:02d}.000000+00:00"
+        lines.append(f"{i},{ts},{i % 2},1,{int(i % 3 == 0)},0.5,u{i},x,y,z")
+    write(tmp_path / "src" / "all.csv", "\n".join(lines) + "\n")
+    spec = convert("open-bandit", cfg(tmp_path / "src", tmp_path / "out"))
+    assert spec.feature("user_feature_0").vocab_size == n + 1
+    assert spec.high_cardinality == ["item_id", "user_feature_0"]
+    assert spec.feature_groups["user"] == ["user_feature_1", "user_feature_2", "user_feature_3"]
 
 
 # -- bad input ---------------------------------------------------------------------------------------

@@ -244,5 +244,5 @@ def test_pooled_item_lookup_equals_sequence_lookup_with_the_same_tables(name):
     if name == "store":
         batch = sids.transform(batch, spec)
     a, b = bags.lookup(batch), seqs.lookup(batch)
-    torch.testing.assert_close(bags.item_tokens(a), seqs.item_tokens(b))
+    torch.testing.assert_close(bags.feature_tokens(a, "item_id"), seqs.feature_tokens(b, "item_id"))
     torch.testing.assert_close(bags.history(a, "hist_items"), seqs.history(b, "hist_items"))

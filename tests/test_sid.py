@@ -98,7 +98,7 @@ def test_model_time_lookup_matches_data_time_transform():
     spec, sids = tiny_spec(), tiny_sids()
     batch = tiny_batch(spec)
     a = sids.transform(batch, spec).sid
-    b = SidLookup(sids.codes, spec)(batch.sparse)
+    b = SidLookup(sids, spec)(batch.sparse)
     assert a.keys() == b.keys()
     assert torch.equal(a.values(), b.values()) and torch.equal(a.lengths(), b.lengths())
 

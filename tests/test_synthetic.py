@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -228,6 +229,8 @@ def test_cli_generates_a_loadable_dataset(tmp_path):
         (["--rows", "100", "--ctr", "0"], "--ctr"),
         (["--rows", "3"], "--rows"),  # a split would be empty
         (["--rows", "100", "--seed", "-1"], "--seed"),
+        (["--rows", "100", "--high-card-columns", "-1"], "--high-card-columns"),
+        (["--rows", "100", "--high-card-columns", "1", "--high-card-size", "1"], "--high-card-size"),
     ],
 )
 def test_bad_flags_are_named(tmp_path, flags, named):
@@ -271,3 +274,105 @@ def test_memory_is_bounded_in_rows(tmp_path):
 
     small, large = peak(20_000), peak(80_000)
     assert large < 1.3 * small, (small, large)
+
+
+# -- roles and the extra high-cardinality columns ------------------------------------------------------
+def content_digest(root: Path) -> str:
+    """sha256 of every split's and the item table's values: integers exactly, floats to 4 decimals (so
+    a last-bit difference of a platform's exp or BLAS does not count), independent of parquet bytes."""
+    h = hashlib.sha256()
+    for part in (*SPLITS, ITEMS_DIR):
+        t = pq.read_table(root / part)
+        for name in t.column_names:
+            col = t[name].combine_chunks()
+            h.update(name.encode())
+            if col.type.num_fields:  # a list column: its offsets, then its values
+                h.update(np.asarray(col.offsets).astype(np.int64).tobytes())
+                col = col.flatten()
+            v = col.to_numpy()
+            if v.dtype.kind == "f":
+                v = np.round(v.astype(np.float64) * 1e4).astype(np.int64)
+            h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()
+
+
+# The default data as it was before the extra columns existed (recorded with the earlier generator).
+DEFAULT_DIGEST = "bf5e3161ca8316b16b41394df3cd366248d8844601cf95c01ea0355090bd99cf"
+
+
+def test_default_data_is_unchanged_and_user_id_is_high_cardinality(tmp_path):
+    kw = dict(items=500, users=300, seed=3, chunk_rows=1000, dense=10, progress=False)
+    spec = synthetic.generate_dataset(tmp_path / "d", 3000, **kw)
+    assert content_digest(tmp_path / "d") == DEFAULT_DIGEST
+    assert spec.high_cardinality == ["item_id", "user_id"]
+    assert [f.name for f in spec.sparse if f.high_cardinality] == ["user_id"]
+    assert not [c for c in spec.sparse_names if c.startswith("hc_id")]
+
+
+def test_high_card_columns_carry_click_signal(tmp_path):
+    kw = dict(rows_per_shard=20_000, progress=False, **SMALL)
+    v = 5_000
+    spec = synthetic.generate_dataset(tmp_path / "hc", 40_000, high_card_columns=2, high_card_size=v, **kw)
+    synthetic.generate_dataset(tmp_path / "plain", 40_000, **kw)
+    names = ["hc_id_0", "hc_id_1"]
+    assert spec.high_cardinality == ["item_id", "user_id", *names]
+    for c in names:
+        f = spec.feature(c)
+        assert f.high_cardinality and not f.item_ref and not f.multi and f.vocab_size == v
+    assert not set(names) & {c for cols in spec.feature_groups.values() for c in cols}
+    assert DatasetSpec.load(tmp_path / "hc").high_cardinality == spec.high_cardinality
+
+    t, plain = read(tmp_path / "hc", "train"), read(tmp_path / "plain", "train")
+    for c in names:
+        ids = t[c].to_numpy()
+        assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < v
+        by_id = np.bincount(ids, minlength=v)
+        head = np.argsort(-by_id, kind="stable")[: v // 100]
+        assert by_id[head].sum() > 0.2 * by_id.sum()  # Zipf-like popularity
+        assert abs(head.mean() - v / 2) < 0.2 * v  # the popular IDs are spread over the range
+    # Their own random stream: every other column is the one of the same data without them.
+    for c in plain.column_names:
+        if c not in ("click", "click_prob"):
+            assert t[c].equals(plain[c]), c
+
+    # The signal is in the true probability, exactly: logit(p) - logit(p without) = the columns' effects
+    # (plus the change of the calibrated intercept).
+    cfg = synthetic.SyntheticConfig(rows=40_000, high_card_columns=2, high_card_size=v, **SMALL)
+    model = synthetic.HiddenModel(cfg)
+    intercept = {
+        d: json.loads((tmp_path / d / synthetic.GENERATOR_FILE).read_text())["intercept"]
+        for d in ("hc", "plain")
+    }
+    assert model.intercept == pytest.approx(intercept["hc"])
+    l1 = t["item_topic_l1"].to_numpy()
+    effect = sum(model.high_card_effect(j, t[c].to_numpy(), l1) for j, c in enumerate(names))
+    assert np.std(effect) > 0.3
+
+    def logit(p):
+        p = p.astype(np.float64)
+        return np.log(p / (1 - p))
+
+    diff = logit(t["click_prob"].to_numpy()) - logit(plain["click_prob"].to_numpy())
+    ok = np.abs(plain["click_prob"].to_numpy() - 0.5) < 0.45  # float32 probabilities: skip the extremes
+    assert np.allclose(diff[ok], (effect + intercept["hc"] - intercept["plain"])[ok], atol=1e-3)
+    # ... and in the clicks: rows whose hc_id_0 has a high effect click more.
+    y, e0 = t["click"].to_numpy(), model.high_card_effect(0, t["hc_id_0"].to_numpy(), l1)
+    high = e0 > np.median(e0)
+    assert y[high].mean() > 1.3 * y[~high].mean()
+    # and the mean click probability is still calibrated to --ctr
+    assert abs(t["click_prob"].to_numpy().mean() - 0.1) < 0.01
+
+
+def test_high_card_cli_flags(tmp_path):
+    out = tmp_path / "cli"
+    argv = ["--out", str(out), "--rows", "3000", "--items", "400", "--users", "50", "--no-progress"]
+    _cli([*argv, "--high-card-columns", "3", "--high-card-size", "777"])
+    spec = DatasetSpec.load(out)
+    assert spec.high_cardinality == ["item_id", "user_id", "hc_id_0", "hc_id_1", "hc_id_2"]
+    assert {spec.feature(f"hc_id_{j}").vocab_size for j in range(3)} == {777}
+    t = read(out, "train")
+    assert all(
+        0 <= t[f"hc_id_{j}"].to_numpy().min() and t[f"hc_id_{j}"].to_numpy().max() < 777 for j in range(3)
+    )
+    config = json.loads((out / synthetic.GENERATOR_FILE).read_text())["config"]
+    assert config["high_card_columns"] == 3 and config["high_card_size"] == 777

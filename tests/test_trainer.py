@@ -287,7 +287,7 @@ def test_two_process_store_replicates_sid_codebooks_and_shards_the_rest(data, tm
 
     sids = tmp_path / "sids"
     codes = torch.randint(0, 16, (300, 3), generator=torch.Generator().manual_seed(0))
-    SidTable.from_codes(codes, codebook_size=16).save(sids)
+    SidTable.from_codes(codes, codebook_size=16, features={"user_id": codes[:200]}).save(sids)
     out = tmp_path / "store"
     cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer"]
     flags = small_flags(data, out, "--model", "store", "--sids", str(sids), "--max-steps", "8",
@@ -366,7 +366,8 @@ def test_sid_table_that_does_not_fit_the_data_exits_2(data, tmp_path, capsys):
     from store.sid import SidTable
     from trainer.__main__ import main
 
-    SidTable.from_codes(torch.zeros(10, 2, dtype=torch.long), codebook_size=4).save(tmp_path / "sids")
+    zeros = torch.zeros(200, 2, dtype=torch.long)  # codes for the 200 users, for 10 of the 300 items
+    SidTable.from_codes(zeros[:10], codebook_size=4, features={"user_id": zeros}).save(tmp_path / "sids")
     assert main(small_flags(data, tmp_path / "o", "--model", "store", "--sids", str(tmp_path / "sids"))) == 2
     assert "covers 10 items" in capsys.readouterr().err
 
@@ -377,7 +378,7 @@ def test_zoo_models_train_with_the_pipeline(data, tmp_path, model):
 
     sids = tmp_path / "sids"
     codes = torch.randint(0, 16, (300, 3), generator=torch.Generator().manual_seed(0))
-    SidTable.from_codes(codes, codebook_size=16).save(sids)
+    SidTable.from_codes(codes, codebook_size=16, features={"user_id": codes[:200]}).save(sids)
     extra = ["--max-steps", "6", "--eval.max_batches", "2", "--model.num_layers", "1"]
     # every table fused and sharded (not replicated): FBGEMM's width rules apply to all of them
     extra += ["--sharding.default", "table_wise"]

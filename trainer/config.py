@@ -121,6 +121,9 @@ class TrainConfig:
     """Model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer or onetrans."""
     sids: str = ""
     """SID table folder (sid_table.parquet + meta.json); required by --model store."""
+    high_card: str = ""
+    """High-cardinality features 'f1,f2' overriding the spec's ('none': only the item), which STORE
+    tokenizes and the ID twin keeps as raw-ID tables projected to K tokens (empty: the spec's)."""
     out: str = "runs/default"
     """Output folder: checkpoints/, tensorboard/, metrics.json, summary.json."""
     epochs: int = 1

@@ -20,6 +20,14 @@ Choices, because Avazu has no item or user ID:
   the placeholder ``a99f214a`` (most rows): the usual Avazu user heuristic, not a real user ID.
 * time: a first pass counts rows per hour; whole hours go to one split, train < valid < test,
   with the cut-off hours nearest the requested fractions.
+
+Feature roles: the ID columns ``site_id``, ``site_domain``, ``app_id``, ``app_domain``,
+``device_id``, ``device_ip`` and ``device_model`` are ``high_cardinality`` (STORE replaces their
+tables by semantic IDs) whatever their table size; any other column is too when the size rule of
+``common.is_high_cardinality`` holds (min(its Kaggle cardinality, its table rows) >= 10,000: none
+with the published counts; the largest other column, C14, has ~2.6K values). Everything else is a
+low-cardinality static feature; the feature groups list only those (``device_model`` is left out of
+the ``user`` group). With ``--item-column`` set to an ID column, that column is ``item_id``.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from data_pipeline.converters.common import (
     finish,
     hashed_ids,
     ints,
+    is_high_cardinality,
     make_table,
     positive_hash,
     prepare_out,
@@ -64,6 +73,8 @@ REQUIRED = ["click", "hour", *CATEGORICAL]
 DEFAULT_ITEM_COLUMN = "C14"
 DEFAULT_NUM_ITEMS = 16_384
 NO_DEVICE = "a99f214a"  # Avazu's placeholder device_id
+# ID-valued columns: high-cardinality whatever their table size.
+ID_COLUMNS = ["site_id", "site_domain", "app_id", "app_domain", "device_id", "device_ip", "device_model"]
 GROUPS = {
     "user": ["device_type", "device_conn_type", "device_model"],
     "context": ["hour", "weekday", "banner_pos", "C1"],
@@ -123,7 +134,8 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
     features = [c for c in CATEGORICAL if c != item_col]
     vocab = {c: cfg.table_size(c, max(64, 4 * CARDINALITY[c])) for c in features}
     sparse = [SparseFeature("hour", 24), SparseFeature("weekday", 7)]
-    sparse += [SparseFeature(c, vocab[c]) for c in features]
+    high = {c for c in features if c in ID_COLUMNS or is_high_cardinality(CARDINALITY[c], vocab[c])}
+    sparse += [SparseFeature(c, vocab[c], high_cardinality=c in high) for c in features]
     sparse.append(SparseFeature("item_id", num_items, item_ref=True))
     spec = DatasetSpec(
         name="avazu",
@@ -137,7 +149,9 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
         item_table=ItemTable(
             num_items=num_items, id_column="item_id", embedding_column=None, embedding_dim=0
         ),
-        feature_groups={g: [c for c in cols if c != item_col] for g, cols in GROUPS.items()},
+        feature_groups={
+            g: [c for c in cols if c != item_col and c not in high] for g, cols in GROUPS.items()
+        },
     )
     schema = arrow_schema(spec)
     types = {"click": pa.int64(), "hour": pa.int64(), **{c: pa.string() for c in CATEGORICAL}}

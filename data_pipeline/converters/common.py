@@ -424,3 +424,17 @@ def finish(spec: DatasetSpec, out: Path, rows: dict[str, int]) -> DatasetSpec:
     spec.save(out)
     log.info("wrote %s: %s rows, %s", out, sum(rows.values()), rows)
     return spec
+
+
+# -- feature roles ------------------------------------------------------------------------------------
+HIGH_CARDINALITY_ROWS = 10_000
+"""The size rule of the converters: a categorical column is high-cardinality (STORE replaces its table
+by semantic IDs) when it can take at least this many distinct IDs on the full dataset."""
+
+
+def is_high_cardinality(cardinality: int, table_rows: int) -> bool:
+    """The size rule: the distinct IDs the column's table can hold on the full data, min(its full-data
+    cardinality, its table rows), is at least ``HIGH_CARDINALITY_ROWS``. The cardinality is the full
+    dataset's (a published count for Criteo / Avazu), not a sample's, and the 4x headroom a hashed
+    table gets against collisions does not make a column high-cardinality."""
+    return min(cardinality, table_rows) >= HIGH_CARDINALITY_ROWS

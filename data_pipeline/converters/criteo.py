@@ -21,6 +21,15 @@ Choices, because Criteo has no user, item or time column:
 Hashing happens here rather than in the reader (``id_mapping`` is ``mod``, the identity for these
 IDs) because the spec's mapping is dataset-wide: ``hash`` would also scramble the dense item IDs.
 Table sizes: ``--vocab-sizes C1=..`` per feature, else min(4 x the Kaggle cardinality, --vocab-size).
+
+Feature roles: a C column is ``high_cardinality`` (STORE replaces its table by semantic IDs) by the
+size rule of ``common.is_high_cardinality``: min(its Kaggle cardinality, its table rows) >= 10,000,
+i.e. at least 10,000 distinct IDs on the full data and a table that holds them (the 4x headroom
+alone does not count). The Kaggle counts are used rather than what a file holds, so the roles are
+the full dataset's also on a small sample. With the default sizes that is C4, C7, C10, C12, C15,
+C16, C21, C24 and C26 (C3, the default item, is ``item_id``); a smaller ``--vocab-size`` /
+``--vocab-sizes`` makes a column's table, and so the column, low-cardinality. Every other column is a
+low-cardinality static feature.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from data_pipeline.converters.common import (
     finish,
     hashed_ids,
     ints,
+    is_high_cardinality,
     log,
     make_table,
     numbers,
@@ -107,7 +117,10 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
         name="criteo",
         label="label",
         dense=list(DENSE),
-        sparse=[SparseFeature(c, vocab[c]) for c in features]
+        sparse=[
+            SparseFeature(c, vocab[c], high_cardinality=is_high_cardinality(KAGGLE_CARDINALITY[c], vocab[c]))
+            for c in features
+        ]
         + [SparseFeature("item_id", num_items, item_ref=True)],
         item_id="item_id",
         user_id="user_id",

@@ -17,6 +17,10 @@ strictly earlier. Categorical features reserve ID 0 for unknown; ``id_mapping`` 
 dense). Split by global time order: the first (1 - valid - test) of the ratings are train, etc.
 (ties at a boundary may straddle it, so max(train ts) <= min(valid ts)).
 
+Feature roles: ``user_id`` is ``high_cardinality`` (STORE replaces its table by semantic IDs);
+``item_id`` and ``hist_items`` are item-valued (``item_ref``), so they are too; every other feature
+(genres, year, the user's demographics, hour, weekday) is a low-cardinality static feature.
+
 Memory: the ratings are streamed from the file, but sorting by time and by (user, time) for the
 histories keeps about 50 bytes per rating in numpy at the peak (int32 user and movie, int64
 second, the label, sort orders and int32 positions). Measured peak RSS (synthetic ``ratings.dat``,
@@ -356,7 +360,10 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
     num_items = len(movies.ids)
 
     user_vocab = int(max(user.max(), users.ids.max() if users else 0)) + 1
-    sparse = [SparseFeature("user_id", user_vocab), SparseFeature("item_id", num_items, item_ref=True)]
+    sparse = [
+        SparseFeature("user_id", user_vocab, high_cardinality=True),
+        SparseFeature("item_id", num_items, item_ref=True),
+    ]
     if L > 0:
         sparse.append(SparseFeature("hist_items", num_items, multi=True, max_len=L, item_ref=True))
     sparse += [

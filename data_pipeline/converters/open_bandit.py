@@ -14,6 +14,12 @@ affinity columns). ``propensity_score`` is the logging policy's, not a click pro
 Choices: the log has no user ID, so ``user_id`` is a hash of the four user features (a user
 segment, not a person: GAUC then groups by segment). ``timestamp`` is Unix seconds. Split by
 time: a first pass counts rows per second; whole seconds go to one split, train < valid < test.
+
+Feature roles: only the item is high-cardinality (``item_id``, item-valued); a user feature becomes
+``high_cardinality`` too only by the size rule of ``common.is_high_cardinality`` (at least 10,000
+distinct values in the log; then it leaves the ``user`` group). The real user features have a
+handful of values each, so they stay low-cardinality static features, as do position, the item's
+categories, hour and weekday.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from data_pipeline.converters.common import (
     finish,
     hour_and_weekday,
     ints,
+    is_high_cardinality,
     make_table,
     numbers,
     positive_hash,
@@ -127,7 +134,8 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
             SparseFeature("item_id", len(items.raw_ids), item_ref=True),
             SparseFeature("position", position_vocab),
         ]
-        sparse += [SparseFeature(c, user_vocab[c].size) for c in USER_FEATURES]
+        high = [c for c in USER_FEATURES if is_high_cardinality(len(user_vocab[c]), user_vocab[c].size)]
+        sparse += [SparseFeature(c, user_vocab[c].size, high_cardinality=c in high) for c in USER_FEATURES]
         sparse += [SparseFeature(c, items.vocab[c]) for c in cat_item]
         sparse += [SparseFeature("hour", 24), SparseFeature("weekday", 7)]
         return DatasetSpec(
@@ -147,7 +155,7 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
                 category_columns=tuple(cat_item),
             ),
             feature_groups={
-                "user": list(USER_FEATURES),
+                "user": [c for c in USER_FEATURES if c not in high],
                 "item": cat_item,
                 "context": ["position", "hour", "weekday"],
             },

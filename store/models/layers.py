@@ -71,17 +71,23 @@ def static_features(spec: DatasetSpec) -> list[str]:
     return [f.name for f in spec.sparse if not f.item_ref]
 
 
+def low_cardinality_features(spec: DatasetSpec) -> list[str]:
+    """STORE's static features: neither item-valued nor high-cardinality (those become SID tokens)."""
+    return [f.name for f in spec.sparse if not f.item_ref and not f.high_cardinality]
+
+
 def history_features(spec: DatasetSpec) -> list[str]:
     """Item-valued features other than the target item (e.g. ``hist_items``)."""
     return [f.name for f in spec.sparse if f.item_ref and f.name != spec.item_id]
 
 
 def num_item_rows(spec: DatasetSpec) -> int:
-    """Rows of the raw item-ID table: the item table's size, or the largest item-feature vocab."""
+    """Rows of the raw item-ID table: the item table's size, or the largest item-feature vocab (0
+    without item features)."""
     rows = [spec.feature(f.name).vocab_size for f in spec.sparse if f.item_ref]
-    if spec.item_table is not None:
+    if spec.item_table is not None and rows:
         rows.append(spec.item_table.num_items)
-    return max(rows)
+    return max(rows, default=0)
 
 
 def static_table_name(feature: str) -> str:
@@ -94,8 +100,11 @@ def _check_unique(names: list[str]) -> None:
         raise ValueError(f"embedding table names collide: {dupes} (rename the sparse features)")
 
 
-def static_bag_configs(spec: DatasetSpec, dim: int, suffix: str = "") -> list[EmbeddingBagConfig]:
-    """One mean-pooled table per static feature, named ``t_<feature><suffix>``."""
+def static_bag_configs(
+    spec: DatasetSpec, dim: int, suffix: str = "", features: list[str] | None = None
+) -> list[EmbeddingBagConfig]:
+    """One mean-pooled table per static feature (or per feature of ``features``), named
+    ``t_<feature><suffix>``."""
     return [
         EmbeddingBagConfig(
             name=static_table_name(f) + suffix,
@@ -106,7 +115,7 @@ def static_bag_configs(spec: DatasetSpec, dim: int, suffix: str = "") -> list[Em
             weight_init_min=-EMBEDDING_INIT,
             weight_init_max=EMBEDDING_INIT,
         )
-        for f in static_features(spec)
+        for f in (static_features(spec) if features is None else features)
     ]
 
 
@@ -137,6 +146,8 @@ class FieldEmbedder(nn.Module):
         for suffix in suffixes:
             width = dim if suffix == "" else FIRST_ORDER_WIDTH
             tables += static_bag_configs(spec, width, suffix)
+            if not items:  # a dataset without an item column
+                continue
             tables.append(
                 EmbeddingBagConfig(
                     name=RAW_ITEM_TABLE + suffix,
@@ -174,11 +185,17 @@ class FieldEmbedder(nn.Module):
 
 # -- transformer models: pooled static features + sequences of item embeddings ------------------------
 class StaticEmbedder(nn.Module):
-    """EmbeddingBagCollection over the static features. forward(kjt) -> {feature: (B, D)}."""
+    """EmbeddingBagCollection over the static features (or ``features``). forward(kjt) -> {feature: (B, D)}."""
 
-    def __init__(self, spec: DatasetSpec, dim: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        dim: int,
+        device: torch.device | None = None,
+        features: list[str] | None = None,
+    ) -> None:
         super().__init__()
-        tables = static_bag_configs(spec, dim)
+        tables = static_bag_configs(spec, dim, features=features)
         _check_unique([t.name for t in tables])
         self.ebc = EmbeddingBagCollection(tables=tables, device=device) if tables else None
 

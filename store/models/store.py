@@ -1,13 +1,20 @@
 """STORE (semantic IDs + orthogonal rotation + MoBA attention) and its raw-ID twin.
 
-Shape letters: B batch, D token width, K item tokens, G static feature groups, M = G * D,
-R rotated tokens, H history features, L history length, T tokens in the attention.
+The paper's layout: high-cardinality sparse features (the item, the user, site/app/device IDs, large
+categorical columns: ``DatasetSpec.high_cardinality``) are decomposed into K semantic tokens each;
+the low-cardinality static features are grouped, fused and orthogonally rotated into K diverse
+blocks; all tokens interact in a transformer with MoBA block-sparse attention.
+
+Shape letters: B batch, D token width, K tokens per tokenized feature (SIDs), F tokenized features,
+G static feature groups, M = G * D, R rotated tokens, H history features, L history length,
+T tokens in the attention.
 
 Tokens, in this order (real tokens first, so padding sits in the last attention blocks)::
 
-    item tokens      K   STORE: the item's K SID embeddings (table t_sid<k>, C rows, per position k)
-                         ID:    the raw item-ID embedding (table t_item) -> Linear(D, K*D) -> K tokens,
-                                so both variants attend over the same number of tokens
+    feature tokens  F*K  per tokenized feature (item first), STORE: its ID's K SID embeddings (tables
+                         t_sid<k> for the item, t_<f>_sid<k> for feature f; C rows each, per position k)
+                         ID: its raw-ID embedding (t_item, t_<f>) -> Linear(D, K*D) -> K tokens, so
+                         both variants attend over the same number of tokens
     static tokens    R   the groups' MLP outputs concatenated to C (B, M), rotated O_i = C R_i,
                          each projected to D by one shared linear map (rotation=False: G group tokens)
     history tokens   H   one per history feature: the mean of its items' embeddings, or, with
@@ -19,12 +26,12 @@ then L layers X = LN(Attn(X) + X), X = LN(FFN(X) + X) with MoBA (or dense) atten
 over [the fixed tokens flattened, the mean of all real tokens].
 
 Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one collection for
-the item-valued features (``items.ec``): mean-pooled bags when the history is pooled into one token
+the tokenized features (``items.ec``): mean-pooled bags when the history is pooled into one token
 (the default; the pooled lookup is the history token), an EmbeddingCollection (per position) with
 history_tokens=True. For STORE the batch must already be transformed by ``SidTable.transform``
-(item features moved to ``batch.sid`` as ``<f>_sid<k>``); table t_sid<k> serves ``<f>_sid<k>`` for
-every item feature f, and the SID collection reads ``batch.sid`` only, so the trainer can
-replicate it. For ID the raw batch is used; t_item serves every item feature.
+(tokenized features moved to ``batch.sid`` as ``<f>_sid<k>``, item-valued ones through the item's
+codes), and the SID collection reads ``batch.sid`` only, so the trainer can replicate it. For ID the
+raw batch is used; t_item serves every item-valued feature.
 """
 
 from __future__ import annotations
@@ -44,14 +51,15 @@ from store.models.layers import (
     StaticEmbedder,
     history_features,
     item_collection,
+    low_cardinality_features,
     masked_mean,
     num_item_rows,
     padded,
     sequence_length,
-    static_features,
+    static_table_name,
 )
 from store.rotation import OrthogonalRotation
-from store.sid import SidTable, sid_feature_name
+from store.sid import SidTable, sid_feature_name, sid_sources
 
 DENSE_GROUP = "dense"
 
@@ -59,10 +67,10 @@ DENSE_GROUP = "dense"
 def resolve_groups(spec: DatasetSpec, cfg: ModelConfig) -> dict[str, list[str]]:
     """Static feature groups: --model.feature_groups, else the spec's, else one group of all.
 
-    Item-valued features are dropped from groups (they are item tokens already); static features
-    no group names go to an extra group "other"; empty groups are dropped.
+    Tokenized features (item-valued and high-cardinality) are dropped from groups (they are tokens of
+    their own); static features no group names go to an extra group "other"; empty groups are dropped.
     """
-    static = static_features(spec)
+    static = low_cardinality_features(spec)
     groups = parse_feature_groups(cfg.feature_groups)
     if groups:
         unknown = [f for cols in groups.values() for f in cols if f not in spec.sparse_names]
@@ -78,8 +86,9 @@ def resolve_groups(spec: DatasetSpec, cfg: ModelConfig) -> dict[str, list[str]]:
     return {g: cols for g, cols in groups.items() if cols}
 
 
-class SidItems(nn.Module):
-    """Item features through K SID tables (t_sid<k>, C rows), read from ``batch.sid``.
+class SidTokens(nn.Module):
+    """Tokenized features through their SID codebooks, read from ``batch.sid``: table t_sid<k> (C rows)
+    serves the k-th SID of every item-valued feature, t_<f>_sid<k> that of high-cardinality feature f.
 
     pooled=True (history pooled into one token): an EmbeddingBagCollection, mean-pooled; a history
     token is then sum_k mean_items E_k[code_k(item)], which equals the mean over items of their
@@ -93,9 +102,9 @@ class SidItems(nn.Module):
         self.spec = spec
         self.num_sids = sids.num_sids
         self.pooled = pooled
-        items = [f.name for f in spec.sparse if f.item_ref]
         tables = [
-            (f"t_sid{k}", sids.codebook_size, [sid_feature_name(f, k) for f in items])
+            (sid_table_name(spec, src, k), sids.codebook_size, [sid_feature_name(f, k) for f in served])
+            for src, served in sid_sources(spec).items()
             for k in range(sids.num_sids)
         ]
         self.ec = item_collection(tables, dim, pooled, device)
@@ -111,9 +120,9 @@ class SidItems(nn.Module):
     def _parts(self, jts, feature: str) -> list:
         return [jts[sid_feature_name(feature, k)] for k in range(self.num_sids)]
 
-    def item_tokens(self, jts) -> torch.Tensor:
-        """(B, K, D): the target item's K SID embeddings."""
-        parts = self._parts(jts, self.spec.item_id)
+    def feature_tokens(self, jts, feature: str) -> torch.Tensor:
+        """(B, K, D): the K SID embeddings of a tokenized feature's ID (the target item's for the item)."""
+        parts = self._parts(jts, feature)
         if self.pooled:
             return torch.stack(parts, dim=1)
         return torch.stack([padded(jt, 1)[0][:, 0] for jt in parts], dim=1)
@@ -132,8 +141,9 @@ class SidItems(nn.Module):
         return torch.stack([d for d, _ in dense], dim=2).sum(2), dense[0][1]
 
 
-class RawItems(nn.Module):
-    """Item features through the raw item-ID table; the target item projected into K tokens.
+class RawTokens(nn.Module):
+    """Tokenized features through raw-ID tables (t_item for every item-valued feature, t_<f> for
+    high-cardinality feature f), each feature's embedding projected into K tokens.
 
     pooled=True: an EmbeddingBagCollection (mean-pooled history); else an EmbeddingCollection.
     """
@@ -145,18 +155,25 @@ class RawItems(nn.Module):
         self.spec = spec
         self.num_tokens = num_tokens
         self.pooled = pooled
-        items = [f.name for f in spec.sparse if f.item_ref]
-        self.ec = item_collection([(RAW_ITEM_TABLE, num_item_rows(spec), items)], dim, pooled, device)
-        self.split = nn.Linear(dim, num_tokens * dim)
+        tables = [
+            (RAW_ITEM_TABLE, num_item_rows(spec), served)
+            if src == spec.item_id
+            else (static_table_name(src), spec.feature(src).vocab_size, served)
+            for src, served in sid_sources(spec).items()
+        ]
+        self.ec = item_collection(tables, dim, pooled, device)
+        self.split = nn.ModuleList([nn.Linear(dim, num_tokens * dim) for _ in tables])
+        self.index = {src: i for i, src in enumerate(sid_sources(spec))}
 
     def lookup(self, batch: Batch):
         out = self.ec(batch.sparse)
         return out.to_dict() if self.pooled else out
 
-    def item_tokens(self, jts) -> torch.Tensor:
-        jt = jts[self.spec.item_id]
+    def feature_tokens(self, jts, feature: str) -> torch.Tensor:
+        """(B, K, D): the feature's raw-ID embedding through its own Linear(D, K*D)."""
+        jt = jts[feature]
         emb = jt if self.pooled else padded(jt, 1)[0][:, 0]  # (B, D)
-        return self.split(emb).view(emb.shape[0], self.num_tokens, -1)
+        return self.split[self.index[feature]](emb).view(emb.shape[0], self.num_tokens, -1)
 
     def history(self, jts, feature: str) -> torch.Tensor:
         """(B, D): the history's mean item embedding."""
@@ -165,6 +182,11 @@ class RawItems(nn.Module):
     def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         jt = jts[feature]
         return padded(jt, sequence_length(self.spec, feature, jt))
+
+
+def sid_table_name(spec: DatasetSpec, feature: str, k: int) -> str:
+    """STORE's codebook table of the k-th SID of tokenized feature ``feature``."""
+    return f"t_sid{k}" if feature == spec.item_id else f"t_{feature}_sid{k}"
 
 
 class StoreModel(nn.Module):
@@ -183,13 +205,14 @@ class StoreModel(nn.Module):
         self.spec, self.cfg = spec, cfg
         pooled = not cfg.history_tokens  # the history is pooled: bags, not sequences
         if sids is not None:
-            self.items: nn.Module = SidItems(spec, sids, d, pooled, device)
+            self.items: nn.Module = SidTokens(spec, sids, d, pooled, device)
             k = sids.num_sids
         else:
-            self.items = RawItems(spec, num_item_tokens, d, pooled, device)
+            self.items = RawTokens(spec, num_item_tokens, d, pooled, device)
             k = num_item_tokens
         self.num_item_tokens = k
-        self.static = StaticEmbedder(spec, d, device)
+        self.tokenized = list(spec.high_cardinality)
+        self.static = StaticEmbedder(spec, d, device, features=low_cardinality_features(spec))
         self.groups = resolve_groups(spec, cfg)
         self.group_mlps = nn.ModuleDict(
             {g: _shallow_mlp(len(cols) * d, d) for g, cols in self.groups.items()}
@@ -207,7 +230,9 @@ class StoreModel(nn.Module):
         else:
             num_static = num_groups
         self.history = history_features(spec)
-        self.num_fixed_tokens = k + num_static + (0 if cfg.history_tokens else len(self.history))
+        self.num_fixed_tokens = (
+            k * len(self.tokenized) + num_static + (0 if cfg.history_tokens else len(self.history))
+        )
         attention = dict(
             block_size=cfg.moba_block_size,
             sparsity=cfg.moba_sparsity,
@@ -226,7 +251,7 @@ class StoreModel(nn.Module):
         """Input tokens (B, T, D) and their valid mask (B, T), before the attention layers."""
         jts = self.items.lookup(batch)
         pooled = self.static(batch.sparse)
-        parts = [self.items.item_tokens(jts)]
+        parts = [self.items.feature_tokens(jts, f) for f in self.tokenized]
         outs = []
         for g, cols in self.groups.items():
             outs.append(self.group_mlps[g](torch.cat([pooled[f] for f in cols], dim=1)))
@@ -236,7 +261,7 @@ class StoreModel(nn.Module):
             parts.append(
                 self.rotation(torch.cat(outs, 1)) if self.rotation is not None else torch.stack(outs, 1)
             )
-        fixed = torch.cat(parts, dim=1)
+        fixed = torch.cat(parts, dim=1)  # (B, K * tokenized + static tokens, D)
         valid = [torch.ones_like(fixed[..., 0], dtype=torch.bool)]  # (B, fixed tokens); fx-traceable
         tokens = [fixed]
         for f in self.history:

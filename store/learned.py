@@ -1,0 +1,241 @@
+"""``learned`` embeddings: the rows a raw-ID model learned for a feature, for the tokenizer.
+
+The source that exists for every sparse feature of every dataset (content, text and SASRec embeddings
+exist only for items that carry them). Two ways to get the rows:
+
+- ``from_run(RUN_DIR)``: the embedding tables of a finished trainer run (``python -m trainer --model id``
+  or any raw-ID model: tables ``t_item`` for the item, ``t_<feature>`` for the others), read from its
+  newest DCP checkpoint. The run's ``summary.json`` must record the same dataset (fingerprint).
+- ``train_fm(...)``: a short run of a small factorization machine (first-order weights + pairwise
+  interactions over every sparse feature, a linear term over the dense ones) on the TRAIN split only,
+  in this process. Its embedding of an ID is ``[v_id, w_id]`` (the D-wide factor and the first-order
+  weight), so the popularity/CTR an ID carries survives quantization.
+
+``train_counts`` counts how often each row of each feature occurs in the train split: a row that never
+occurs has an untrained (random) embedding, so the tokenizer gives it a reserved code instead of SIDs
+(``meta.json``: ``unseen_code`` and per feature ``unseen_rows``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from data_pipeline.reader import ParquetBatchReader
+from data_pipeline.spec import DataError, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+RAW_ITEM_TABLE = "t_item"  # the trainer's raw item table (store.models.layers.RAW_ITEM_TABLE)
+
+
+@dataclass
+class FMConfig:
+    """The tokenizer's own short raw-ID run (``--embedding learned`` without ``--from-run``)."""
+
+    dim: int = 16
+    """D: factor width (the embeddings the tokenizer quantizes are D + 1 wide)."""
+    epochs: int = 2
+    """Passes over the train split."""
+    batch_size: int = 512
+    """Rows per step."""
+    lr: float = 0.01
+    """Adam learning rate (sparse Adam for the tables)."""
+    l2: float = 1e-6
+    """L2 penalty on the factors of the IDs in each batch."""
+    seed: int = 0
+    """Seed of the init and the shuffling."""
+
+    def validate(self) -> None:
+        for name in ("dim", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DataError(f"--fm-{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.l2 < 0:
+            raise DataError(f"--fm-lr must be > 0 and --fm-l2 >= 0, got {self.lr} and {self.l2}")
+
+
+def table_of(spec: DatasetSpec, feature: str) -> str:
+    """The raw-ID table a trainer run keeps feature ``feature`` in (every item-valued feature: t_item)."""
+    return RAW_ITEM_TABLE if spec.feature(feature).item_ref else f"t_{feature}"
+
+
+def rows_of(spec: DatasetSpec, feature: str) -> int:
+    """Rows of a feature's raw-ID table (item-valued features share the item table)."""
+    if not spec.feature(feature).item_ref:
+        return spec.feature(feature).vocab_size
+    rows = [f.vocab_size for f in spec.sparse if f.item_ref]
+    if spec.item_table is not None:
+        rows.append(spec.item_table.num_items)
+    return max(rows)
+
+
+def _train_reader(data_dir: str | os.PathLike, spec: DatasetSpec, batch_size: int, seed: int, shuffle: bool):
+    return ParquetBatchReader(
+        data_dir, "train", batch_size, spec=spec, shuffle=shuffle, drop_remainder=False, seed=seed
+    )
+
+
+def train_counts(
+    data_dir: str | os.PathLike, spec: DatasetSpec, features: list[str], progress: bool = True
+) -> dict[str, Tensor]:
+    """{feature: LongTensor[rows]}: occurrences of each table row in the train split (an item
+    feature counts every item-valued feature's values, as they share the item table)."""
+    counts = {f: torch.zeros(rows_of(spec, f), dtype=torch.long) for f in features}
+    served = {
+        f: [g.name for g in spec.sparse if g.item_ref] if spec.feature(f).item_ref else [f] for f in features
+    }
+    reader = _train_reader(data_dir, spec, 8192, 0, shuffle=False)
+    for batch in tqdm(reader, desc="count train IDs", unit="batch", disable=not progress):
+        jts = batch.sparse.to_dict()
+        for f in features:
+            for g in served[f]:
+                counts[f] += torch.bincount(jts[g].values(), minlength=len(counts[f]))[: len(counts[f])]
+    return counts
+
+
+# -- a finished run's tables ---------------------------------------------------------------------------
+def from_run(run_dir: str | os.PathLike, spec: DatasetSpec, features: list[str]) -> dict[str, Tensor]:
+    """{feature: FloatTensor[rows, D]}: the embedding tables a finished trainer run learned.
+
+    DataError naming the run when it is not finished, was trained on another dataset, or holds no
+    raw-ID table for a feature (e.g. a STORE run, whose IDs went through SIDs)."""
+    from trainer.checkpoint import CheckpointError, CheckpointManager
+
+    run = Path(run_dir)
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        raise DataError(f"--from-run {run}: no summary.json (not a finished trainer run)")
+    try:
+        record = json.loads(summary_path.read_text()).get("dataset") or {}
+    except json.JSONDecodeError as e:
+        raise DataError(f"{summary_path}: not valid JSON ({e})") from None
+    if record.get("fingerprint") != spec.fingerprint:
+        raise DataError(
+            f"--from-run {run}: trained on dataset {record.get('name')!r} (fingerprint "
+            f"{record.get('fingerprint')}), not on dataset {spec.name!r} (fingerprint {spec.fingerprint})"
+        )
+    ckpt = CheckpointManager(run, keep=1).latest()
+    if ckpt is None:
+        raise DataError(f"--from-run {run}: no complete checkpoint under {run / 'checkpoints'}")
+    keys = CheckpointManager.keys(ckpt)
+    wanted: dict[str, str] = {}
+    for f in features:
+        table = table_of(spec, f)
+        found = [k for k in keys if k.startswith("model.") and k.endswith(f".{table}.weight")]
+        if len(found) != 1:
+            raise DataError(
+                f"--from-run {run}: checkpoint {ckpt.name} has no raw-ID table {table!r} for feature {f!r} "
+                "(train a raw-ID model such as --model id or dnn for the learned source)"
+            )
+        wanted[f] = found[0]
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    state = {
+        key: torch.empty(tuple(meta[key].size), dtype=meta[key].properties.dtype) for key in wanted.values()
+    }
+    try:
+        CheckpointManager(run, keep=1).load(ckpt, state)
+    except CheckpointError as e:
+        raise DataError(f"--from-run {run}: {e}") from None
+    out = {}
+    for f, key in wanted.items():
+        emb = state[key].float()
+        if len(emb) < rows_of(spec, f):
+            raise DataError(
+                f"--from-run {run}: table {table_of(spec, f)!r} has {len(emb)} rows, "
+                f"feature {f!r} needs {rows_of(spec, f)}"
+            )
+        out[f] = emb
+    return out
+
+
+# -- the tokenizer's own short run: a factorization machine -------------------------------------------
+class FM(nn.Module):
+    """Factorization machine over every sparse feature (mean-pooled for multi-valued ones; item-valued
+    features share the item's table) and a linear term over the dense features.
+
+    logit = b + <w, dense> + sum_f w_f + 1/2 * sum_d ((sum_f v_f)^2 - sum_f v_f^2)   (B,)
+    """
+
+    def __init__(self, spec: DatasetSpec, dim: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.tables = {table_of(spec, f.name): rows_of(spec, f.name) for f in spec.sparse}
+        self.index = {t: i for i, t in enumerate(self.tables)}
+        self.v = nn.ModuleList(
+            nn.EmbeddingBag(n, dim, mode="mean", sparse=True, include_last_offset=True)
+            for n in self.tables.values()
+        )
+        self.w = nn.ModuleList(
+            nn.EmbeddingBag(n, 1, mode="mean", sparse=True, include_last_offset=True)
+            for n in self.tables.values()
+        )
+        for v, w in zip(self.v, self.w):
+            nn.init.normal_(v.weight, std=0.01)
+            nn.init.zeros_(w.weight)
+        self.dense = nn.Linear(len(spec.dense), 1) if spec.dense else None
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch) -> tuple[Tensor, Tensor]:
+        """-> logits (B,), the factors of this batch (B, F, D) (for the L2 penalty)."""
+        jts = batch.sparse.to_dict()
+        vs, first = [], self.bias.expand(len(batch.labels))
+        for f in self.spec.sparse:
+            i = self.index[table_of(self.spec, f.name)]
+            jt = jts[f.name]
+            vs.append(self.v[i](jt.values(), jt.offsets()))
+            first = first + self.w[i](jt.values(), jt.offsets()).squeeze(1)
+        v = torch.stack(vs, 1)
+        pairs = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(1)
+        logits = first + pairs
+        if self.dense is not None:
+            logits = logits + self.dense(batch.dense).squeeze(1)
+        return logits, v
+
+    def embeddings(self, feature: str) -> Tensor:
+        """[rows, D + 1]: each row's factor and first-order weight."""
+        i = self.index[table_of(self.spec, feature)]
+        return torch.cat([self.v[i].weight, self.w[i].weight], 1).detach()
+
+
+def train_fm(
+    data_dir: str | os.PathLike, spec: DatasetSpec, features: list[str], cfg: FMConfig, progress: bool = True
+) -> dict[str, Tensor]:
+    """Train an FM on the train split (never valid/test); {feature: FloatTensor[rows, D + 1]}."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    model = FM(spec, cfg.dim)
+    sparse = [p for m in (*model.v, *model.w) for p in m.parameters()]
+    dense = [p for n, p in model.named_parameters() if not n.startswith(("v.", "w."))]
+    opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr), torch.optim.Adam(dense, lr=cfg.lr)]
+    reader = _train_reader(data_dir, spec, cfg.batch_size, cfg.seed, shuffle=True)
+    bar = tqdm(total=cfg.epochs * len(reader), desc="learn FM embeddings", unit="step", disable=not progress)
+    loss_sum, n = 0.0, 0
+    for epoch in range(cfg.epochs):
+        reader.set_epoch(epoch)
+        loss_sum, n = 0.0, 0
+        for batch in reader:
+            logits, v = model(batch)
+            bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels.float())
+            loss = bce + cfg.l2 * v.pow(2).sum() / len(logits)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            loss_sum, n = loss_sum + float(bce) * len(logits), n + len(logits)
+            bar.update(1)
+        log.info("FM epoch %d: train logloss %.4f", epoch, loss_sum / max(n, 1))
+    bar.close()
+    if not math.isfinite(loss_sum):
+        raise DataError(f"{data_dir}: the FM's train loss is not finite (lower --fm-lr)")
+    return {f: model.embeddings(f) for f in features}
