@@ -1,9 +1,13 @@
 """`python -m data_pipeline convert NAME --src DIR --out DIR`: public datasets -> our dataset format.
 
-NAME is one of ``movielens``, ``criteo``, ``avazu``, ``open-bandit``; each converter's module
-docstring (``data_pipeline/converters/``) says which source layouts it reads and what it writes.
-Every converter streams its source in bounded chunks, splits by time, writes shards with
-``ShardWriter`` and spec.json last. A non-empty --out is refused without --overwrite.
+NAME is one of ``movielens``, ``criteo``, ``avazu``, ``open-bandit``, or ``table`` (any CSV / parquet
+table: ``--src FILE_OR_DIR --label COL [--user COL] [--item COL] [--time COL] [--dense COLS]
+[--sparse COLS] [--multi COLS] [--high-card-threshold N] [--seed S]``; unnamed columns are classified
+by type, a CSV --multi cell holds ``|``-separated values); each converter's module docstring
+(``data_pipeline/converters/``) says which source layouts it reads and what it writes.
+Every converter streams its source in bounded chunks, splits by time (``table`` without --time:
+a seeded random split), writes shards with ``ShardWriter`` and spec.json last. A non-empty --out is
+refused without --overwrite.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data_pipeline.converters import avazu, criteo, movielens, open_bandit
+from data_pipeline.converters import avazu, criteo, movielens, open_bandit, table
 from data_pipeline.converters.common import ConvertConfig
 from data_pipeline.spec import DataError, DatasetSpec
 
@@ -20,7 +24,10 @@ CONVERTERS = {
     "criteo": criteo.convert,
     "avazu": avazu.convert,
     "open-bandit": open_bandit.convert,
+    "table": table.convert,
 }
+TABLE_FLAGS = ("label", "user", "item", "time", "dense", "sparse", "multi")
+"""Flags of ``convert table`` only (``--high-card-threshold`` and ``--seed`` too)."""
 
 
 def _vocab_sizes(text: str) -> dict[str, int]:
@@ -37,10 +44,18 @@ def _vocab_sizes(text: str) -> dict[str, int]:
     return out
 
 
-def convert(name: str, cfg: ConvertConfig) -> DatasetSpec:
-    """Convert with the converter ``name``; returns the written spec."""
+def _names(text: str | None) -> list[str]:
+    """``a,b, c`` -> ["a", "b", "c"]."""
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def convert(name: str, cfg: ConvertConfig, table_options: table.TableOptions | None = None) -> DatasetSpec:
+    """Convert with the converter ``name``; returns the written spec. ``table_options``: what the
+    columns of a ``table`` source are (its --src may also be a single file, checked there)."""
     if name not in CONVERTERS:
         raise DataError(f"unknown dataset {name!r}; expected one of {sorted(CONVERTERS)}")
+    if name == "table":
+        return table.convert(cfg, table_options)
     cfg.validate()
     return CONVERTERS[name](cfg)
 
@@ -59,7 +74,26 @@ def run(args: argparse.Namespace) -> None:
         num_items=args.num_items,
         item_column=args.item_column,
     )
-    spec = convert(args.name, cfg)
+    options = None
+    if args.name == "table":
+        options = table.TableOptions(
+            label=args.label or "",
+            user=args.user or "",
+            item=args.item or "",
+            time=args.time or "",
+            dense=_names(args.dense),
+            sparse=_names(args.sparse),
+            multi=_names(args.multi),
+            high_card_threshold=args.high_card_threshold,
+            seed=args.seed,
+        )
+    else:
+        given = [f"--{f}" for f in TABLE_FLAGS if getattr(args, f) is not None]
+        if given:
+            raise DataError(f"{', '.join(given)}: only for `convert table`, not `convert {args.name}`")
+    spec = convert(args.name, cfg, options)
+    if options is not None:
+        print(table.describe(spec))
     print(f"wrote {cfg.out}: {spec.name}, rows {spec.num_rows}")
 
 
@@ -67,7 +101,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     d = ConvertConfig(src=Path("."), out=Path("."))
     p = sub.add_parser("convert", help="convert a public dataset", description=__doc__)
     p.add_argument("name", choices=sorted(CONVERTERS), help="which dataset")
-    p.add_argument("--src", required=True, help="folder with the original files")
+    p.add_argument("--src", required=True, help="folder with the original files (table: also one file)")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--rows-per-shard", type=int, default=d.rows_per_shard, help="rows per parquet shard")
     p.add_argument(
@@ -87,4 +121,23 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-items", type=int, default=None, help="criteo/avazu: pseudo-item hash buckets")
     p.add_argument("--item-column", default=None, help="criteo/avazu: source column used as the item")
+    t = p.add_argument_group("table", "`convert table`: what the columns of a CSV / parquet table are")
+    t.add_argument("--label", default=None, help="table: the 0/1 label column (required)")
+    t.add_argument("--user", default=None, help="table: the user column (GAUC; none: no GAUC)")
+    t.add_argument(
+        "--item", default=None, help="table: the item column (item tokens, tail AUC; none: neither)"
+    )
+    t.add_argument("--time", default=None, help="table: time column, split by it (none: seeded random split)")
+    t.add_argument("--dense", default=None, help="table: comma-separated float feature columns")
+    t.add_argument("--sparse", default=None, help="table: comma-separated categorical columns")
+    t.add_argument(
+        "--multi", default=None, help="table: comma-separated multi-valued columns (lists, or 'a|b|c' text)"
+    )
+    t.add_argument(
+        "--high-card-threshold",
+        type=int,
+        default=table.DEFAULT_HIGH_CARD_THRESHOLD,
+        help="table: sparse features with at least this many distinct values are high-cardinality",
+    )
+    t.add_argument("--seed", type=int, default=0, help="table: seed of the random split (no --time)")
     p.set_defaults(func=run)

@@ -138,8 +138,9 @@ def _stats_for(spec: DatasetSpec) -> dict[str, NumberStats | IdStats | ListStats
         stats[spec.prob] = NumberStats()
     for f in spec.sparse:
         stats[f.name] = ListStats(f.vocab_size, f.max_len) if f.multi else IdStats(f.vocab_size)
-    stats.setdefault(spec.user_id, IdStats())
-    stats.setdefault(spec.item_id, IdStats())
+    for col in (spec.user_id, spec.item_id):  # "" when the data has no user / item column
+        if col:
+            stats.setdefault(col, IdStats())
     stats.setdefault(spec.timestamp, NumberStats())
     return stats
 

@@ -119,8 +119,9 @@ class ShardIndex:
         shards = list_shards(folder)
         kinds = {spec.label: "float", **{c: "float" for c in spec.dense}}
         kinds.update({f.name: "list<int>" if f.multi else "int" for f in spec.sparse})
-        kinds.setdefault(spec.user_id, "int")
-        kinds.setdefault(spec.item_id, "int")
+        for col in (spec.user_id, spec.item_id):  # "" when the dataset has no such column
+            if col:
+                kinds.setdefault(col, "int")
         rg_shard, rg_index, rg_rows = [], [], []
         for s, path in enumerate(shards):
             meta = _open_parquet(path)
@@ -279,9 +280,8 @@ class _RowGroupDecoder:
         self.index = index
         self.singles = [f for f in spec.sparse if not f.multi]
         self.multis = [f for f in spec.sparse if f.multi]
-        self.columns = list(
-            dict.fromkeys([spec.label, *spec.dense, *spec.sparse_names, spec.user_id, spec.item_id])
-        )
+        wanted = [spec.label, *spec.dense, *spec.sparse_names, spec.user_id, spec.item_id]
+        self.columns = [c for c in dict.fromkeys(wanted) if c]  # no "" user / item column
         self._file: pq.ParquetFile | None = None
         self._file_idx = -1
         self.nan_repaired = 0
@@ -347,8 +347,11 @@ class _RowGroupDecoder:
             off, vals = _gather_ranges(starts, lengths, vals)
             offsets.append(off)
             values.append(self._ids(path, f, vals, f.vocab_size))
-        user_ids = self._ids(path, self.spec.user_id, numpy_col(self.spec.user_id, np.int64), None)
-        item_ids = self._ids(path, self.spec.item_id, numpy_col(self.spec.item_id, np.int64), None)
+        # Without a user / item column (spec.user_id / item_id ""), zeros of the batch's length.
+        user_ids, item_ids = (
+            self._ids(path, c, numpy_col(c, np.int64), None) if c else np.zeros(n, np.int64)
+            for c in (self.spec.user_id, self.spec.item_id)
+        )
         if perm is not None:  # a few 2-D moves instead of one gather per column
             labels, dense, singles = perm.apply(labels), perm.apply(dense), perm.apply(singles, axis=1)
             user_ids, item_ids = perm.apply(np.stack([user_ids, item_ids]), axis=1)

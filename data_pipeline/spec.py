@@ -98,6 +98,9 @@ class DatasetSpec:
     """Semantic groups of low-cardinality sparse features (e.g. user / context / item), for STORE."""
     num_rows: dict[str, int] = field(default_factory=dict)
     """Rows per split, as written (informational; the reader counts from the shards)."""
+    fingerprint: str = ""
+    """``content_hash`` of the dataset as written (set by ``save``): SID tables and runs record it,
+    and the trainer and tokenizer refuse ones made from other data."""
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -136,17 +139,21 @@ class DatasetSpec:
         sparse = [dataclasses.replace(f, high_cardinality=f.name in names) for f in self.sparse]
         return dataclasses.replace(self, sparse=sparse)
 
-    @property
-    def fingerprint(self) -> str:
+    def content_hash(self, root: str | os.PathLike | None = None) -> str:
         """A short hash of what SID tables and learned embeddings depend on: the dataset's name, its
-        sparse features (name, vocab, kind), item count and split sizes. Feature roles are left out
-        (a flag may override them)."""
-        key = {
+        sparse features (name, vocab, kind), item count, split sizes and, with ``root``, the name and
+        byte size of every shard. Feature roles are left out (a flag may override them)."""
+        key: dict = {
             "name": self.name,
             "sparse": [(f.name, f.vocab_size, f.multi, f.item_ref) for f in self.sparse],
             "items": self.item_table.num_items if self.item_table is not None else 0,
             "rows": {k: self.num_rows[k] for k in sorted(self.num_rows)},
         }
+        if root is not None:
+            for split in (*SPLITS, ITEMS_DIR):
+                folder = Path(root) / split
+                if folder.is_dir():
+                    key[split] = sorted((p.name, p.stat().st_size) for p in folder.glob("*.parquet"))
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def record(self) -> dict:
@@ -192,8 +199,9 @@ class DatasetSpec:
         return json.dumps(asdict(self), indent=2)
 
     def save(self, root: str | os.PathLike) -> Path:
-        """Write DIR/spec.json atomically."""
+        """Write DIR/spec.json atomically (after the shards: its fingerprint covers them)."""
         self.validate()
+        self.fingerprint = self.content_hash(root)
         path = Path(root) / SPEC_FILE
         atomic_write_text(path, self.to_json() + "\n")
         return path
@@ -209,6 +217,8 @@ class DatasetSpec:
                 it["text_columns"] = tuple(it.get("text_columns", ()))
                 d["item_table"] = ItemTable(**it)
             spec = cls(**d)
+            if not spec.fingerprint:  # a spec written by hand or before fingerprints
+                spec.fingerprint = spec.content_hash()
         except (KeyError, TypeError) as e:
             raise DataError(f"{where}: malformed spec ({e})") from None
         spec.validate(where)

@@ -4,10 +4,14 @@ Stages (each skipped when its output exists, so an interrupted comparison contin
 
 1. tokenize: ``python -m store.tokenize`` -> OUT/sids (unless ``--sids`` names an existing table);
 2. train the ID baseline (``--model id``) -> OUT/id and STORE (``--model store``) -> OUT/store, on the
-   same data with the same epochs, batch size, seed and extra trainer flags (``--nproc`` > 1 runs
-   each under torchrun); the ID model gets the SID table too, only to attend over the same number
-   of item tokens as STORE;
+   same data with the same epochs, batch size, seed, ``--high-card`` and extra trainer flags
+   (``--nproc`` > 1 runs each under torchrun); the ID model projects each high-cardinality feature
+   into K tokens, as many as STORE has SIDs;
 3. report: ``launch.report`` -> OUT/report (report.md, PNG plots, tensorboard/{id,store}).
+
+When a tokenized feature's embeddings are ``learned`` (every non-item high-cardinality feature, and
+the item when it has no content, text or history), the natural order is used instead: the ID run
+first, then the tokenizer reading the rows it learned (``--from-run OUT/id``), then STORE.
 
 Logs of every stage go to OUT/logs/; the console shows one line per stage.
 """
@@ -51,6 +55,10 @@ class CompareConfig:
     """K: semantic IDs per item."""
     codebook_size: int = 64
     """C: codewords per codebook."""
+    embedding: str = ""
+    """The item's embedding source for the tokenizer (empty: its default, see store.tokenize)."""
+    high_card: str = ""
+    """High-cardinality features overriding the spec's, for the tokenizer and both runs."""
     tokenizer_min_steps: int = 500
     """At least this many tokenizer training steps (--min-steps of store.tokenize)."""
     sids: str = ""
@@ -81,8 +89,14 @@ class CompareConfig:
             raise DataError("--max-steps and --tokenizer-min-steps must be >= 0")
         if self.method not in METHODS:
             raise DataError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.sids and not Path(self.sids, "sid_table.parquet").is_file():
-            raise DataError(f"--sids {self.sids}: no sid_table.parquet there")
+        if self.sids and not Path(self.sids, "meta.json").is_file():
+            raise DataError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
+        from store.item_embeddings import LEARNED, SOURCES
+
+        if self.embedding and self.embedding not in (*SOURCES, LEARNED):
+            raise DataError(
+                f"--embedding must be one of {', '.join((*SOURCES, LEARNED))}, got {self.embedding!r}"
+            )
         if self.scaling and not Path(self.scaling).is_dir():
             raise DataError(f"--scaling {self.scaling}: folder does not exist")
 
@@ -109,12 +123,26 @@ def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
     print(f"   done in {time.perf_counter() - t0:.0f} s (log: {log_path})", flush=True)
 
 
-def tokenize_command(cfg: CompareConfig, out: Path) -> list[str]:
-    return [
+def tokenize_command(cfg: CompareConfig, out: Path, from_run: Path | None = None) -> list[str]:
+    cmd = [
         sys.executable, "-m", "store.tokenize", "--data", cfg.data, "--out", str(out),
         "--method", cfg.method, "--num-sids", str(cfg.num_sids), "--codebook-size", str(cfg.codebook_size),
         "--min-steps", str(cfg.tokenizer_min_steps), "--seed", str(cfg.seed), "--no-progress",
+        "--high-card", cfg.high_card,
     ]  # fmt: skip
+    if cfg.embedding:
+        cmd += ["--embedding", cfg.embedding]
+    return cmd + (["--from-run", str(from_run)] if from_run else [])
+
+
+def learned_first(cfg: CompareConfig) -> bool:
+    """True when some tokenized feature's embeddings are learned (then the ID run comes first)."""
+    from data_pipeline.spec import DatasetSpec, apply_high_card
+    from store.item_embeddings import LEARNED
+    from store.tokenize import feature_sources
+
+    spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
+    return LEARNED in feature_sources(spec, cfg.embedding or None).values()
 
 
 def trainer_command(nproc: int, args: list[str]) -> list[str]:
@@ -128,10 +156,13 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
 
 
 def train_args(cfg: CompareConfig, model: str, sids: Path, out: Path) -> list[str]:
-    """The trainer flags of one run; identical for both models except --model and --out."""
+    """The trainer flags of one run; identical for both models except --model, --out and what
+    sets the token count (STORE: the SID table; ID: K tokens per high-cardinality feature)."""
+    tokens = ["--sids", str(sids)] if model == "store" else ["--model.id_item_tokens", str(cfg.num_sids)]
     args = [
-        "--data", cfg.data, "--model", model, "--sids", str(sids), "--out", str(out),
+        "--data", cfg.data, "--model", model, *tokens, "--out", str(out),
         "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed),
+        "--high-card", cfg.high_card,
         "--resume",  # continue an interrupted run from its newest checkpoint (a warning if none)
         "--logging.progress", "false",
     ]  # fmt: skip
@@ -149,18 +180,30 @@ def run_comparison(cfg: CompareConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     sids = Path(cfg.sids) if cfg.sids else out / "sids"
-    n_stages = 2 + len(MODELS)
-    if cfg.sids:
-        print(f"== 1/{n_stages} SIDs: using {sids}", flush=True)
-    elif (sids / "meta.json").is_file() and (sids / "sid_table.parquet").is_file():
-        print(f"== 1/{n_stages} SIDs: {sids} exists, skipped", flush=True)
-    else:
-        print(f"== 1/{n_stages} tokenize ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}) -> {sids}")
-        run_logged(tokenize_command(cfg, sids), logs / "tokenize.log", "tokenizer")
-    runs = {}
-    for i, model in enumerate(MODELS, start=2):
-        run_dir = out / model
-        runs[model] = run_dir
+    runs = {model: out / model for model in MODELS}
+    first = not cfg.sids and learned_first(cfg)
+    # (what, model) in order: learned embeddings come from the ID run, so it goes first
+    order = [("train", "id"), ("tokenize", ""), ("train", "store")] if first else [
+        ("tokenize", ""), ("train", "id"), ("train", "store")
+    ]  # fmt: skip
+    n_stages = len(order) + 1
+    for i, (what, model) in enumerate(order, start=1):
+        if what == "tokenize":
+            source = f"learned from {runs['id']}" if first else (cfg.embedding or "default sources")
+            if cfg.sids:
+                print(f"== {i}/{n_stages} SIDs: using {sids}", flush=True)
+            elif (sids / "meta.json").is_file():
+                print(f"== {i}/{n_stages} SIDs: {sids} exists, skipped", flush=True)
+            else:
+                print(
+                    f"== {i}/{n_stages} tokenize ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}, "
+                    f"{source}) -> {sids}",
+                    flush=True,
+                )
+                cmd = tokenize_command(cfg, sids, runs["id"] if first else None)
+                run_logged(cmd, logs / "tokenize.log", "tokenizer")
+            continue
+        run_dir = runs[model]
         if (run_dir / "summary.json").is_file():
             print(f"== {i}/{n_stages} train {model}: {run_dir}/summary.json exists, skipped", flush=True)
             continue
@@ -190,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer-min-steps", type=int, default=d.tokenizer_min_steps, help="tokenizer training steps"
     )
+    p.add_argument(
+        "--embedding", default=d.embedding,
+        help="the item's embedding source for the tokenizer (content, text, sasrec, content+sasrec, "
+        "learned; default: the first that exists)",
+    )  # fmt: skip
+    p.add_argument(
+        "--high-card", default=d.high_card,
+        help="high-cardinality features 'f1,f2' overriding the spec's ('none': only the item)",
+    )  # fmt: skip
     p.add_argument("--sids", default="", help="use this SID table folder instead of tokenizing")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of tokenizer and runs")
     p.add_argument("--scaling", default="", help="bench_scaling.py output folder to include in the report")

@@ -97,13 +97,15 @@ def per_epoch(summary: dict) -> list[dict]:
 
 
 def ceiling_row(ceiling: dict, blanks: int, blank: object = None) -> list:
-    """The Bayes-optimal row of a model table: name, AUC, GAUC, logloss, then ``blanks`` empty cells."""
-    metrics = [ceiling["auc"], ceiling["gauc"], ceiling["logloss"]]
+    """The Bayes-optimal row of a model table: name, AUC, GAUC, logloss, then ``blanks`` empty cells.
+    GAUC is '-' for data without a user column."""
+    metrics = [ceiling.get("auc"), ceiling.get("gauc"), ceiling.get("logloss")]
     return ["Bayes-optimal (true click prob.)", *metrics, *[blank] * blanks]
 
 
 def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
-    """AUC / GAUC / logloss of the true click probability on `split` (synthetic data), else None."""
+    """AUC / GAUC / logloss of the true click probability on `split` (synthetic data), else None.
+    GAUC is NaN when the dataset has no user column (spec.user_id "")."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
@@ -117,18 +119,21 @@ def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
         return None
     if not spec.prob:
         return None
-    cols = [spec.prob, spec.label, spec.user_id]
+    cols = [c for c in (spec.prob, spec.label, spec.user_id) if c]
     tables = [pq.read_table(p, columns=cols) for p in list_shards(split_dir(data, split))]
     if not tables:
         return None
     prob = np.concatenate([t[spec.prob].to_numpy() for t in tables]).astype(np.float64)
     labels = torch.from_numpy(np.concatenate([t[spec.label].to_numpy() for t in tables]).astype(np.float32))
-    users = torch.from_numpy(np.concatenate([t[spec.user_id].to_numpy() for t in tables]).astype(np.int64))
     p = torch.from_numpy(np.clip(prob, 1e-7, 1 - 1e-7))
     logits = torch.log(p) - torch.log1p(-p)
+    g = math.nan
+    if spec.user_id:
+        users = np.concatenate([t[spec.user_id].to_numpy() for t in tables]).astype(np.int64)
+        g = gauc(torch.from_numpy(users), logits, labels)[0]
     return {
         "auc": auc(logits, labels),
-        "gauc": gauc(users, logits, labels)[0],
+        "gauc": g,
         "logloss": logloss(logits, labels),
         "rows": int(labels.numel()),
     }
@@ -229,10 +234,15 @@ def section_test(summaries: dict[str, dict], ceiling: dict | None) -> str:
             k: (summaries["store"].get(k) or math.nan) - (summaries["id"].get(k) or math.nan)
             for k in ("auc", "gauc", "logloss")
         }
+        gauc_part = f", GAUC {d['gauc']:+.4f}" if math.isfinite(d["gauc"]) else ""
         text += (
-            f"\n\nSTORE - ID: AUC {d['auc']:+.4f}, GAUC {d['gauc']:+.4f}, logloss {d['logloss']:+.4f} "
+            f"\n\nSTORE - ID: AUC {d['auc']:+.4f}{gauc_part}, logloss {d['logloss']:+.4f} "
             "(test split, end of training)."
         )
+    if not any("gauc" in s for s in summaries.values()):
+        text += "\n\nNo GAUC: the dataset has no user column."
+    if not any("tail_auc" in s for s in summaries.values()):
+        text += "\n\nNo tail-item AUC: the dataset has no item column."
     return text
 
 
@@ -335,30 +345,69 @@ def section_embeddings(summaries: dict[str, dict]) -> str:
     return text
 
 
-def section_tokenizer(sids: Path | None) -> str:
+def embedding_dim(summaries: dict[str, dict]) -> int | None:
+    """D of the runs' tables, from their config (None when no run records it)."""
+    for s in summaries.values():
+        dim = s.get("config", {}).get("model_config", {}).get("embedding_dim")
+        if dim:
+            return int(dim)
+    return None
+
+
+def section_tokenizer(sids: Path | None, dim: int | None = None) -> str:
+    """The tokenizer's figures per tokenized feature, and each feature's embedding size in both arms
+    (``dim``: the runs' embedding width, for bytes; fp32 tables)."""
     meta_path = Path(sids) / "meta.json" if sids else None
     if meta_path is None or not meta_path.is_file():
         return "No tokenizer meta.json (`python -m store.tokenize --data DIR --out SIDS` writes it)."
     meta = json.loads(meta_path.read_text())
-    util, ppl = meta.get("utilisation") or [], meta.get("perplexity") or []
-    rows = [
-        ["method", meta.get("method")],
-        ["semantic IDs per item (K)", meta.get("num_sids")],
-        ["codebook size (C)", meta.get("codebook_size")],
-        ["items", meta.get("num_items")],
-        ["item embedding", f"{meta.get('embedding_source')} (dim {meta.get('embedding_dim')})"],
-        ["relative reconstruction error", meta.get("recon_error_rel")],
-        [
-            "codebook utilisation (mean / min)",
-            f"{fmt(sum(util) / len(util), 3)} / {fmt(min(util), 3)}" if util else "-",
-        ],
-        ["perplexity (mean / min)", f"{fmt(sum(ppl) / len(ppl), 1)} / {fmt(min(ppl), 1)}" if ppl else "-"],
-        ["collision rate (items sharing a SID tuple)", meta.get("collision_rate")],
-        ["distinct SID tuples", meta.get("unique_sids")],
-        ["coverage", meta.get("coverage")],
-        ["training seconds", meta.get("train_seconds")],
-    ]
-    return f"From `{meta_path}`:\n\n" + md_table(["statistic", "value"], rows)
+    features = meta.get("features") or {meta.get("item_feature", "item_id"): meta}  # older tables: item only
+    codewords = meta.get("codewords", meta.get("codebook_size"))
+    head = (
+        f"From `{meta_path}`: method {meta.get('method')}, K = {meta.get('num_sids')} semantic IDs per feature, "
+        f"C = {codewords} codewords per codebook"
+    )
+    if "unseen_code" in meta:
+        head += (
+            f", plus one reserved code for IDs absent from the train split (learned from "
+            f"{meta.get('learned_from')})"
+        )
+    rows = []
+    for f, m in features.items():
+        util, ppl = m.get("utilisation") or [], m.get("perplexity") or []
+        rows.append([
+            f, m.get("embedding_source"), m.get("rows", meta.get("num_items")), m.get("coverage"),
+            m.get("recon_error_rel"),
+            f"{fmt(sum(util) / len(util), 3)} / {fmt(sum(ppl) / len(ppl), 1)}" if util else "-",
+            m.get("collision_rate"), m.get("unique_sids"),
+        ])  # fmt: skip
+    text = head + ".\n\n" + md_table(
+        ["feature", "embedding", "rows", "coverage", "recon error (rel.)", "utilisation / perplexity",
+         "collision rate", "distinct SID tuples"],
+        rows,
+    )  # fmt: skip
+    params = meta.get("embedding_params")
+    if params:
+        mib = (lambda n: f"{n * dim * 4 / 2**20:,.2f}") if dim else (lambda n: "-")
+        sizes = [
+            [
+                f,
+                f"{p['raw_id']:,}",
+                mib(p["raw_id"]),
+                f"{p['sid']:,}",
+                mib(p["sid"]),
+                f"{p['raw_id'] / p['sid']:,.0f}x",
+            ]
+            for f, p in params.items()
+        ]
+        raw, sid = sum(p["raw_id"] for p in params.values()), sum(p["sid"] for p in params.values())
+        sizes.append(["all tokenized", f"{raw:,}", mib(raw), f"{sid:,}", mib(sid), f"{raw / sid:,.0f}x"])
+        text += (
+            f"\n\nEmbedding rows and MiB (fp32, D = {dim}) per tokenized feature: the ID arm's raw-ID table "
+            "vs STORE's K codebooks:\n\n"
+            + md_table(["feature", "ID rows", "ID MiB", "STORE rows", "STORE MiB", "ratio"], sizes)
+        )
+    return text
 
 
 def section_scaling(scaling: Path | None, out: Path, key: str, heading_hint: str) -> str:
@@ -393,7 +442,7 @@ def write_report(
         "Tail items": section_tail(summaries),
         "Throughput": section_throughput(summaries),
         "Embedding parameters per rank": section_embeddings(summaries),
-        "Tokenizer": section_tokenizer(Path(sids) if sids else None),
+        "Tokenizer": section_tokenizer(Path(sids) if sids else None, embedding_dim(summaries)),
         "Plots": f"![validation metrics per epoch]({PLOT})\n\nValidation AUC, tail-item AUC and logloss after "
         "each epoch for both models.",
         "TensorBoard": (

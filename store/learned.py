@@ -232,7 +232,7 @@ def train_fm(
             loss.backward()
             for opt in opts:
                 opt.step()
-            loss_sum, n = loss_sum + float(bce) * len(logits), n + len(logits)
+            loss_sum, n = loss_sum + float(bce.detach()) * len(logits), n + len(logits)
             bar.update(1)
         log.info("FM epoch %d: train logloss %.4f", epoch, loss_sum / max(n, 1))
     bar.close()

@@ -4,7 +4,8 @@ Every rank holds the predictions for its slice of the split. The tensors are all
 to the longest rank, then trimmed), so the metrics are those of the whole split, not an average of
 per-rank metrics. AUC is torchmetrics' exact `binary_auroc`; GAUC (per-user AUC, weighted by the
 user's impressions, users with a single class skipped) is computed in one vectorised pass with
-tie-aware ranks (the Mann-Whitney statistic per user).
+tie-aware ranks (the Mann-Whitney statistic per user). A dataset without a user column has no GAUC
+(``users=None``), one without an item column no tail-item AUC (``buckets=None`` or empty).
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ def gauc(users: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tup
 
 # -- item popularity -------------------------------------------------------------------------------
 def item_counts(root: str | Path, spec: DatasetSpec) -> torch.Tensor:
-    """Impressions per item in the train split (streams the item-ID column one row group at a time)."""
+    """Impressions per item in the train split (streams the item-ID column one row group at a time).
+    Empty when the dataset has no item column (``spec.item_id == ""``)."""
+    if not spec.item_id:
+        return torch.zeros(0, dtype=torch.int64)
     num_items = spec.item_table.num_items if spec.item_table else spec.feature(spec.item_id).vocab_size
     counts = np.zeros(num_items, dtype=np.int64)
     for shard in list_shards(split_dir(root, "train")):
@@ -121,9 +125,12 @@ def popularity_buckets(counts: torch.Tensor, num_buckets: int) -> torch.Tensor:
     """Bucket per item: 0 = least popular 1/num_buckets of the catalog ... num_buckets-1 = most popular.
 
     Items are ranked by train impressions (ties broken by item ID, so the split is exact); bucket b
-    holds catalog ranks [b * N / num_buckets, (b + 1) * N / num_buckets).
+    holds catalog ranks [b * N / num_buckets, (b + 1) * N / num_buckets). Empty for empty counts (no
+    item column).
     """
     n = counts.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64)
     order = torch.argsort(counts, stable=True)
     rank = torch.empty(n, dtype=torch.int64)
     rank[order] = torch.arange(n)
@@ -133,19 +140,20 @@ def popularity_buckets(counts: torch.Tensor, num_buckets: int) -> torch.Tensor:
 def evaluate_predictions(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    users: torch.Tensor,
+    users: torch.Tensor | None,
     items: torch.Tensor,
     buckets: torch.Tensor | None = None,
     tail_buckets: int = 0,
 ) -> dict:
     """All metrics of one split from this rank's rows (gathered across ranks here).
 
+    users: None when the dataset has no user column: the result then has no gauc / gauc_users.
     buckets: popularity bucket per item (`popularity_buckets`); tail_auc is the AUC over rows whose
-    item lies in buckets [0, tail_buckets).
+    item lies in buckets [0, tail_buckets). None or empty (no item column): no tail / bucket metrics.
     """
     logits, labels = gather(logits.float().cpu()), gather(labels.float().cpu())
-    users, items = gather(users.long().cpu()), gather(items.long().cpu())
-    g, g_users = gauc(users, logits, labels)
+    items = gather(items.long().cpu())
+    g, g_users = gauc(gather(users.long().cpu()), logits, labels) if users is not None else (None, None)
     out = {
         "auc": auc(logits, labels),
         "gauc": g,
@@ -154,7 +162,9 @@ def evaluate_predictions(
         "positive_rate": float(labels.mean()) if labels.numel() else math.nan,
         "gauc_users": g_users,
     }
-    if buckets is not None:
+    if users is None:  # no user column: no GAUC keys at all
+        del out["gauc"], out["gauc_users"]
+    if buckets is not None and buckets.numel():
         item_bucket = buckets[items.clamp(0, buckets.numel() - 1)]
         tail = item_bucket < tail_buckets
         out["tail_auc"] = auc(logits[tail], labels[tail])

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from data_pipeline.batch import Batch
 from data_pipeline.reader import ParquetBatchReader
-from data_pipeline.spec import DataError, DatasetSpec
+from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from trainer import distributed as D
 from trainer.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
 from trainer.config import ConfigError, TrainConfig
@@ -193,7 +193,7 @@ class Trainer:
         from store.sid import SidTable
         from store.zoo import build_model
 
-        self.spec = DatasetSpec.load(cfg.data)
+        self.spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
         self.sids = SidTable.load(cfg.sids, self.spec) if cfg.sids else None
         transform = None
         if cfg.model == "store":
@@ -272,8 +272,13 @@ class Trainer:
         self.history: list[dict] = []
 
     # -- setup helpers -----------------------------------------------------------------------------
-    def _popularity_buckets(self) -> torch.Tensor:
-        """Item popularity buckets from the train split: rank 0 counts, every rank receives them."""
+    def _popularity_buckets(self) -> torch.Tensor | None:
+        """Item popularity buckets from the train split: rank 0 counts, every rank receives them.
+        None without an item column (no tail-item AUC)."""
+        if not self.spec.item_id:
+            if self.env.is_main:
+                log.info("the dataset has no item column: no tail-item AUC or popularity buckets")
+            return None
         num_items = self.spec.item_table.num_items if self.spec.item_table else None
         num_items = num_items or self.spec.feature(self.spec.item_id).vocab_size
         counts = torch.zeros(num_items, dtype=torch.int64)
@@ -455,6 +460,9 @@ class Trainer:
                 labels.append(batch.labels.cpu())
                 users.append(batch.user_ids.cpu())
                 items.append(batch.item_ids.cpu())
+        if not self.spec.user_id and self.env.is_main and not getattr(self, "_noted_no_user", False):
+            log.info("the dataset has no user column: no GAUC")
+            self._noted_no_user = True
         model.train()
         if self.pipeline:
             self.pipeline.attach(model)
@@ -463,7 +471,8 @@ class Trainer:
             return torch.cat(ts)[:valid] if ts else torch.zeros(0, dtype=dtype)
 
         result = evaluate_predictions(
-            cat(logits, torch.float32), cat(labels, torch.float32), cat(users, torch.int64),
+            cat(logits, torch.float32), cat(labels, torch.float32),
+            cat(users, torch.int64) if self.spec.user_id else None,  # no user column: no GAUC
             cat(items, torch.int64), self.buckets, self.cfg.eval.tail_buckets,
         )  # fmt: skip
         return result
@@ -582,6 +591,7 @@ class Trainer:
             "wall_s": wall,
             "versions": {"torch": torch.__version__, "torchrec": torchrec.__version__},
             "config": self.cfg.to_dict(),
+            "dataset": self.spec.record(),  # what a tokenizer reading this run's tables checks
         }
         if env.is_main:
             write_json(self.out / "metrics.json", self.history)
@@ -590,11 +600,12 @@ class Trainer:
                 {k: v for k, v in self.cfg.to_dict().items() if k not in ("data", "out", "config")},
                 {k: summary[k] for k in ("auc", "gauc", "logloss", "samples_per_s") if k in summary},
             )
+            shown = " ".join(  # gauc / tail_auc are absent without a user / item column
+                f"{k}={summary[k]:.4f}" for k in ("auc", "gauc", "logloss", "tail_auc") if k in summary
+            )
             log.info(
-                "test auc=%.4f gauc=%.4f logloss=%.4f tail_auc=%.4f | %.0f samples/s -> %s",
-                summary.get("auc", math.nan), summary.get("gauc", math.nan), summary.get("logloss", math.nan),
-                summary.get("tail_auc", math.nan), summary["samples_per_s"], self.out / "summary.json",
-            )  # fmt: skip
+                "test %s | %.0f samples/s -> %s", shown, summary["samples_per_s"], self.out / "summary.json"
+            )
         return summary
 
     def close(self) -> None:
