@@ -65,9 +65,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     data, sids = tmp / "data", tmp / "sids"
-    spec = generate_dataset(
-        data, args.rows, items=args.items, users=args.items // 2, seed=0, progress=False
-    )
+    spec = generate_dataset(data, args.rows, items=args.items, users=args.items // 2, seed=0, progress=False)
     n_items = spec.item_table.num_items
     codes = torch.randint(
         0, args.codebook_size, (n_items, args.num_sids), generator=torch.Generator().manual_seed(0)

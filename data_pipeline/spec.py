@@ -139,6 +139,22 @@ class DatasetSpec:
         sparse = [dataclasses.replace(f, high_cardinality=f.name in names) for f in self.sparse]
         return dataclasses.replace(self, sparse=sparse)
 
+    def without(self, names: list[str], flag: str = "--drop") -> DatasetSpec:
+        """A copy without the sparse features ``names`` (an ablation: e.g. a model without the item).
+        Dropping the item drops every item-valued feature with it (their SIDs are the item's)."""
+        unknown = [n for n in names if n not in self.sparse_names]
+        if unknown:
+            raise DataError(f"{flag}: unknown sparse feature(s) {unknown}; the dataset has {self.sparse_names}")
+        drop = set(names)
+        if self.item_id in drop:
+            drop |= {f.name for f in self.sparse if f.item_ref}
+        return dataclasses.replace(
+            self,
+            sparse=[f for f in self.sparse if f.name not in drop],
+            item_id="" if self.item_id in drop else self.item_id,
+            feature_groups={g: [c for c in cols if c not in drop] for g, cols in self.feature_groups.items()},
+        )
+
     def content_hash(self, root: str | os.PathLike | None = None) -> str:
         """A short hash of what SID tables and learned embeddings depend on: the dataset's name, its
         sparse features (name, vocab, kind), item count, split sizes and, with ``root``, the name and

@@ -121,6 +121,9 @@ class TrainConfig:
     """Model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer or onetrans."""
     sids: str = ""
     """SID table folder (sid_table.parquet + meta.json); required by --model store."""
+    drop: str = ""
+    """Sparse features 'f1,f2' the model leaves out (an ablation: 'item_id' is a model without the item;
+    dropping the item drops its history lists too)."""
     high_card: str = ""
     """High-cardinality features 'f1,f2' overriding the spec's ('none': only the item), which STORE
     tokenizes and the ID twin keeps as raw-ID tables projected to K tokens (empty: the spec's)."""

@@ -194,6 +194,8 @@ class Trainer:
         from store.zoo import build_model
 
         self.spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
+        if cfg.drop.strip():
+            self.spec = self.spec.without([f.strip() for f in cfg.drop.split(",") if f.strip()])
         self.sids = SidTable.load(cfg.sids, self.spec) if cfg.sids else None
         transform = None
         if cfg.model == "store":
