@@ -239,44 +239,27 @@ def table_sizes(data: Path, sids: Path | None, model: str, config: dict) -> dict
     import dataclasses
 
     import torch
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
     from data_pipeline.spec import DatasetSpec
     from store.config import ModelConfig
     from store.sid import SidTable
     from store.zoo import build_model
+    from trainer.distributed import embedding_tables
 
     spec = DatasetSpec.load(data)
     sid_table = SidTable.load(sids, spec) if sids is not None else None
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     mc = {k: tuple(v) if isinstance(v, list) else v for k, v in (config or {}).items() if k in known}
     net = build_model(model, spec, ModelConfig(**mc), sid_table, device=torch.device("meta"))
-    out = {}
-    for m in net.modules():
-        if isinstance(m, EmbeddingBagCollection):
-            configs = m.embedding_bag_configs()
-        elif isinstance(m, EmbeddingCollection):
-            configs = m.embedding_configs()
-        else:
-            continue
-        for c in configs:
-            itemsize = _itemsize(c.data_type)
-            out[c.name] = {
-                "rows": c.num_embeddings,
-                "dim": c.embedding_dim,
-                "bytes": c.num_embeddings * c.embedding_dim * itemsize,
-            }
-    return out
-
-
-def _itemsize(data_type) -> int:
-    """Bytes per weight of a TorchRec DataType (4 if this TorchRec cannot say)."""
-    try:
-        from torchrec.modules.embedding_configs import data_type_to_dtype
-
-        return data_type_to_dtype(data_type).itemsize
-    except Exception:
-        return 4
+    # every table of the zoo is fp32 (4 bytes per weight)
+    return {
+        t.name: {
+            "rows": t.num_embeddings,
+            "dim": t.embedding_dim,
+            "bytes": t.num_embeddings * t.embedding_dim * 4,
+        }
+        for t in embedding_tables(net)
+    }
 
 
 def per_table_hbm(plan: list[dict], sizes: dict[str, dict]) -> list[dict]:

@@ -31,6 +31,7 @@ from launch.compare import (
     CompareConfig,
     run_comparison,
     run_logged,
+    split_trainer_args,
     tokenize_command,
     train_args,
     trainer_command,
@@ -116,11 +117,7 @@ def table(name: str, per_seed: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+    argv, extra = split_trainer_args(argv)
     p = argparse.ArgumentParser(prog="benchmarks/sid_vs_id.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", action="append", required=True, metavar="NAME=DIR", help="a dataset (repeat)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")

@@ -248,12 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def split_trainer_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """(own flags, trainer flags): the command line split at its first '--'."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, extra = split_trainer_args(argv)
     args = build_parser().parse_args(argv)
     cfg = CompareConfig(**vars(args), trainer_args=extra)
     try:

@@ -44,6 +44,7 @@ def train(
     data: str,
     model: str = "store",
     sids: str = "",
+    high_card: str = "",
     out: str = "runs/train",
     epochs: int = 1,
     batch_size: int = 512,
@@ -77,6 +78,8 @@ def train(
         model: model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer or onetrans
         sids: SID table folder from ``python -m store.tokenize`` (needed by model store; gives model id
             the same token count)
+        high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item),
+            which STORE tokenizes and the ID model keeps as raw-ID tables
         out: output folder of the run (checkpoints/, tensorboard/, metrics.json, summary.json)
         epochs: passes over the training split
         batch_size: rows per batch per process
@@ -125,6 +128,8 @@ def train(
     ]  # fmt: skip
     if sids:
         args += ["--sids", sids]
+    if high_card:
+        args += ["--high-card", high_card]
     if max_steps:
         args += ["--max-steps", str(max_steps)]
     if sharding_tables:
@@ -168,6 +173,7 @@ def compare(
     num_sids: int = 4,
     codebook_size: int = 64,
     sids: str = "",
+    high_card: str = "",
     seed: int = 0,
     cpu: int = 2,
     gpu: int = 0,
@@ -197,6 +203,7 @@ def compare(
         num_sids: K, semantic IDs per item
         codebook_size: C, codewords per codebook
         sids: an existing SID table folder to use instead of tokenizing
+        high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item)
         seed: seed of the tokenizer and of both runs
         cpu: CPUs of the node
         gpu: GPUs of the node
@@ -221,6 +228,8 @@ def compare(
     ]  # fmt: skip
     if sids:
         args += ["--sids", sids]
+    if high_card:
+        args += ["--high-card", high_card]
     if trainer_args:
         args += ["--", *trainer_args]
     return specs.AppDef(

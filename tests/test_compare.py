@@ -106,7 +106,10 @@ def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
         assert summary["config"]["epochs"] == 2 and summary["config"]["batch_size"] == 256
         assert (report.parent / "tensorboard" / model).is_dir()
     assert "| ID baseline | 2 |" in md and "| STORE (SIDs) | 2 |" in md  # epoch-2 rows
-    assert "| method | opmq |" in md and "| semantic IDs per item (K) | 2 |" in md
+    assert "method opmq, K = 2 semantic IDs per feature, C = 16 codewords" in md
+    # per tokenized feature: the item (content embeddings) and the user (learned by the ID run)
+    assert "| item_id | content |" in md and "| user_id | learned |" in md
+    assert "| all tokenized |" in md
     assert "Bayes-optimal" in md  # synthetic data: the ceiling row
     ceiling = bayes_optimal(tiny_data)
     assert ceiling is not None and 0.5 < ceiling["auc"] <= 1.0
