@@ -4,7 +4,7 @@
     python benchmarks/bench_attention.py --device cuda --dtype bfloat16 --tokens 1024 --block 64
 
 Forward + backward of one attention call, median of --repeats (one CPU thread; on CUDA the time
-is taken after a device synchronize). FLOPs for the same shapes come from store.flops (the gather
+is taken after a device synchronize). FLOPs for the same shapes come from store.models.flops (the gather
 kernel executes only the kept blocks' FLOPs).
 """
 
@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from store.attention import (
+from store.models.attention import (
     moba_attention,
     moba_masked_sdpa,
     moba_select_blocks,

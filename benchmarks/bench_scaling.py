@@ -54,7 +54,7 @@ def tiny_inputs(out: Path) -> tuple[Path, Path]:
         cmd = [
             sys.executable,
             "-m",
-            "store.tokenize",
+            "store.tokenizer",
             "--data",
             str(data),
             "--out",

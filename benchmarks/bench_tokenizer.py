@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.spec import DatasetSpec, ItemTable, SparseFeature  # noqa: E402
 from data_pipeline.writer import ShardWriter  # noqa: E402
-from store.item_embeddings import content_embeddings  # noqa: E402
-from store.quantizers import TokenizerConfig, build_quantizer  # noqa: E402
-from store.tokenize import TrainConfig, sample_embeddings, tokenize_catalog, train_tokenizer  # noqa: E402
+from store.tokenizer.embeddings import content_embeddings  # noqa: E402
+from store.tokenizer.pipeline import FitConfig, sample_embeddings, tokenize_catalog, train_tokenizer  # noqa: E402
+from store.tokenizer.quantizers import TokenizerConfig, build_quantizer  # noqa: E402
 
 
 def write_catalog(root: Path, n: int, dim: int, clusters: int = 1000, chunk: int = 100_000) -> DatasetSpec:
@@ -108,7 +108,7 @@ def main() -> None:
         x_std = (x[:20_000] - x.mean(0)) / x.std(0)
         _, w_init, _ = timed(lambda q=q, x_std=x_std: q.init_codebooks(x_std, 20))
         # training: one epoch of Adam steps (k-means init kept minimal here; timed above)
-        train = TrainConfig(
+        train = FitConfig(
             epochs=1, min_steps=0, batch_size=args.train_batch, kmeans_sample=4096, kmeans_iters=1
         )
         n_train = min(len(x), args.train_steps * args.train_batch)

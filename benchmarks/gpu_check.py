@@ -6,7 +6,7 @@
 Stages, each a subprocess (``sys.executable -m ...``) whose command and output go to OUT/logs/:
 
 1. ``pytest -m gpu`` over the test files that use the ``gpu`` marker;
-2. ``data_pipeline generate`` (GPU: 2,000,000 rows, 1,000,000 items), ``store.tokenize`` (OPMQ);
+2. ``data_pipeline generate`` (GPU: 2,000,000 rows, 1,000,000 items), ``store.tokenizer`` (OPMQ);
 3. ``trainer --model id`` and ``--model store`` per batch size (GPU: 8192 and 32768, bf16 autocast,
    the raw item table ``t_item`` row-wise sharded, STORE's small SID codebooks replicated by the
    default 'auto' rule, a bounded ``--max-steps``), each run's summary.json read back;
@@ -241,9 +241,9 @@ def table_sizes(data: Path, sids: Path | None, model: str, config: dict) -> dict
     import torch
 
     from data_pipeline.spec import DatasetSpec
-    from store.config import ModelConfig
+    from store.models.config import ModelConfig
+    from store.models.zoo import build_model
     from store.sid import SidTable
-    from store.zoo import build_model
     from trainer.distributed import embedding_tables
 
     spec = DatasetSpec.load(data)
@@ -329,7 +329,7 @@ def build_stages(sizes: Sizes, out: Path, work: Path) -> list[Stage]:
             "tokenize",
             f"opmq K={sizes.num_sids} C={sizes.codebook_size}",
             [
-                py, "-m", "store.tokenize", "--data", str(data), "--out", str(sids), "--method", "opmq",
+                py, "-m", "store.tokenizer", "--data", str(data), "--out", str(sids), "--method", "opmq",
                 "--num-sids", str(sizes.num_sids), "--codebook-size", str(sizes.codebook_size),
                 "--epochs", "1", "--min-steps", str(sizes.tok_min_steps), "--batch-size", str(sizes.tok_batch),
                 "--max-train-items", str(sizes.tok_max_items), "--no-progress",

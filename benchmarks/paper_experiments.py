@@ -128,7 +128,7 @@ def prepare_sids(args: argparse.Namespace, ds: str, tok: str) -> Path | None:
     method, k = TOKENIZATIONS[tok]
     print(f"== tokenize {ds} {tok} -> {out}", flush=True)
     cmd = python() + [
-        "-m", "store.tokenize", "--data", str(Path(args.out) / ds / "data"), "--out", str(out),
+        "-m", "store.tokenizer", "--data", str(Path(args.out) / ds / "data"), "--out", str(out),
         "--method", method, "--num-sids", str(k), "--codebook-size", str(args.codebook_size),
         "--min-steps", str(args.tokenizer_min_steps), "--seed", "0", "--no-progress",
     ]  # fmt: skip
@@ -174,10 +174,10 @@ def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, floa
     import torch
 
     from data_pipeline.spec import DatasetSpec
-    from store.config import ModelConfig
-    from store.flops import store_model_flops
+    from store.models.config import ModelConfig
+    from store.models.flops import store_model_flops
+    from store.models.zoo import build_model
     from store.sid import SidTable
-    from store.zoo import build_model
 
     cfg = summary["config"]
     if cfg["model"] not in ("store", "id"):
@@ -333,7 +333,7 @@ def tables(args: argparse.Namespace, figures_dir: Path) -> str:
             )
         parts += [f"**Table 1 ({ds})**: test split, end of training.\n", table1(args, ds, ceiling), ""]
         parts += [f"**Table 2 ({ds})**: ablations (forward FLOPs of the whole model per batch of "
-                  f"{args.batch_size}, analytical, store.flops).\n", table2(args, ds), ""]  # fmt: skip
+                  f"{args.batch_size}, analytical, store.models.flops).\n", table2(args, ds), ""]  # fmt: skip
         parts += [f"**Figure 2 ({ds})**, validation per epoch:\n", epoch_table(args, ds), ""]
         parts += [f"Sweeps ({ds}; sweep runs train --sweep-epochs, the default point --epochs):\n"]
         parts += [sweep_table(args, ds), ""]

@@ -36,8 +36,8 @@ from launch.compare import (
     train_args,
     trainer_command,
 )
-from store.item_embeddings import LEARNED
-from store.tokenize import feature_sources
+from store.tokenizer.embeddings import LEARNED
+from store.tokenizer.pipeline import feature_sources
 
 ARMS = ("id", "store", "store_learned", "no_item")
 

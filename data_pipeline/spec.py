@@ -144,7 +144,9 @@ class DatasetSpec:
         Dropping the item drops every item-valued feature with it (their SIDs are the item's)."""
         unknown = [n for n in names if n not in self.sparse_names]
         if unknown:
-            raise DataError(f"{flag}: unknown sparse feature(s) {unknown}; the dataset has {self.sparse_names}")
+            raise DataError(
+                f"{flag}: unknown sparse feature(s) {unknown}; the dataset has {self.sparse_names}"
+            )
         drop = set(names)
         if self.item_id in drop:
             drop |= {f.name for f in self.sparse if f.item_ref}

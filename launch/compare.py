@@ -2,7 +2,7 @@
 
 Stages (each skipped when its output exists, so an interrupted comparison continues where it stopped):
 
-1. tokenize: ``python -m store.tokenize`` -> OUT/sids (unless ``--sids`` names an existing table);
+1. tokenize: ``python -m store.tokenizer`` -> OUT/sids (unless ``--sids`` names an existing table);
 2. train the ID baseline (``--model id``) -> OUT/id and STORE (``--model store``) -> OUT/store, on the
    same data with the same epochs, batch size, seed, ``--high-card`` and extra trainer flags
    (``--nproc`` > 1 runs each under torchrun); the ID model projects each high-cardinality feature
@@ -30,7 +30,6 @@ from data_pipeline.spec import DataError
 
 MODELS = ("id", "store")
 """The two runs of a comparison, in the order they are trained."""
-METHODS = ("opmq", "rqvae", "opq")
 
 
 @dataclass
@@ -56,11 +55,11 @@ class CompareConfig:
     codebook_size: int = 64
     """C: codewords per codebook."""
     embedding: str = ""
-    """The item's embedding source for the tokenizer (empty: its default, see store.tokenize)."""
+    """The item's embedding source for the tokenizer (empty: its default, see store.tokenizer)."""
     high_card: str = ""
     """High-cardinality features overriding the spec's, for the tokenizer and both runs."""
     tokenizer_min_steps: int = 500
-    """At least this many tokenizer training steps (--min-steps of store.tokenize)."""
+    """At least this many tokenizer training steps (--min-steps of store.tokenizer)."""
     sids: str = ""
     """An existing SID table folder to use instead of tokenizing."""
     seed: int = 0
@@ -87,11 +86,13 @@ class CompareConfig:
                 raise DataError(f"{flag} must be >= 1, got {value}")
         if self.max_steps < 0 or self.tokenizer_min_steps < 0:
             raise DataError("--max-steps and --tokenizer-min-steps must be >= 0")
+        from store.sid import METHODS
+
         if self.method not in METHODS:
             raise DataError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.sids and not Path(self.sids, "meta.json").is_file():
             raise DataError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
-        from store.item_embeddings import LEARNED, SOURCES
+        from store.tokenizer.embeddings import LEARNED, SOURCES
 
         if self.embedding and self.embedding not in (*SOURCES, LEARNED):
             raise DataError(
@@ -125,7 +126,7 @@ def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
 
 def tokenize_command(cfg: CompareConfig, out: Path, from_run: Path | None = None) -> list[str]:
     cmd = [
-        sys.executable, "-m", "store.tokenize", "--data", cfg.data, "--out", str(out),
+        sys.executable, "-m", "store.tokenizer", "--data", cfg.data, "--out", str(out),
         "--method", cfg.method, "--num-sids", str(cfg.num_sids), "--codebook-size", str(cfg.codebook_size),
         "--min-steps", str(cfg.tokenizer_min_steps), "--seed", str(cfg.seed), "--no-progress",
         "--high-card", cfg.high_card,
@@ -138,8 +139,8 @@ def tokenize_command(cfg: CompareConfig, out: Path, from_run: Path | None = None
 def learned_first(cfg: CompareConfig) -> bool:
     """True when some tokenized feature's embeddings are learned (then the ID run comes first)."""
     from data_pipeline.spec import DatasetSpec, apply_high_card
-    from store.item_embeddings import LEARNED
-    from store.tokenize import feature_sources
+    from store.tokenizer.embeddings import LEARNED
+    from store.tokenizer.pipeline import feature_sources
 
     spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
     return LEARNED in feature_sources(spec, cfg.embedding or None).values()

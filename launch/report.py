@@ -359,7 +359,7 @@ def section_tokenizer(sids: Path | None, dim: int | None = None) -> str:
     (``dim``: the runs' embedding width, for bytes; fp32 tables)."""
     meta_path = Path(sids) / "meta.json" if sids else None
     if meta_path is None or not meta_path.is_file():
-        return "No tokenizer meta.json (`python -m store.tokenize --data DIR --out SIDS` writes it)."
+        return "No tokenizer meta.json (`python -m store.tokenizer --data DIR --out SIDS` writes it)."
     meta = json.loads(meta_path.read_text())
     features = meta.get("features") or {meta.get("item_feature", "item_id"): meta}  # older tables: item only
     codewords = meta.get("codewords", meta.get("codebook_size"))

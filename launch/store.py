@@ -21,7 +21,9 @@ from torchx.components import dist
 SHARDING = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 """What --sharding accepts (the trainer's --sharding.default)."""
 MODELS = ("store", "id", "dnn", "deepfm", "dcn", "autoint", "rankmixer", "onetrans")
-"""The trainer's model zoo (store.zoo.MODEL_NAMES, repeated so building an AppDef imports no torch)."""
+"""The trainer's model zoo (store.models.zoo.MODEL_NAMES, repeated so building an AppDef imports no torch)."""
+METHODS = ("opmq", "rqvae", "opq")
+"""The tokenizers (store.sid.METHODS, repeated for the same reason; a test checks both lists agree)."""
 
 
 def _check(flag: str, ok: bool, rule: str, value: object) -> None:
@@ -76,7 +78,7 @@ def train(
         trainer_args: extra flags passed to ``python -m trainer`` as they are
         data: dataset folder (spec.json, train/, valid/, test/), as the job's hosts see it
         model: model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer or onetrans
-        sids: SID table folder from ``python -m store.tokenize`` (needed by model store; gives model id
+        sids: SID table folder from ``python -m store.tokenizer`` (needed by model store; gives model id
             the same token count)
         high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item),
             which STORE tokenizes and the ID model keeps as raw-ID tables
@@ -215,7 +217,7 @@ def compare(
         env: environment variables, e.g. OMP_NUM_THREADS=4
     """
     _check("data", bool(data), "is required (a dataset folder)", data)
-    _check("method", method in ("opmq", "rqvae", "opq"), "must be one of opmq, rqvae, opq", method)
+    _check("method", method in METHODS, f"must be one of {', '.join(METHODS)}", method)
     for flag, value in (("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc)):
         _check(flag, value > 0, "must be > 0", value)
     for flag, value in (("num_sids", num_sids), ("codebook_size", codebook_size)):

@@ -1,6 +1,6 @@
 """Semantic-ID tables: feature ID -> K codes, and the transform that swaps raw IDs for SIDs.
 
-A SID folder (written by the tokenizer, ``store.tokenize``)::
+A SID folder (written by the tokenizer, ``store.tokenizer``)::
 
     SIDS_DIR/sid_table.parquet      the item feature: item_id int64, sid_0 .. sid_{K-1} int64, one row per item
     SIDS_DIR/sids_<feature>.parquet every other high-cardinality feature: id, sid_0 .. sid_{K-1}, one row
@@ -43,6 +43,7 @@ from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
 SID_TABLE_FILE = "sid_table.parquet"
 SID_META_FILE = "meta.json"
 METHODS = ("opmq", "rqvae", "opq")
+"""The tokenizers (``store.tokenizer.quantizers``) a SID table can come from."""
 
 
 def sid_feature_name(feature: str, k: int) -> str:
@@ -221,7 +222,7 @@ class SidTable:
             raise DataError(
                 f"{where}: built for dataset {record.get('name')!r} (fingerprint {record.get('fingerprint')}), "
                 f"not for dataset {spec.name!r} (fingerprint {spec.fingerprint}); "
-                "tokenize this dataset with python -m store.tokenize"
+                "tokenize this dataset with python -m store.tokenizer"
             )
         wanted = [self.item_feature if f == spec.item_id else f for f in spec.high_cardinality]
         missing = [

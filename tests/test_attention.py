@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from store.attention import (
+from store.models.attention import (
     TokenAttention,
     moba_attention,
     moba_masked_sdpa,

@@ -8,10 +8,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
-from store.attention import TransformerLayer
-from store.config import ModelConfig
-from store.flops import store_model_flops, transformer_flops
-from store.zoo import build_model
+from store.models.attention import TransformerLayer
+from store.models.config import ModelConfig
+from store.models.flops import store_model_flops, transformer_flops
+from store.models.zoo import build_model
 from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from store.zoo import MODEL_NAMES
+from store.models.zoo import MODEL_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -186,8 +186,8 @@ def test_sharded_embeddings_match_unsharded_on_gpu(kind, tmp_path):
 @needs_cuda
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_zoo_bf16_autocast_forward_backward_finite(name):
-    from store.config import ModelConfig
-    from store.zoo import NEEDS_SIDS, build_model
+    from store.models.config import ModelConfig
+    from store.models.zoo import NEEDS_SIDS, build_model
     from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
     device = torch.device("cuda", 0)
@@ -218,7 +218,7 @@ def tiny_data(tmp_path_factory):
     for cmd in (
         [py, "-m", "data_pipeline", "generate", "--out", str(data), "--rows", "20000", "--items", "5000",
          "--users", "2000", "--no-progress"],
-        [py, "-m", "store.tokenize", "--data", str(data), "--out", str(sids), "--num-sids", "3",
+        [py, "-m", "store.tokenizer", "--data", str(data), "--out", str(sids), "--num-sids", "3",
          "--codebook-size", "16", "--epochs", "1", "--min-steps", "20", "--batch-size", "256", "--no-progress"],
     ):  # fmt: skip
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

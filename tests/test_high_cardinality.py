@@ -15,7 +15,7 @@ import torch
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from data_pipeline.synthetic import generate_dataset
 from store.sid import SidTable, sid_feature_names
-from store.tokenize import main as tokenize_main
+from store.tokenizer.pipeline import main as tokenize_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -67,7 +67,7 @@ def test_tokenizer_default_learns_every_feature_and_reserves_a_code(syn, syn_sid
     assert meta["unseen_code"] == 8 and meta["codebook_size"] == 9
     assert meta["dataset"]["fingerprint"] == spec.fingerprint
     sids = SidTable.load(syn_sids, spec)
-    from store.learned import train_counts
+    from store.tokenizer.learned import train_counts
 
     counts = train_counts(syn, spec, ["hc_id_0", "user_id"], progress=False)
     for f in ("hc_id_0", "user_id"):
@@ -99,9 +99,9 @@ def test_transform_gives_each_tokenized_feature_its_own_codes(syn, syn_sids):
 
 
 def test_store_and_id_arms_tokenize_the_same_features(syn, syn_sids):
-    from store.config import ModelConfig
+    from store.models.config import ModelConfig
     from store.models.layers import low_cardinality_features
-    from store.zoo import build_model
+    from store.models.zoo import build_model
 
     spec = DatasetSpec.load(syn)
     sids = SidTable.load(syn_sids, spec)
@@ -137,7 +137,7 @@ def test_trainer_refuses_a_sid_table_of_another_dataset(syn, syn_sids, tmp_path,
 
 
 def test_learned_from_a_finished_run_and_its_checks(syn, tmp_path, capsys):
-    from store.learned import from_run
+    from store.tokenizer.learned import from_run
 
     spec = DatasetSpec.load(syn)
     run = tmp_path / "id"

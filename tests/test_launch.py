@@ -143,8 +143,11 @@ def test_torchx_local_cwd_two_process_job(tmp_path):
 
 def test_component_choices_match_the_trainer():
     """launch/store.py repeats these lists so building an AppDef imports no torch: keep them in step."""
-    from store.zoo import MODEL_NAMES
+    from store.models.zoo import MODEL_NAMES
     from trainer.distributed import SHARDING_TYPES
 
     assert tuple(comp.MODELS) == tuple(MODEL_NAMES)
+    from store.sid import METHODS
+
+    assert tuple(comp.METHODS) == METHODS
     assert tuple(comp.SHARDING) == ("auto", *SHARDING_TYPES)

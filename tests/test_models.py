@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
-from store.config import ModelConfig
+from store.models.config import ModelConfig
 from store.models.deepfm import factorization_machine
 from store.models.layers import EXCLUSIVE_INPUT
-from store.zoo import MODEL_NAMES, NEEDS_SIDS, build_model
+from store.models.zoo import MODEL_NAMES, NEEDS_SIDS, build_model
 from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
 # (model, config overrides): every model plus STORE's ablations

@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from store.config import ModelConfig
-from store.rotation import OrthogonalRotation, pairwise_distance_sum
-from store.zoo import build_model
+from store.models.config import ModelConfig
+from store.models.rotation import OrthogonalRotation, pairwise_distance_sum
+from store.models.zoo import build_model
 from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
 

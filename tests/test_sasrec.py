@@ -12,8 +12,8 @@ import torch
 
 from data_pipeline.spec import DatasetSpec, ItemTable, SparseFeature
 from data_pipeline.writer import ShardWriter, arrow_schema
-from store import sasrec
-from store.tokenize import main as tokenize_main
+from store.tokenizer import sasrec
+from store.tokenizer.pipeline import main as tokenize_main
 
 N_ITEMS = 30
 

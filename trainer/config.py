@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from store.config import ModelConfig
+from store.models.config import ModelConfig
 
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -162,7 +162,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """ConfigError naming the flag, value and rule (model hyper-parameters: ModelConfig.validate)."""
-        from store.zoo import MODEL_NAMES, NEEDS_SIDS
+        from store.models.zoo import MODEL_NAMES, NEEDS_SIDS
         from trainer.distributed import SHARDING_TYPES
 
         def bad(flag: str, value: Any, rule: str) -> ConfigError:

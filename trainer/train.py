@@ -190,8 +190,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.seed)  # same initial dense weights on every rank
 
+        from store.models.zoo import build_model
         from store.sid import SidTable
-        from store.zoo import build_model
 
         self.spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
         if cfg.drop.strip():

@@ -1,1 +1,1 @@
-"""The model zoo: STORE, its raw-ID twin and the baselines; build them with ``store.zoo.build_model``."""
+"""The model zoo: STORE, its raw-ID twin and the baselines; build them with ``store.models.zoo.build_model``."""

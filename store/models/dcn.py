@@ -12,7 +12,7 @@ from torchrec.modules.crossnet import CrossNet
 
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DatasetSpec
-from store.config import ModelConfig
+from store.models.config import ModelConfig
 from store.models.layers import FieldEmbedder, ModelOutput, mlp
 
 

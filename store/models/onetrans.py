@@ -20,8 +20,8 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DatasetSpec
-from store.attention import TokenAttention
-from store.config import ModelConfig
+from store.models.attention import TokenAttention
+from store.models.config import ModelConfig
 from store.models.layers import (
     RAW_ITEM_TABLE,
     Head,

@@ -17,7 +17,7 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DatasetSpec
-from store.config import ModelConfig
+from store.models.config import ModelConfig
 from store.models.layers import FieldEmbedder, Head, ModelOutput, TokenwiseLinear
 
 

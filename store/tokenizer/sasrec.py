@@ -1,6 +1,6 @@
 """SASRec (Kang & McAuley, 2018): pretrained item embeddings from next-item prediction.
 
-``python -m store.sasrec --data DIR --out FILE`` streams the train split's item-history column (the
+``python -m store.tokenizer.sasrec --data DIR --out FILE`` streams the train split's item-history column (the
 multi-valued sparse feature with ``item_ref=True``) and item column, trains a causal self-attention
 encoder over each row's sequence ``history + [item]`` to predict every next item against sampled
 negatives (binary cross-entropy, as in the paper), and writes the item embedding table as a parquet
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from data_pipeline.spec import DataError, DatasetSpec, list_shards, split_dir
-from store.item_embeddings import num_items_of, write_embeddings
+from store.tokenizer.embeddings import num_items_of, write_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,9 @@ def config_from_args(args: argparse.Namespace, prefix: str = "", seed: int = 0) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m store.sasrec", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m store.tokenizer.sasrec", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data", required=True, help="dataset folder (DIR/spec.json, DIR/train/*.parquet)")
     parser.add_argument("--out", required=True, help="output parquet file (item_id, embedding)")
     parser.add_argument("--seed", type=int, default=0)

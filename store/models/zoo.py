@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from data_pipeline.spec import DatasetSpec
-from store.config import ModelConfig
 from store.models.autoint import AutoInt
+from store.models.config import ModelConfig
 from store.models.dcn import DCN
 from store.models.deepfm import DeepFM
 from store.models.dnn import DNN

@@ -1,8 +1,8 @@
 """Semantic tokenization: item embeddings -> K semantic IDs per item (the STORE tokenizer stage).
 
-``python -m store.tokenize --data DIR --out OUT --method opmq|rqvae|opq --num-sids K --codebook-size C``
+``python -m store.tokenizer --data DIR --out OUT --method opmq|rqvae|opq --num-sids K --codebook-size C``
 
-1. item embeddings from ``--embedding`` (see ``store.item_embeddings``), streamed;
+1. item embeddings from ``--embedding`` (see ``store.tokenizer.embeddings``), streamed;
 2. a tokenizer trained by minibatch Adam on (a sample of at most ``--max-train-items`` of) them, after
    standardisation and k-means initialisation of the codebooks; dead codewords are re-seeded;
 3. every item streamed through the tokenizer in batches into OUT/sid_table.parquet
@@ -32,13 +32,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
-from store import learned, sasrec
-from store.item_embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source, open_source
-from store.quantizers import METHODS, SemanticTokenizer, TokenizerConfig, load_tokenizer
 from store.sid import SidTable
+from store.tokenizer import learned, sasrec
+from store.tokenizer.embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source, open_source
+from store.tokenizer.quantizers import METHODS, SemanticTokenizer, TokenizerConfig, load_tokenizer
 
 __all__ = [
-    "TrainConfig",
+    "FitConfig",
     "train_tokenizer",
     "load_tokenizer",
     "tokenize_catalog",
@@ -55,8 +55,8 @@ TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
-class TrainConfig:
-    """How a tokenizer is trained."""
+class FitConfig:
+    """How a tokenizer is fitted to the embeddings."""
 
     epochs: int = 10
     """Passes over the training embeddings (more if needed to reach min_steps)."""
@@ -87,11 +87,11 @@ class TrainConfig:
 
 
 def train_tokenizer(
-    embeddings: Tensor, config: TokenizerConfig, train: TrainConfig | None = None, progress: bool = True
+    embeddings: Tensor, config: TokenizerConfig, train: FitConfig | None = None, progress: bool = True
 ) -> SemanticTokenizer:
     """Fit a tokenizer to embeddings [N, D] (float). Returns it in eval mode; ``tok.history`` has the
     mean losses of each epoch and ``tok.reseeded`` the number of re-seeded codewords."""
-    train = train or TrainConfig()
+    train = train or FitConfig()
     train.validate()
     x = embeddings.detach().float().cpu()
     if x.dim() != 2 or len(x) == 0:
@@ -347,8 +347,8 @@ def tokenizer_dir(spec: DatasetSpec, feature: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d, t, fm = TokenizerConfig(), TrainConfig(), learned.FMConfig()
-    p = argparse.ArgumentParser(prog="python -m store.tokenize", description=__doc__.split("\n\n")[0])
+    d, t, fm = TokenizerConfig(), FitConfig(), learned.FMConfig()
+    p = argparse.ArgumentParser(prog="python -m store.tokenizer", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="dataset folder (DIR/spec.json, DIR/items/*.parquet)")
     p.add_argument("--out", required=True, help="output folder for sid_table.parquet, meta.json, tokenizer/")
     p.add_argument("--method", choices=METHODS, default=d.method, help="tokenizer")
@@ -422,7 +422,7 @@ def run(args: argparse.Namespace) -> dict:
         raise DataError(f"--data {args.data}: dataset folder does not exist")
     if args.from_run and not Path(args.from_run).is_dir():
         raise DataError(f"--from-run {args.from_run}: folder does not exist")
-    train = TrainConfig(
+    train = FitConfig(
         epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
     train.validate()

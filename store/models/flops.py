@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from store.attention import num_blocks, num_kept_blocks
+from store.models.attention import num_blocks, num_kept_blocks
 
 
 @dataclass
@@ -79,7 +79,7 @@ def transformer_flops(
     sparsity: float = 0.5,
     vanilla: bool = False,
 ) -> FlopsReport:
-    """FLOPs of ``num_layers`` STORE transformer layers (``store.attention.TransformerLayer``)."""
+    """FLOPs of ``num_layers`` STORE transformer layers (``store.models.attention.TransformerLayer``)."""
     b, t, d, layers = batch_size, num_tokens, dim, num_layers
     if vanilla:
         keys, gating = t, 0
