@@ -115,6 +115,17 @@ def test_parquet_file_and_folder_types(tmp_path):
     assert rows(tmp_path / "b", "test").column("when").to_pylist() == list(range(45, 50))
 
 
+def test_row_identifier_columns_are_skipped_unless_named(tmp_path):
+    """An unnamed index column (pandas' to_csv) and a column with a distinct value on every row
+    carry no signal a model can reuse: skipped with a warning; --sparse keeps one."""
+    lines = [",req,click,city"] + [f"{i},r{i},{i % 2},c{i % 4}" for i in range(150)]
+    src = write(tmp_path / "t.csv", "\n".join(lines) + "\n")
+    spec = run(src, tmp_path / "a", label="click")
+    assert spec.sparse_names == ["city"]
+    spec = run(src, tmp_path / "b", label="click", sparse=["req"])
+    assert spec.sparse_names == ["req", "city"] and spec.feature("req").vocab_size == 151
+
+
 def test_high_cardinality_threshold(tmp_path):
     lines = ["y,few,many"] + [f"{i % 2},{i % 5},{i % 40}" for i in range(80)]
     src = write(tmp_path / "t.csv", "\n".join(lines) + "\n")

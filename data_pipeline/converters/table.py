@@ -32,7 +32,8 @@ Columns no flag names are classified by type: floats -> dense; integers, bools a
 sparse; parquet lists -> multi-valued sparse. In CSV, a column whose values all parse as integers
 is an integer column, one whose values all parse as numbers (some not integers) a float column,
 anything else a string column. All-null columns and parquet types without a meaning here (dates
-not named by --time, binary, structs) are skipped with a warning.
+not named by --time, binary, structs) are skipped with a warning, and so are guessed sparse columns
+that are row identifiers (no name, e.g. a CSV's index column, or a distinct value on every row).
 
 Categorical values become dense indices: row 0 of each table is reserved for missing values, the
 distinct values seen get rows 1..V in sorted order of their key (integer columns: the value; strings
@@ -633,6 +634,15 @@ def convert(cfg: ConvertConfig, opts: TableOptions | None = None) -> DatasetSpec
     feats = [c for c in cols if c.role in ("sparse", "multi")]
     for c in feats:
         c.vocab, c.keyset = c.keyset.final(), None
+    for c in feats:  # guessed sparse columns that are row identifiers, e.g. a CSV's unnamed index
+        if c.flag is None and c.role == "sparse" and (not c.name or (rows >= 100 and len(c.vocab) >= rows)):
+            log.warning(
+                "column %r skipped: %s (name it with --sparse to keep it)",
+                c.name,
+                "an unnamed column (a row index?)" if not c.name else "every row has its own value, a row ID",
+            )
+            c.role = "skip"
+    feats = [c for c in feats if c.role != "skip"]
 
     # -- the spec --
     sparse = [
