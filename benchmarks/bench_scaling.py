@@ -31,11 +31,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from launch.compare import python_env, trainer_command
+from launch.report import human_bytes, md_table
 
-from launch.compare import python_env, trainer_command  # noqa: E402
-from launch.report import human_bytes, md_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 GiB = 1024**3
 

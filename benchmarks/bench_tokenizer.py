@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_pipeline.spec import DatasetSpec, ItemTable, SparseFeature  # noqa: E402
-from data_pipeline.writer import ShardWriter  # noqa: E402
-from store.tokenizer.embeddings import content_embeddings  # noqa: E402
-from store.tokenizer.pipeline import FitConfig, sample_embeddings, tokenize_catalog, train_tokenizer  # noqa: E402
-from store.tokenizer.quantizers import TokenizerConfig, build_quantizer  # noqa: E402
+from data_pipeline.spec import DatasetSpec, ItemTable, SparseFeature
+from data_pipeline.writer import ShardWriter
+from store.tokenizer.embeddings import content_embeddings
+from store.tokenizer.pipeline import FitConfig, sample_embeddings, tokenize_catalog, train_tokenizer
+from store.tokenizer.quantizers import TokenizerConfig, build_quantizer
 
 
 def write_catalog(root: Path, n: int, dim: int, clusters: int = 1000, chunk: int = 100_000) -> DatasetSpec:

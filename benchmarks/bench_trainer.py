@@ -56,7 +56,6 @@ def main() -> None:
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
 
-    sys.path.insert(0, str(REPO))
     import torch
 
     from data_pipeline.synthetic import generate_dataset

@@ -25,11 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from launch.compare import run_logged, trainer_command
+from launch.report import bayes_optimal, ceiling_row, fmt, md_table, per_epoch
 
-from launch.compare import run_logged, trainer_command  # noqa: E402
-from launch.report import bayes_optimal, ceiling_row, fmt, md_table, per_epoch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED = REPO.parent / "shared" / "data"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"

@@ -7,9 +7,9 @@ Per dataset and seed (every run resumable: one whose summary.json exists is skip
 
 - ``id`` and ``store``: ``launch.compare`` with its defaults (the learned order when some feature's
   embeddings are learned: ID run, tokenizer from its tables, STORE);
-- ``store_learned`` (only where the item's default source is not ``learned``): STORE on SIDs whose
-  item embeddings are also the ID run's learned rows (``--embedding learned --from-run id``), to
-  see which source should lead;
+- ``store_<source>`` for each other source the item has (``content``, ``learned``, ``text``; not
+  ``sasrec``, which trains a model of its own): STORE on SIDs whose item embeddings come from there
+  (the other features still learned from the ID run), to see which source should lead;
 - ``no_item``: the ID model without the item (``--drop <item>``): the floor. Where STORE sits
   between it and the ID arm says how much of the item's signal the SIDs keep:
   ``kept = (AUC_store - AUC_no_item) / (AUC_id - AUC_no_item)``.
@@ -36,10 +36,7 @@ from launch.compare import (
     train_args,
     trainer_command,
 )
-from store.tokenizer.embeddings import LEARNED
-from store.tokenizer.pipeline import feature_sources
-
-ARMS = ("id", "store", "store_learned", "no_item")
+from store.tokenizer.embeddings import item_sources
 
 
 def summary(run: Path) -> dict | None:
@@ -58,21 +55,29 @@ def run_seed(name: str, data: str, seed: int, args: argparse.Namespace, extra: l
     print(f"# {name} seed {seed}: ID vs STORE", flush=True)
     run_comparison(cfg)
     spec = DatasetSpec.load(data)
-    if spec.item_id and feature_sources(spec, None)[spec.item_id] != LEARNED:
-        sids = out / "sids_learned"
+    for source in alternatives(spec):
+        sids, arm = out / f"sids_{source}", f"store_{source}"
         if not (sids / "meta.json").is_file():
-            print(f"# {name} seed {seed}: tokenize with the item learned from the ID run", flush=True)
-            cmd = tokenize_command(cfg, sids, out / "id") + ["--embedding", LEARNED]
-            run_logged(cmd, out / "logs" / "tokenize_learned.log", "tokenizer (learned)")
-        if summary(out / "store_learned") is None:
-            print(f"# {name} seed {seed}: STORE on learned item SIDs", flush=True)
-            flags = train_args(cfg, "store", sids, out / "store_learned")
-            run_logged(trainer_command(1, flags), out / "logs" / "train_store_learned.log", "store_learned")
+            print(f"# {name} seed {seed}: tokenize with the item from {source}", flush=True)
+            cmd = tokenize_command(cfg, sids, out / "id") + ["--embedding", source]
+            run_logged(cmd, out / "logs" / f"tokenize_{source}.log", f"tokenizer ({source})")
+        if summary(out / arm) is None:
+            print(f"# {name} seed {seed}: STORE with the item from {source}", flush=True)
+            flags = train_args(cfg, "store", sids, out / arm)
+            run_logged(trainer_command(1, flags), out / "logs" / f"train_{arm}.log", arm)
     if spec.item_id and summary(out / "no_item") is None:
         print(f"# {name} seed {seed}: ID model without the item", flush=True)
         flags = train_args(cfg, "id", out / "sids", out / "no_item") + ["--drop", spec.item_id]
         run_logged(trainer_command(1, flags), out / "logs" / "train_no_item.log", "no_item")
-    return {arm: s for arm in ARMS if (s := summary(out / arm)) is not None}
+    arms = ["id", "store", *(f"store_{src}" for src in alternatives(spec)), "no_item"]
+    return {arm: s for arm in arms if (s := summary(out / arm)) is not None}
+
+
+def alternatives(spec: DatasetSpec) -> list[str]:
+    """The item's sources other than its default (sasrec left out: it trains a model of its own)."""
+    if not spec.item_id:
+        return []
+    return [s for s in item_sources(spec)[1:] if s != "sasrec"]
 
 
 def mean_sd(values: list[float], digits: int = 4) -> str:
@@ -87,7 +92,7 @@ def table(name: str, per_seed: list[dict]) -> str:
         "| arm | test AUC | GAUC | logloss | embedding MiB (rank 0) | runs |",
         "|---|---|---|---|---|---|",
     ]
-    for arm in ARMS:
+    for arm in dict.fromkeys(a for s in per_seed for a in s):
         runs = [s[arm] for s in per_seed if arm in s]
         if not runs:
             continue

@@ -6,22 +6,36 @@ import argparse
 import logging
 import sys
 
+from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_pipeline import convert, inspect, synthetic
+    from data_pipeline import cli, convert, inspect, synthetic
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # generate and convert: dataclasses parsed by tyro (``COMMAND --help``); inspect: its own argparse
+    # parser. This parser picks the command and lists the three in ``--help``.
+    commands = {
+        "generate": (synthetic.GenerateConfig, synthetic.run),
+        "convert": (convert.ConvertArgs, convert.run),
+    }
     parser = argparse.ArgumentParser(prog="python -m data_pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    synthetic.add_cli(sub)
-    convert.add_cli(sub)
+    for name, (config, _) in commands.items():
+        summary = (config.__doc__ or "").strip().rstrip(".")
+        sub.add_parser(name, help=summary[:1].lower() + summary[1:], add_help=False)
     inspect.add_cli(sub)
-    args = parser.parse_args(argv)
+    if argv and argv[0] in commands:
+        config, run = commands[argv[0]]
+        args = cli.parse(config, argv[1:], prog=f"python -m data_pipeline {argv[0]}")
+    else:
+        namespace = parser.parse_args(argv)
+        args, run = namespace, namespace.func
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
-    except DataError as e:
+        run(args)
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

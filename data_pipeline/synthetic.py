@@ -36,7 +36,6 @@ Same seed and flags give byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -45,9 +44,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
+import tyro
 from tqdm import tqdm
 
 from data_pipeline.spec import (
@@ -781,50 +782,23 @@ def generate_dataset(
     return spec
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """Register ``generate``."""
-    p = sub.add_parser("generate", help="write a synthetic CTR dataset from a hidden generative model")
-    d = SyntheticConfig(rows=1)
-    p.add_argument("--out", required=True, help="output dataset folder (must be absent or empty)")
-    p.add_argument("--rows", type=int, required=True, help="total rows over all splits")
-    p.add_argument("--items", type=int, default=d.items, help="item catalog size")
-    p.add_argument("--users", type=int, default=d.users, help="number of users")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the hidden model and all draws")
-    p.add_argument("--dense", type=int, default=d.dense, help="number of dense features")
-    p.add_argument("--history-len", type=int, default=d.history_len, help="max hist_items length")
-    p.add_argument("--valid-frac", type=float, default=d.valid_frac, help="fraction of rows in valid")
-    p.add_argument("--test-frac", type=float, default=d.test_frac, help="fraction of rows in test")
-    p.add_argument("--rows-per-shard", type=int, default=d.rows_per_shard, help="rows per parquet shard")
-    p.add_argument("--topics-l1", type=int, default=d.topics_l1, help="number of coarse topics")
-    p.add_argument("--topics-l2", type=int, default=d.topics_l2, help="fine topics per coarse topic")
-    p.add_argument("--emb-dim", type=int, default=d.emb_dim, help="item content embedding length")
-    p.add_argument("--zipf", type=float, default=d.zipf, help="item popularity Zipf exponent")
-    p.add_argument("--ctr", type=float, default=d.ctr, help="target mean click probability")
-    p.add_argument("--days", type=int, default=d.days, help="time span of the rows in days")
-    p.add_argument("--chunk-rows", type=int, default=d.chunk_rows, help="rows generated per step")
-    p.add_argument(
-        "--high-card-columns",
-        type=int,
-        default=d.high_card_columns,
-        help="extra high-cardinality ID columns hc_id_0.. with a hidden click effect (default 0: none)",
-    )
-    p.add_argument(
-        "--high-card-size", type=int, default=d.high_card_size, help="IDs per extra high-cardinality column"
-    )
-    p.add_argument("--name", default=d.name, help="dataset name in the spec")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+@dataclass
+class GenerateConfig:
+    """Write a synthetic CTR dataset from a hidden generative model."""
+
+    out: str
+    """Output dataset folder (must be absent or empty)."""
+    dataset: Annotated[SyntheticConfig, tyro.conf.OmitArgPrefixes]
+    overwrite: bool = False
+    """Replace a non-empty --out folder."""
+    progress: bool = True
+    """Progress bar (--no-progress: none)."""
 
 
-def run(args: argparse.Namespace) -> DatasetSpec:
-    options = {
-        name: getattr(args, name)
-        for name in SyntheticConfig.__dataclass_fields__
-        if name != "rows" and hasattr(args, name)
-    }
+def run(args: GenerateConfig) -> DatasetSpec:
+    options = {name: v for name, v in asdict(args.dataset).items() if name != "rows"}
     spec = generate_dataset(
-        args.out, args.rows, overwrite=args.overwrite, progress=not args.no_progress, **options
+        args.out, args.dataset.rows, overwrite=args.overwrite, progress=args.progress, **options
     )
     log.info("wrote %s: %s", args.out, spec.num_rows)
     return spec

@@ -18,14 +18,18 @@ Logs of every stage go to OUT/logs/; the console shows one line per stage.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
+import tyro
+
+from data_pipeline import cli
+from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError
 
 MODELS = ("id", "store")
@@ -66,15 +70,15 @@ class CompareConfig:
     """Seed of the tokenizer and of both runs."""
     scaling: str = ""
     """A bench_scaling.py output folder to include in the report (empty: that section says how to run it)."""
-    trainer_args: list[str] = field(default_factory=list)
-    """Extra trainer flags for both runs (e.g. --model.num_layers 3)."""
+    trainer_args: Annotated[list[str], tyro.conf.Suppress] = field(default_factory=list)
+    """Extra trainer flags for both runs (e.g. --model.num_layers 3): on the command line, after '--'."""
 
     def validate(self) -> None:
-        """DataError naming the flag and the rule."""
+        """ConfigError naming the flag, the value and the rule."""
         if not Path(self.data, "spec.json").is_file():
-            raise DataError(f"--data {self.data}: not a dataset folder (no spec.json)")
+            raise ConfigError(f"--data {self.data}: not a dataset folder (no spec.json)")
         if not self.out:
-            raise DataError("--out is required (an output folder)")
+            raise ConfigError("--out is required (an output folder)")
         for flag, value in (
             ("--epochs", self.epochs),
             ("--batch-size", self.batch_size),
@@ -83,23 +87,27 @@ class CompareConfig:
             ("--codebook-size", self.codebook_size),
         ):
             if value < 1:
-                raise DataError(f"{flag} must be >= 1, got {value}")
-        if self.max_steps < 0 or self.tokenizer_min_steps < 0:
-            raise DataError("--max-steps and --tokenizer-min-steps must be >= 0")
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        for flag, value in (
+            ("--max-steps", self.max_steps),
+            ("--tokenizer-min-steps", self.tokenizer_min_steps),
+        ):
+            if value < 0:
+                raise ConfigError(f"{flag} must be >= 0, got {value}")
         from store.sid import METHODS
 
         if self.method not in METHODS:
-            raise DataError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.sids and not Path(self.sids, "meta.json").is_file():
-            raise DataError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
+            raise ConfigError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
         from store.tokenizer.embeddings import LEARNED, SOURCES
 
         if self.embedding and self.embedding not in (*SOURCES, LEARNED):
-            raise DataError(
+            raise ConfigError(
                 f"--embedding must be one of {', '.join((*SOURCES, LEARNED))}, got {self.embedding!r}"
             )
         if self.scaling and not Path(self.scaling).is_dir():
-            raise DataError(f"--scaling {self.scaling}: folder does not exist")
+            raise ConfigError(f"--scaling {self.scaling}: folder does not exist")
 
 
 def python_env() -> dict[str, str]:
@@ -215,40 +223,6 @@ def run_comparison(cfg: CompareConfig) -> Path:
     return write_report(out / "report", runs, sids, scaling=Path(cfg.scaling) if cfg.scaling else None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = CompareConfig(data="", out="")
-    p = argparse.ArgumentParser(
-        prog="python -m launch.compare",
-        description="ID baseline vs STORE: tokenize, train both with the same budget, write a report. "
-        "Trainer flags for both runs go after '--'.",
-    )
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--out", required=True, help="output folder (sids/, id/, store/, logs/, report/)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs of each model")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per batch per process")
-    p.add_argument("--nproc", type=int, default=d.nproc, help="processes per trainer run")
-    p.add_argument("--max-steps", type=int, default=d.max_steps, help="cap on steps per run (0: none)")
-    p.add_argument("--method", default=d.method, help="tokenizer: opmq, rqvae or opq")
-    p.add_argument("--num-sids", type=int, default=d.num_sids, help="K: semantic IDs per item")
-    p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="C: codewords per codebook")
-    p.add_argument(
-        "--tokenizer-min-steps", type=int, default=d.tokenizer_min_steps, help="tokenizer training steps"
-    )
-    p.add_argument(
-        "--embedding", default=d.embedding,
-        help="the item's embedding source for the tokenizer (content, text, sasrec, content+sasrec, "
-        "learned; default: the first that exists)",
-    )  # fmt: skip
-    p.add_argument(
-        "--high-card", default=d.high_card,
-        help="high-cardinality features 'f1,f2' overriding the spec's ('none': only the item)",
-    )  # fmt: skip
-    p.add_argument("--sids", default="", help="use this SID table folder instead of tokenizing")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of tokenizer and runs")
-    p.add_argument("--scaling", default="", help="bench_scaling.py output folder to include in the report")
-    return p
-
-
 def split_trainer_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
     """(own flags, trainer flags): the command line split at its first '--'."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -258,13 +232,18 @@ def split_trainer_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
     return argv[:i], argv[i + 1 :]
 
 
+DESCRIPTION = (
+    "ID baseline vs STORE: tokenize, train both with the same budget, write a report. "
+    "Trainer flags for both runs go after '--'."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, extra = split_trainer_args(argv)
-    args = build_parser().parse_args(argv)
-    cfg = CompareConfig(**vars(args), trainer_args=extra)
+    cfg = cli.parse(CompareConfig, argv, prog="python -m launch.compare", description=DESCRIPTION)
     try:
-        report = run_comparison(cfg)
-    except DataError as e:
+        report = run_comparison(replace(cfg, trainer_args=extra))
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

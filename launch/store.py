@@ -137,9 +137,9 @@ def train(
     if sharding_tables:
         args += ["--sharding.tables", sharding_tables]
     if max_retries > 0:  # a restarted job continues where the last checkpoint left it
-        args += ["--resume", "--checkpoint-every", str(checkpoint_every or 500)]
+        args += ["--resume", "--checkpoint.every", str(checkpoint_every or 500)]
     elif checkpoint_every:
-        args += ["--checkpoint-every", str(checkpoint_every)]
+        args += ["--checkpoint.every", str(checkpoint_every)]
     if tensorboard_dir:
         run_name = name.rstrip("/").split("/")[-1] or model
         args += ["--logging.tensorboard_dir", os.path.join(tensorboard_dir, run_name)]

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError
+from launch import compare
 from launch.compare import CompareConfig, run_comparison
 from launch.report import SECTIONS, bayes_optimal, md_table, per_epoch, write_report
 
@@ -82,12 +84,26 @@ def test_helpers():
 
 
 def test_compare_config_errors_name_the_flag(tiny_data, tmp_path):
-    with pytest.raises(DataError, match="--data"):
+    with pytest.raises(ConfigError, match="--data"):
         CompareConfig(data=str(tmp_path), out=str(tmp_path / "o")).validate()
-    with pytest.raises(DataError, match="--epochs"):
+    with pytest.raises(ConfigError, match="--epochs must be >= 1, got 0"):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), epochs=0).validate()
-    with pytest.raises(DataError, match="--method"):
+    with pytest.raises(ConfigError, match="--method"):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), method="kmeans").validate()
+
+
+def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, capsys, monkeypatch):
+    assert compare.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # a bad flag: exit 2
+    assert "--data" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(compare, "run_comparison", lambda cfg: seen.append(cfg) or tmp_path / "report.md")
+    argv = ["--data", str(tiny_data), "--out", str(tmp_path / "o"), "--epochs", "2", "--batch-size", "256",
+            "--num-sids", "4", "--codebook_size", "32", "--tokenizer-min-steps", "60", "--high-card", "none",
+            "--", "--model.embedding_dim", "16", "--eval.max_batches", "8"]  # fmt: skip
+    assert compare.main(argv) == 0
+    c = seen[0]
+    assert (c.epochs, c.batch_size, c.num_sids, c.codebook_size, c.tokenizer_min_steps) == (2, 256, 4, 32, 60)
+    assert c.high_card == "none" and c.trainer_args == argv[argv.index("--") + 1 :]
 
 
 @pytest.mark.slow

@@ -200,12 +200,12 @@ def _convert(kind: str, tmp: Path) -> Path:
         "movielens": SHARED / "ml-100k",
         "criteo": SHARED / "criteo-sample",
         "open-bandit": SHARED / "open-bandit",
-        "table": SHARED / "criteo-sample" / "criteo_sample.csv",
+        "table": SHARED / "open-bandit" / "all.csv",  # a real click log, as a user's own table
     }
     src = sources[kind]
     if not src.exists():
         pytest.skip(f"{src} is missing")
-    extra = ["--label", "label"] if kind == "table" else []
+    extra = ["--label", "click", "--item", "item_id", "--time", "timestamp"] if kind == "table" else []
     assert data_main(["convert", kind, "--src", str(src), "--out", str(out), *extra]) == 0
     return out
 
@@ -217,7 +217,7 @@ def test_compare_runs_end_to_end_with_defaults(kind, tmp_path):
     out = tmp_path / "cmp"
     cmd = [PY, "-m", "launch.compare", "--data", str(data), "--out", str(out), "--epochs", "1",
            "--batch-size", "32", "--max-steps", "3", "--tokenizer-min-steps", "10",
-           "--", "--model.num_layers", "1", "--eval.max_batches", "2"]  # fmt: skip
+           "--", "--model.num_layers", "1", "--eval.batch_size", "1024"]  # fmt: skip
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     spec = DatasetSpec.load(data)
@@ -229,3 +229,21 @@ def test_compare_runs_end_to_end_with_defaults(kind, tmp_path):
     # STORE's embeddings are smaller wherever a tokenized table is
     assert summaries["store"]["embedding_bytes_per_rank"][0] < summaries["id"]["embedding_bytes_per_rank"][0]
     assert (out / "report" / "report.md").is_file()
+
+
+def test_a_model_without_any_tokenized_feature_trains_a_step(syn):
+    """--drop item_id --high-card none leaves STORE's twin nothing to tokenize: static tokens only."""
+    from data_pipeline.reader import ParquetBatchReader
+    from store.models.config import ModelConfig
+    from store.models.zoo import build_model
+
+    spec = apply_high_card(DatasetSpec.load(syn), "none").without(["item_id"])
+    assert spec.high_cardinality == [] and "hist_items" not in spec.sparse_names
+    model = build_model("id", spec, ModelConfig(num_layers=1), None)
+    assert model.items is None
+    batch = next(iter(ParquetBatchReader(syn, "train", 32, spec=spec, shuffle=False)))
+    out = model(batch)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels.float())
+    loss.backward()
+    assert out.logits.shape == (32,) and torch.isfinite(loss)
+    assert model.head.out.weight.grad is not None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from sklearn.metrics import log_loss, roc_auc_score
 
 from trainer.metrics import auc, evaluate_predictions, gauc, logloss, popularity_buckets
@@ -61,3 +63,46 @@ def test_popularity_buckets_and_tail_auc():
     assert out["tail_auc"] == pytest.approx(want)
     assert out["auc"] == pytest.approx(roc_auc_score(labels.numpy(), logits.numpy()))
     assert len(out["bucket_auc"]) == 5 and out["bucket_rows"] == [4, 2, 0, 0, 2]
+
+
+# -- across ranks (two gloo processes) -------------------------------------------------------------
+ROWS_PER_RANK = {0: 7, 1: 3}  # uneven: the last batch of a split is short on some ranks
+
+
+def split_rows(rank: int) -> slice:
+    start = sum(n for r, n in ROWS_PER_RANK.items() if r < rank)
+    return slice(start, start + ROWS_PER_RANK[rank])
+
+
+def split_predictions() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    n = sum(ROWS_PER_RANK.values())
+    logits, labels = torch.randn(n, generator=g), (torch.rand(n, generator=g) > 0.5).float()
+    return logits, labels, torch.randint(0, 3, (n,), generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _gather_on_two_ranks(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from trainer import distributed as D
+
+    D.init_distributed("cpu")
+    mine = [t[split_rows(rank)] for t in split_predictions()]
+    gathered = [D.gather_tensors(t) for t in mine]
+    empty = D.gather_tensors(torch.arange(3) if rank == 0 else torch.zeros(0, dtype=torch.int64))
+    torch.save({"gathered": gathered, "empty": empty}, f"{out}.rank{rank}")
+    D.close_distributed()
+
+
+@pytest.mark.slow
+def test_gather_tensors_concatenates_uneven_ranks_in_rank_order(tmp_path):
+    from trainer.distributed import _free_port
+
+    out = tmp_path / "gathered"
+    mp.spawn(_gather_on_two_ranks, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    whole = split_predictions()
+    for rank in (0, 1):  # every rank receives the whole split, in rank order
+        got = torch.load(f"{out}.rank{rank}")
+        for g, w in zip(got["gathered"], whole):
+            assert torch.equal(g, w)
+        assert got["empty"].tolist() == [0, 1, 2]  # a rank may hold no rows

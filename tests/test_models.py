@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from data_pipeline.batch import Batch
 from store.models.config import ModelConfig
+from store.models.dcn import DCNConfig
 from store.models.deepfm import factorization_machine
-from store.models.layers import EXCLUSIVE_INPUT
-from store.models.zoo import MODEL_NAMES, NEEDS_SIDS, build_model
-from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
+from store.models.dnn import DNN, DNNConfig
+from store.models.layers import EXCLUSIVE_INPUT, FieldInputs, HistoryFeature, Table
+from store.models.store import StoreConfig
+from store.models.zoo import (
+    MODEL_NAMES,
+    batch_transform,
+    build_model,
+    field_inputs,
+    model_config,
+    store_inputs,
+)
+from tests.test_sid import NUM_ITEMS, tiny_batch, tiny_sids, tiny_spec
 
 # (model, config overrides): every model plus STORE's ablations
 VARIANTS = [(name, {}) for name in MODEL_NAMES] + [
@@ -32,9 +46,8 @@ def _setup(name: str, overrides: dict, rows: int = 32, seed: int = 0):
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model(name, spec, ModelConfig(**overrides), sids)
     batch = tiny_batch(spec, rows=rows, seed=seed)
-    if name in NEEDS_SIDS:
-        batch = sids.transform(batch, spec)
-    return model, batch
+    transform = batch_transform(name, spec, sids)
+    return model, (batch if transform is None else transform(batch))
 
 
 def _loss(out, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,6 +211,22 @@ def test_store_without_sids_and_unknown_model_are_rejected():
     assert build_model("id", spec, ModelConfig(), None).num_item_tokens == 1  # no SID table: 1 token
 
 
+def test_batch_transform_moves_tokenized_features_to_sids_for_store_only():
+    spec, sids = tiny_spec(), tiny_sids()
+    batch = tiny_batch(spec, rows=8)
+    moved, expected = batch_transform("store", spec, sids)(batch), sids.transform(batch, spec)
+    sid_keys = [f"{f}_sid{k}" for k in range(3) for f in ("item_id", "hist_items")]
+    assert moved.sid.keys() == expected.sid.keys() == sid_keys
+    assert torch.equal(moved.sid.values(), expected.sid.values())
+    assert torch.equal(moved.sid.lengths(), expected.sid.lengths())
+    assert moved.sparse.keys() == ["user_age", "user_gender", "ctx_hour"]
+    assert [name for name in MODEL_NAMES if batch_transform(name, spec, sids) is not None] == ["store"]
+    with pytest.raises(ValueError, match="model 'store' needs --sids"):
+        batch_transform("store", spec, None)
+    with pytest.raises(ValueError, match="unknown model 'gbdt'"):
+        batch_transform("gbdt", spec, sids)
+
+
 @pytest.mark.parametrize(
     "overrides, flag",
     [
@@ -246,3 +275,97 @@ def test_pooled_item_lookup_equals_sequence_lookup_with_the_same_tables(name):
     a, b = bags.lookup(batch), seqs.lookup(batch)
     torch.testing.assert_close(bags.feature_tokens(a, "item_id"), seqs.feature_tokens(b, "item_id"))
     torch.testing.assert_close(bags.history(a, "hist_items"), seqs.history(b, "hist_items"))
+
+
+# -- explicit inputs and per-model configs --------------------------------------------------------------
+def test_build_model_turns_the_spec_into_explicit_inputs():
+    spec, sids = tiny_spec(), tiny_sids(codebook_size=8)
+    fields = field_inputs(spec)
+    assert fields.static_tables == [
+        Table("t_user_age", 7, ("user_age",)),
+        Table("t_user_gender", 3, ("user_gender",)),
+        Table("t_ctx_hour", 24, ("ctx_hour",)),
+    ]
+    assert fields.item_table == Table("t_item", NUM_ITEMS, ("item_id", "hist_items"))
+    assert fields.item_feature == "item_id" and fields.num_dense == 2
+    assert fields.history == [HistoryFeature("hist_items", 5)]
+    store = store_inputs(spec, "", sids, sids.num_sids)
+    assert store.sid_tokens and store.num_tokens == 3 and store.tokenized == ["item_id"]
+    assert store.token_tables == [
+        Table(f"t_sid{k}", 8, (f"item_id_sid{k}", f"hist_items_sid{k}")) for k in range(3)
+    ]
+    assert store.static_tables == fields.static_tables  # no high-cardinality static feature here
+    assert store.groups == {"user": ["user_age", "user_gender"], "context": ["ctx_hour"]}
+    ident = store_inputs(spec, "a=ctx_hour", None, 2)
+    assert not ident.sid_tokens and ident.num_tokens == 2
+    assert ident.token_tables == [Table("t_item", NUM_ITEMS, ("item_id", "hist_items"))]
+    assert ident.groups == {"a": ["ctx_hour"], "other": ["user_age", "user_gender"]}
+
+
+def test_a_model_builds_from_explicit_inputs_without_a_spec():
+    inputs = FieldInputs(
+        static_tables=[Table("t_a", 10, ("a",)), Table("t_b", 4, ("b",))],
+        item_table=None,
+        item_feature="",
+        history=[],
+        num_dense=3,
+    )
+    torch.manual_seed(0)
+    model = DNN(inputs, DNNConfig(embedding_dim=8, mlp_dims=(4,), dropout=0.0))
+    configs = model.fields.ebc.embedding_bag_configs()
+    assert [(c.name, c.num_embeddings, c.embedding_dim, c.feature_names) for c in configs] == [
+        ("t_a", 10, 8, ["a"]),
+        ("t_b", 4, 8, ["b"]),
+    ]
+    assert model.fields.num_fields == 3  # a, b and the dense features
+    #     0       1   <-- batch
+    # a   [1]     [9]
+    # b   [0, 3]  []
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["a", "b"], values=torch.tensor([1, 9, 0, 3]), lengths=torch.tensor([1, 1, 2, 0])
+    )
+    batch = Batch(torch.randn(2, 3), kjt, torch.zeros(2), torch.arange(2), torch.arange(2))
+    logits = model(batch).logits
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+    # b is empty in row 1: its field is the zero vector, so changing b's table moves row 0 only
+    with torch.no_grad():
+        model.fields.ebc.embedding_bags["t_b"].weight.add_(1.0)
+    moved = model(batch).logits
+    assert moved[0] != logits[0] and moved[1] == logits[1]
+
+
+# ModelConfig fields a model config holds under another name
+RENAMED = {
+    ("autoint", "num_layers"): "autoint_layers",
+    ("autoint", "num_heads"): "autoint_heads",
+    ("rankmixer", "num_tokens"): "rankmixer_tokens",
+}
+
+
+def test_each_model_config_reads_its_own_flags_and_every_flag_reaches_a_model():
+    cfg = ModelConfig(
+        embedding_dim=12, mlp_dims=(7,), dropout=0.1, num_layers=3, num_heads=3, ffn_mult=4,
+        moba_block_size=5, moba_sparsity=0.25, vanilla_attention=True, moba_gather=True, rotation=False,
+        num_rotations=6, orthogonal_parametrization=False, diversity_lambda=0.2, orthogonality_weight=0.5,
+        history_tokens=True, cross_layers=8, autoint_layers=9, autoint_heads=2, rankmixer_tokens=12,
+    )  # fmt: skip
+    read = {"feature_groups", "id_item_tokens"}  # STORE's, resolved into its inputs
+    for name in MODEL_NAMES:
+        small = model_config(name, cfg)
+        for f in dataclasses.fields(small):
+            flag = RENAMED.get((name, f.name), f.name)
+            assert getattr(small, f.name) == getattr(cfg, flag), (name, f.name)
+            read.add(flag)
+    assert read == {f.name for f in dataclasses.fields(ModelConfig)}
+    assert isinstance(model_config("id", cfg), StoreConfig)
+    assert model_config("dcn", cfg) == DCNConfig(embedding_dim=12, mlp_dims=(7,), dropout=0.1, cross_layers=8)
+
+
+def test_model_flags_shape_the_baselines():
+    spec, sids = tiny_spec(), tiny_sids()
+    cfg = ModelConfig(embedding_dim=8, cross_layers=5, autoint_layers=3, autoint_heads=4, rankmixer_tokens=2)
+    assert len(build_model("dcn", spec, cfg, sids).cross.kernels) == 5
+    autoint = build_model("autoint", spec, cfg, sids)
+    assert len(autoint.layers) == 3 and autoint.layers[0].attn.num_heads == 4
+    assert build_model("rankmixer", spec, dataclasses.replace(cfg, num_layers=1), sids).num_tokens == 2
+    assert len(build_model("onetrans", spec, dataclasses.replace(cfg, num_layers=4), sids).stack.layers) == 4

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from store.models.config import ModelConfig
 from store.models.rotation import OrthogonalRotation, pairwise_distance_sum
-from store.models.zoo import build_model
+from store.models.zoo import build_model, rotation_parameters
 from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
 
@@ -108,14 +108,14 @@ def test_alternating_optimisation_touches_only_its_own_parameters():
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model("store", spec, ModelConfig(), sids)
     batch = sids.transform(tiny_batch(spec), spec)
-    rot_ids = {id(p) for p in model.rotation_parameters()}
+    rot_ids = {id(p) for p in rotation_parameters(model)}
     assert rot_ids and rot_ids < {id(p) for p in model.parameters()}
     net = [p for p in model.parameters() if id(p) not in rot_ids]
-    opt_r = torch.optim.Adam(model.rotation_parameters(), lr=0.05)
+    opt_r = torch.optim.Adam(rotation_parameters(model), lr=0.05)
     opt_net = torch.optim.Adam(net, lr=0.05)
     for opt, moved, frozen in (
-        (opt_r, model.rotation_parameters(), net),
-        (opt_net, net, model.rotation_parameters()),
+        (opt_r, rotation_parameters(model), net),
+        (opt_net, net, rotation_parameters(model)),
     ):
         snapshot_moved = [p.detach().clone() for p in moved]
         snapshot_frozen = [p.detach().clone() for p in frozen]
@@ -124,7 +124,7 @@ def test_alternating_optimisation_touches_only_its_own_parameters():
         opt.step()
         assert any(not torch.equal(a, p) for a, p in zip(snapshot_moved, moved))
         assert all(torch.equal(a, p) for a, p in zip(snapshot_frozen, frozen))
-    assert build_model("id", spec, ModelConfig(), sids).rotation_parameters()  # same architecture
+    assert rotation_parameters(build_model("id", spec, ModelConfig(), sids))  # same architecture
     for name in ("dnn", "deepfm", "dcn", "autoint", "rankmixer", "onetrans"):
-        assert build_model(name, spec, ModelConfig(), sids).rotation_parameters() == []
-    assert build_model("store", spec, ModelConfig(rotation=False), sids).rotation_parameters() == []
+        assert rotation_parameters(build_model(name, spec, ModelConfig(), sids)) == []
+    assert rotation_parameters(build_model("store", spec, ModelConfig(rotation=False), sids)) == []

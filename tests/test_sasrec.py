@@ -113,6 +113,17 @@ def test_sasrec_cli_writes_item_embeddings(tmp_path, capsys):
     assert "--heads" in capsys.readouterr().err
 
 
+def test_sasrec_cli_flag_spellings():
+    from data_pipeline.cli import parse
+
+    renames = {f"--{old}": f"--{new}" for old, new in sasrec.OLD_SPELLINGS.items()}
+    argv = ["--data", "d", "--out", "e.parquet", "--seed", "4", "--max-len", "8", "--negatives", "3"]
+    argv += ["--all-rows", "--batch_size", "16", "--no-progress"]
+    run = parse(sasrec.SASRecRun, argv, prog="python -m store.tokenizer.sasrec", renames=renames)
+    assert (run.seed, run.progress, run.model.batch_size, run.model.max_len) == (4, False, 16, 8)
+    assert (run.model.num_negatives, run.model.positives_only) == (3, False)
+
+
 def test_sasrec_needs_an_item_history_feature(tmp_path, capsys):
     spec = write_chain_dataset(tmp_path / "d", rows=50)
     spec.sparse = [SparseFeature("item_id", N_ITEMS), SparseFeature("hist", N_ITEMS, multi=True)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import tracemalloc
@@ -14,6 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from data_pipeline import synthetic
+from data_pipeline.cli import parse
 from data_pipeline.spec import ITEMS_DIR, SPLITS, DataError, DatasetSpec
 from data_pipeline.writer import arrow_schema
 
@@ -205,11 +205,7 @@ def test_power_law_sampler_matches_its_pmf():
 
 
 def _cli(argv: list[str]):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    synthetic.add_cli(sub)
-    args = parser.parse_args(["generate", *argv])
-    return args.func(args)
+    return synthetic.run(parse(synthetic.GenerateConfig, argv, prog="python -m data_pipeline generate"))
 
 
 def test_cli_generates_a_loadable_dataset(tmp_path):

@@ -354,6 +354,28 @@ def test_cli_bad_input_exits_2_naming_the_flag(tmp_path, capsys):
     assert "--num-sids" in capsys.readouterr().err
     assert main(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--codebook-size", "0"]) == 2
     assert "--codebook-size" in capsys.readouterr().err
+    bad = [("--method", "kmeans", "must be one of opmq"), ("--threads", "-1", "must be >= 0")]
+    bad += [("--min-steps", "-1", "must be >= 0"), ("--embedding", "pixels", "must be one of")]
+    for flag, value, rule in bad:
+        assert main(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), flag, value]) == 2
+        assert f"error: {flag} {rule}" in capsys.readouterr().err
+
+
+def test_cli_flag_spellings():
+    """The tokenizer's flags as the README, compare and the benchmarks spell them, SASRec's included."""
+    from data_pipeline.cli import parse
+    from store.tokenizer.pipeline import OLD_SPELLINGS, TokenizeConfig
+
+    argv = ["--data", "d", "--out", "o", "--method", "rqvae", "--num_sids", "4", "--codebook-size", "64",
+            "--no-rotation", "--min-steps", "30", "--batch-size", "8", "--lr", "0.1", "--fm-epochs", "1",
+            "--seed", "3", "--no-progress", "--sasrec-dim", "8", "--sasrec-max-len", "5",
+            "--sasrec-negatives", "2", "--sasrec-all-rows", "--sasrec.layers", "1"]  # fmt: skip
+    cfg = parse(TokenizeConfig, argv, prog="python -m store.tokenizer", renames=OLD_SPELLINGS)
+    assert (cfg.method, cfg.num_sids, cfg.codebook_size, cfg.rotation) == ("rqvae", 4, 64, False)
+    assert not cfg.progress
+    assert (cfg.fit.min_steps, cfg.fit.batch_size, cfg.fit.lr, cfg.fm_epochs, cfg.seed) == (30, 8, 0.1, 1, 3)
+    s = cfg.sasrec
+    assert (s.dim, s.max_len, s.num_negatives, s.positives_only, s.layers) == (8, 5, 2, False, 1)
 
 
 def test_content_embeddings_reject_bad_rows(tmp_path):
@@ -389,7 +411,8 @@ def test_minilm_text_embeddings_offline(tmp_path, monkeypatch):
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[1, 2]
-    # the CLI's default source for an item table with only text columns is text; reuse the loaded model
+    # text is asked for (the default for an item table without an embedding column is learned);
+    # reuse the loaded model
     import store.tokenizer.embeddings as item_embeddings
 
     monkeypatch.setattr(item_embeddings, "load_minilm", lambda: model)
@@ -404,6 +427,8 @@ def test_minilm_text_embeddings_offline(tmp_path, monkeypatch):
         "2",
         "--codebook-size",
         "4",
+        "--embedding",
+        "text",
     ]
     assert main([*argv, "--min-steps", "10", "--no-progress", "--threads", "1"]) == 0
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())

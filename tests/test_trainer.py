@@ -61,8 +61,6 @@ def test_bad_flags_name_flag_value_and_rule(data, tmp_path):
         parse_args(small_flags(data, tmp_path, "--model", "store"))
     with pytest.raises(ConfigError, match=r"--model must be one of"):
         parse_args(small_flags(data, tmp_path, "--model", "nope"))
-    with pytest.raises(ConfigError, match=r"--optim.dense_lr must be float, got 'fast'"):
-        parse_args(small_flags(data, tmp_path, "--optim.dense_lr", "fast"))
     with pytest.raises(ConfigError, match=r"--model.num_heads must divide"):
         parse_args(small_flags(data, tmp_path, "--model.num_heads", "5"))
     with pytest.raises(ConfigError, match=r"--sharding.tables expects"):
@@ -77,6 +75,58 @@ def test_cli_exit_code_2_for_bad_flag(data, tmp_path, capsys):
     assert main(small_flags(data, tmp_path, "--epochs", "-1")) == 2
     assert "--epochs must be > 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--optim.dense_lr", "fast"], ["--optim.dense-lr", "'fast'"]),
+        (["--logging.progress", "maybe"], ["--logging.progress", "'maybe'"]),
+        (["--model.mlp_dims", "8,x"], ["--model.mlp-dims", "'8,x'"]),
+        (["--checkpoint-every", "3"], ["--checkpoint-every", "--checkpoint.every"]),  # one flag per setting
+    ],
+)
+def test_malformed_flags_exit_2_naming_flag_and_value(data, tmp_path, capsys, flags, named):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(small_flags(data, tmp_path, *flags))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and all(s in err for s in named), err
+
+
+def test_flag_spellings_of_existing_commands(data, tmp_path):
+    """Dashes or underscores, booleans as --flag/--no-flag on top and as a value in groups, int lists
+    as comma lists: the command lines of the README, docs, tests and launchers keep working."""
+    cfg = parse_args(small_flags(
+        data, tmp_path, "--batch_size", "48", "--max-steps", "5", "--no-pipeline", "--no-bf16", "--resume",
+        "--model.mlp_dims", "64,32", "--model.num-layers", "3", "--model.rotation", "false",
+        "--model.vanilla_attention", "True", "--optim.sparse_lr", "0.1", "--eval.max_batches", "2",
+        "--logging.tensorboard", "yes", "--checkpoint.every", "4", "--sharding.tables", "t_item=row_wise",
+    ))  # fmt: skip
+    assert (cfg.batch_size, cfg.max_steps, cfg.pipeline, cfg.bf16, cfg.resume) == (48, 5, False, False, True)
+    m = cfg.model_config
+    assert (m.mlp_dims, m.num_layers, m.rotation, m.vanilla_attention) == ((64, 32), 3, False, True)
+    assert (cfg.optim.sparse_lr, cfg.eval.max_batches, cfg.checkpoint.every) == (0.1, 2, 4)
+    assert (cfg.logging.progress, cfg.logging.tensorboard) == (False, True)
+    assert cfg.table_overrides() == {"t_item": "row_wise"}
+
+
+def test_help_documents_every_flag(capsys):
+    import dataclasses
+    import re
+
+    from trainer.config import GROUPS, TrainConfig
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    # one entry per flag: the flag, its metavar, its docstring, its default
+    out = capsys.readouterr().out
+    entries = [" ".join(e.replace("│", " ").split()) for e in re.split(r"\n[│ ]+(?=--)", out)]
+    flags = [f"--{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in GROUPS.values()]
+    for prefix, attr in GROUPS.items():
+        flags += [f"--{prefix}.{f.name}" for f in dataclasses.fields(getattr(TrainConfig(), attr))]
+    for flag in flags:
+        entry = next((e for e in entries if re.match(rf"{flag.replace('_', '-')}[ ,]", e)), "")
+        assert len(entry.split("(default:")[0].split()) >= 4, f"{flag}: no help text in {entry!r}"
 
 
 def test_toml_config_and_flag_precedence(data, tmp_path):
@@ -123,6 +173,46 @@ def test_auto_sharding_types():
         choose_sharding_types(tables, "auto", {"t_item": "row_wise"}, 2, cpu, 4096)
     with pytest.raises(ValueError, match=r"unknown tables \['t_nope'\]"):
         choose_sharding_types(tables, "auto", {"t_nope": "table_wise"}, 2, cpu, 4096)
+
+
+# -- LR schedule in the checkpoint -------------------------------------------------------------------
+def test_scheduler_state_is_tensors_and_restores_position_and_lrs():
+    """A fresh scheduler loaded from `scheduler_state` after k steps is the one that took them: same
+    state_dict, same LRs on the param groups now and after the next step."""
+    from trainer.config import OptimConfig
+    from trainer.optim import load_scheduler_state, lr_factor, scheduler_state, scheduler_state_at
+
+    cfg = OptimConfig(warmup_steps=4, decay="cosine", min_lr_ratio=0.1)
+
+    def factor(step: int) -> float:
+        return lr_factor(step, cfg, total_steps=20)
+
+    def every_other(step: int) -> float:  # like the rotation group
+        return factor(step) if step % 2 == 0 else 0.0
+
+    def scheduled() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (0.1, 0.03)])
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, [factor, every_other])
+
+    def lrs(opt: torch.optim.Optimizer) -> list[float]:
+        return [g["lr"] for g in opt.param_groups]
+
+    for k in (1, 6):
+        opt, ref = scheduled()
+        for _ in range(k):
+            opt.step()
+            ref.step()
+        state = scheduler_state(ref)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        assert {n: int(v) for n, v in state.items()} == {n: int(v) for n, v in scheduler_state_at(k).items()}
+        new_opt, resumed = scheduled()
+        load_scheduler_state(resumed, {n: v.clone() for n, v in state.items()})
+        assert resumed.state_dict() == ref.state_dict()
+        assert lrs(new_opt) == lrs(opt) != [0.1 * factor(0), 0.03 * every_other(0)]
+        for o, sched in ((opt, ref), (new_opt, resumed)):
+            o.step()
+            sched.step()
+        assert lrs(new_opt) == lrs(opt)
 
 
 # -- sharded == unsharded (2 gloo processes) ---------------------------------------------------------
@@ -252,7 +342,7 @@ def test_sharded_model_matches_unsharded(tmp_path):
 def test_two_process_run_trains_evaluates_checkpoints_and_resumes_on_one_rank(data, tmp_path):
     out = tmp_path / "run"
     cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "trainer"]
-    flags = small_flags(data, out, "--checkpoint-every", "10", "--eval.every_steps", "10", "--max-steps", "20",
+    flags = small_flags(data, out, "--checkpoint.every", "10", "--eval.every_steps", "10", "--max-steps", "20",
                         "--logging.tensorboard", "true", "--sharding.replicate_max_rows", "250")  # fmt: skip
     r = subprocess.run(cmd + flags, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -265,6 +355,11 @@ def test_two_process_run_trains_evaluates_checkpoints_and_resumes_on_one_rank(da
     history = json.loads((out / "metrics.json").read_text())
     assert [h["step"] for h in history if h["split"] == "valid"] == [10, 20]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_10", "step_20"]
+    from trainer.checkpoint import CheckpointManager
+
+    assert {"scheduler.last_epoch", "scheduler._step_count"} <= CheckpointManager.keys(
+        out / "checkpoints" / "step_20"
+    )
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
     # Resume on ONE rank from the 2-rank checkpoint (tables resharded, reader rows re-split).
@@ -315,13 +410,16 @@ def _run_in_process(flags: list[str]) -> dict:
 
 @pytest.mark.slow
 def test_kill_and_resume_is_bit_identical(data, tmp_path):
-    ref = _run_in_process(small_flags(data, tmp_path / "ref", "--epochs", "2", "--checkpoint-every", "3"))
+    # the LR changes every step (warm-up, then cosine decay): a resume must restore the schedule too
+    run = ["--epochs", "2", "--checkpoint.every", "3", "--optim.warmup_steps", "30",
+           "--optim.decay", "cosine"]  # fmt: skip
+    ref = _run_in_process(small_flags(data, tmp_path / "ref", *run))
     assert ref["steps"] == 2 * (1600 // 32)
 
     out = tmp_path / "killed"
     kill_at = random.Random().choice(range(6, 60, 3))
     proc = subprocess.Popen(
-        [PY, "-m", "trainer", *small_flags(data, out, "--epochs", "2", "--checkpoint-every", "3")],
+        [PY, "-m", "trainer", *small_flags(data, out, *run)],
         env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 240
@@ -332,7 +430,7 @@ def test_kill_and_resume_is_bit_identical(data, tmp_path):
     proc.wait()
     assert not (out / "summary.json").exists()
 
-    resumed = _run_in_process(small_flags(data, out, "--epochs", "2", "--checkpoint-every", "3", "--resume"))
+    resumed = _run_in_process(small_flags(data, out, *run, "--resume"))
     assert resumed["steps"] == ref["steps"]
     for key in ("auc", "gauc", "logloss", "tail_auc"):
         assert resumed[key] == ref[key], (key, kill_at)  # bit-identical on CPU
@@ -353,7 +451,7 @@ def test_nan_loss_exits_3_without_checkpoint_for_that_step(data, tmp_path, capsy
         "--optim.sparse_lr",
         "1e30",
     ]
-    assert main(small_flags(data, out, "--checkpoint-every", "1", "--pipeline", *lr)) == 3
+    assert main(small_flags(data, out, "--checkpoint.every", "1", "--pipeline", *lr)) == 3
     err = capsys.readouterr().err
     assert "training loss is not finite at step" in err
     bad_step = int(err.split("at step ")[1].split()[0])

@@ -1,13 +1,14 @@
 """Distributed trainer: any model of the zoo, one process or many, CPU (gloo) or GPU (nccl).
 
     python -m trainer --data DIR --model store|id|dnn|deepfm|dcn|autoint|rankmixer|onetrans \\
-        [--sids DIR] [--out OUT] [--epochs N] [--batch-size B] [--checkpoint-every N] [--resume] \\
+        [--sids DIR] [--out OUT] [--epochs N] [--batch-size B] [--checkpoint.every N] [--resume] \\
         [--pipeline/--no-pipeline] [--config run.toml] [--optim.* --eval.* --sharding.* --model.* ...]
     torchrun --nproc-per-node 2 -m trainer ...            # several processes
     torchx run -s local_cwd dist.ddp -j 1x2 -m trainer -- ...
 
-Modules: `config` (dataclasses, TOML, flags), `distributed` (process group, sharding plan, DMP),
-`optim` (dense / rotation optimizers, LR schedule), `train` (the loop), `metrics` (AUC, GAUC,
-logloss, tail AUC across ranks), `checkpoint` (atomic DCP checkpoints), `logging` (TensorBoard,
-console, JSON). Outputs in OUT: checkpoints/step_<N>/, tensorboard/, metrics.json, summary.json.
+Modules: `config` (dataclasses, TOML, flags), `distributed` (process group, sharding plan, DMP,
+every collective), `optim` (dense / rotation optimizers, LR schedule), `train` (build, the loop, the
+step), `evaluate` (predictions of a split, gathered across ranks, and their metrics), `metrics`
+(AUC, GAUC, logloss, tail AUC of gathered predictions), `summary` (timers, throughput, memory,
+summary.json), `checkpoint` (atomic DCP checkpoints), `logging` (TensorBoard, console, JSON). Outputs in OUT: checkpoints/step_<N>/, tensorboard/, metrics.json, summary.json.
 """

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
+
+from trainer.distributed import barrier
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +171,9 @@ class CheckpointManager:
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():  # left by a killed run
                 shutil.rmtree(tmp)
-        _barrier()
+        barrier()
         dcp.save(state, checkpoint_id=tmp)
-        _barrier()  # every rank's files are written (DCP writes .metadata last, on rank 0)
+        barrier()  # every rank's files are written (DCP writes .metadata last, on rank 0)
         if self.rank == 0:
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 old = self.root / f".old-step_{step}"
@@ -181,7 +182,7 @@ class CheckpointManager:
             os.replace(tmp, final)
             _fsync_dir(self.root)
             self._prune()
-        _barrier()
+        barrier()
         return final
 
     def _prune(self) -> None:
@@ -204,11 +205,6 @@ class CheckpointManager:
     def keys(path: str | os.PathLike) -> set[str]:
         """Flattened state keys stored in a checkpoint (to check what a checkpoint holds before loading)."""
         return set(SafeFileSystemReader(str(path)).read_metadata().state_dict_metadata)
-
-
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def _fsync_dir(path: Path) -> None:

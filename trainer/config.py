@@ -1,36 +1,38 @@
-"""Trainer configuration: typed dataclasses, a TOML file, and CLI flags generated from the fields.
+"""Trainer configuration: typed dataclasses, a TOML file, and CLI flags built from them by tyro.
 
 Precedence: dataclass defaults < ``--config FILE.toml`` < command-line flags. Top-level fields are
 flags of their own (``--data``, ``--batch-size``, ``--pipeline/--no-pipeline``); a group's fields are
-``--<group>.<field>`` (``--optim.dense_lr 3e-4``, ``--model.embedding_dim 32``). In TOML the same
-names: top-level keys and one table per group; the model name is ``model = "store"`` or
-``[model] name = "store"``. Every field's docstring is its ``--help``. `TrainConfig.validate`
-raises `ConfigError` naming the flag, the value and the rule.
+``--<group>.<field>`` (``--optim.dense_lr 3e-4``, ``--model.embedding_dim 32``, ``--logging.progress
+false``; see ``data_pipeline.cli`` for the spellings). In TOML the same names: top-level keys and one
+table per group; the model name is ``model = "store"`` or ``[model] name = "store"``. Every field's
+docstring is its ``--help``. `TrainConfig.validate` raises `ConfigError` naming the flag, the value
+and the rule.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
-import textwrap
+import sys
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import tyro
+
+from data_pipeline import cli
+from data_pipeline.cli import ConfigError
 from store.models.config import ModelConfig
 
+DESCRIPTION = "Train a model of the zoo on a parquet dataset (one process, or many under torchrun)."
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
 DECAYS = ("none", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 
-
-class ConfigError(ValueError):
-    """A bad flag or config-file value. The message names the flag, the value and the rule."""
+BoolValues = tyro.conf.FlagConversionOff
+"""A group's booleans take a value (``--logging.progress false``); top-level ones are flags."""
 
 
 @dataclass
@@ -147,18 +149,19 @@ class TrainConfig:
     """torch.use_deterministic_algorithms(True) (bit-identical resume on CPU holds without it too)."""
     num_workers: int = 0
     """Reader worker processes per rank (0: decode in the training process)."""
-    checkpoint_every: int = 0
-    """Shortcut for --checkpoint.every."""
     resume: bool = False
     """Continue from the newest complete checkpoint in --out."""
     config: str = ""
     """TOML config file; flags override it."""
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    sharding: ShardingConfig = field(default_factory=ShardingConfig)
-    model_config: ModelConfig = field(default_factory=ModelConfig)
+    optim: Annotated[OptimConfig, BoolValues] = field(default_factory=OptimConfig)
+    eval: Annotated[EvalConfig, BoolValues] = field(default_factory=EvalConfig)
+    checkpoint: Annotated[CheckpointConfig, BoolValues] = field(default_factory=CheckpointConfig)
+    logging: Annotated[LoggingConfig, BoolValues] = field(default_factory=LoggingConfig)
+    sharding: Annotated[ShardingConfig, BoolValues] = field(default_factory=ShardingConfig)
+    model_config: Annotated[ModelConfig, BoolValues, tyro.conf.arg(name="model")] = field(
+        default_factory=ModelConfig
+    )
+    """Hyper-parameters of the model that --model names (STORE, its ID variant and the baselines)."""
 
     def validate(self) -> None:
         """ConfigError naming the flag, value and rule (model hyper-parameters: ModelConfig.validate)."""
@@ -186,7 +189,6 @@ class TrainConfig:
         non_negative = {
             "--max-steps": self.max_steps,
             "--num-workers": self.num_workers,
-            "--checkpoint-every": self.checkpoint_every,
             "--checkpoint.every": self.checkpoint.every,
             "--eval.every_steps": self.eval.every_steps,
             "--eval.batch_size": self.eval.batch_size,
@@ -251,111 +253,17 @@ class TrainConfig:
 
     @property
     def checkpoint_interval(self) -> int:
-        return self.checkpoint_every or self.checkpoint.every
+        """Steps between checkpoints (--checkpoint.every; 0: only at the end)."""
+        return self.checkpoint.every
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-# -- groups: (attribute, flag prefix, TOML table) ------------------------------------------------
-GROUPS = {
-    "optim": ("optim", OptimConfig),
-    "eval": ("eval", EvalConfig),
-    "checkpoint": ("checkpoint", CheckpointConfig),
-    "logging": ("logging", LoggingConfig),
-    "sharding": ("sharding", ShardingConfig),
-    "model": ("model_config", ModelConfig),
-}
-"""Flag prefix / TOML table -> (TrainConfig attribute, dataclass)."""
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings (the string literal right after each field) of a dataclass."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    docs, body = {}, tree.body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _scalar_fields(cls: type) -> list[tuple[str, Any, Any]]:
-    """(name, type, default) of the non-group fields of a dataclass."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, hints[f.name], default))
-    return out
-
-
-def _convert(flag: str, value: Any, default: Any) -> Any:
-    """A flag's text or a TOML value -> the field's type (bool / int / float / str / tuple of ints)."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            low = str(value).strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            items = value if isinstance(value, list | tuple) else str(value).replace(" ", "").split(",")
-            return tuple(int(x) for x in items if x != "")
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    except (TypeError, ValueError):
-        kind = "a comma-separated list of ints" if isinstance(default, tuple) else type(default).__name__
-        raise ConfigError(f"{flag} must be {kind}, got {value!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """argparse generated from the dataclasses; every default is SUPPRESS so only given flags appear."""
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer",
-        description="Train a model of the zoo on a parquet dataset (one process, or many under torchrun).",
-        argument_default=argparse.SUPPRESS,
-    )
-    docs = field_docs(TrainConfig)
-    for name, _, default in _scalar_fields(TrainConfig):
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{docs.get(name, '')} (default: {default!r})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, metavar=type(default).__name__.upper(), help=help_text)
-    for prefix, (_, cls) in GROUPS.items():
-        group = parser.add_argument_group(f"--{prefix}.*", (cls.__doc__ or "").strip())
-        group_docs = field_docs(cls)
-        for name, _, default in _scalar_fields(cls):
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            group.add_argument(
-                f"--{prefix}.{name}",
-                dest=f"{prefix}.{name}",
-                metavar="V",
-                help=f"{group_docs.get(name, '')} (default: {shown!r})",
-            )
-    return parser
+# -- TOML and flags --------------------------------------------------------------------------------
+GROUPS = {"optim": "optim", "eval": "eval", "checkpoint": "checkpoint", "logging": "logging"}
+GROUPS |= {"sharding": "sharding", "model": "model_config"}
+"""Flag prefix / TOML table -> TrainConfig attribute."""
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -368,52 +276,49 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
 
 
-def _flatten_toml(data: dict[str, Any], where: str) -> dict[str, Any]:
-    """TOML document -> {"name": v, "group.field": v} with unknown keys rejected."""
-    top = {name for name, _, _ in _scalar_fields(TrainConfig)}
-    flat: dict[str, Any] = {}
+def _typed(where: str, value: Any, default: Any) -> Any:
+    """A TOML value checked against the type of the field's default (a list becomes a tuple of ints)."""
+    if isinstance(default, tuple) and isinstance(value, list) and all(type(v) is int for v in value):
+        return tuple(value)
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if type(value) is not type(default):
+        kind = "a list of ints" if isinstance(default, tuple) else type(default).__name__
+        raise ConfigError(f"{where} must be {kind}, got {value!r}")
+    return value
+
+
+def from_toml(data: dict[str, Any], where: str) -> TrainConfig:
+    """A TOML document -> TrainConfig: top-level keys are fields, one table per group, the model name
+    ``model = "store"`` or ``[model] name = "store"``; unknown keys are rejected."""
+    cfg = TrainConfig()
+    top = {f.name for f in dataclasses.fields(cfg)} - set(GROUPS.values()) - {"config"}
     for key, value in data.items():
         if key in GROUPS and isinstance(value, dict):
-            allowed = {name for name, _, _ in _scalar_fields(GROUPS[key][1])}
+            group = getattr(cfg, GROUPS[key])
+            known = [f.name for f in dataclasses.fields(group)]
             for sub, v in value.items():
                 if key == "model" and sub == "name":
-                    flat["model"] = v
-                elif sub not in allowed:
-                    raise ConfigError(f"{where}: unknown key [{key}] {sub}; known: {sorted(allowed)}")
+                    cfg.model = _typed(f"{where}: [model] name", v, cfg.model)
+                elif sub not in known:
+                    raise ConfigError(f"{where}: unknown key [{key}] {sub}; known: {sorted(known)}")
                 else:
-                    flat[f"{key}.{sub}"] = v
-        elif key in top and key != "config":
-            flat[key] = value
+                    setattr(group, sub, _typed(f"{where}: [{key}] {sub}", v, getattr(group, sub)))
+        elif key in top:
+            setattr(cfg, key, _typed(f"{where}: {key}", value, getattr(cfg, key)))
         else:
             raise ConfigError(f"{where}: unknown key {key!r}")
-    return flat
-
-
-def make_config(values: dict[str, Any]) -> TrainConfig:
-    """{"batch_size": v, "optim.dense_lr": v, ...} -> TrainConfig (converted, not yet validated)."""
-    cfg = TrainConfig()
-    top = {name: default for name, _, default in _scalar_fields(TrainConfig)}
-    for key, value in values.items():
-        if "." in key:
-            prefix, name = key.split(".", 1)
-            attr, cls = GROUPS[prefix]
-            defaults = {n: d for n, _, d in _scalar_fields(cls)}
-            setattr(getattr(cfg, attr), name, _convert(f"--{key}", value, defaults[name]))
-        else:
-            setattr(cfg, key, _convert("--" + key.replace("_", "-"), value, top[key]))
     return cfg
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Flags (and --config TOML) -> validated TrainConfig. ConfigError for bad values.
-
-    argparse itself exits with code 2 for unknown flags and missing values.
-    """
-    flags = vars(build_parser().parse_args(argv))
-    values: dict[str, Any] = {}
-    if flags.get("config"):
-        values.update(_flatten_toml(load_toml(flags["config"]), f"--config {flags['config']}"))
-    values.update(flags)
-    cfg = make_config(values)
+    """Flags (and --config TOML) -> validated TrainConfig. ConfigError for bad values; tyro exits
+    with code 2 for unknown flags, missing values and values of the wrong type."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default="")
+    path = pre.parse_known_args(argv)[0].config
+    base = from_toml(load_toml(path), f"--config {path}") if path else TrainConfig()
+    cfg = cli.parse(TrainConfig, argv, prog="python -m trainer", description=DESCRIPTION, default=base)
     cfg.validate()
     return cfg

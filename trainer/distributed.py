@@ -9,6 +9,9 @@ whole raw-ID table). Here we
 3. pick a sharding type per table (automatic default, per-table overrides) and let TorchRec's
    `EmbeddingShardingPlanner` place the shards (`collective_plan`: every rank gets rank 0's plan),
 4. wrap the model in `DistributedModelParallel` (dense part data-parallel).
+
+Every collective the trainer runs outside TorchRec and DCP is here too (`barrier`, `all_reduce`,
+`all_gather_floats`, `gather_tensors`, `broadcast_from_main`); each is a no-op in a group of one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
@@ -88,6 +92,58 @@ def init_distributed(device: str = "auto") -> DistEnv:
 def close_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# -- collectives ---------------------------------------------------------------------------------
+def _several_ranks() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if _several_ranks():
+        dist.barrier()
+
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce `t` over ranks in place ("sum", "min" or "max") and return it."""
+    if _several_ranks():
+        dist.all_reduce(t, op=_REDUCE_OPS[op])
+    return t
+
+
+def all_gather_floats(values: list[float], device: torch.device) -> list[list[float]]:
+    """[values of rank 0, values of rank 1, ...] (small float vectors, the same length on every rank)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if not _several_ranks():
+        return [t.tolist()]
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.tolist() for o in out]
+
+
+def gather_tensors(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor from every rank (rank order); ranks may hold different lengths.
+
+    The result is on `t`'s device. torchmetrics pads to the longest rank, all-gathers and trims.
+    """
+    if not _several_ranks():
+        return t
+    home = t.device
+    if dist.get_backend() == "nccl":  # nccl moves only CUDA tensors
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    return torch.cat(gather_all_tensors(t)).to(home)
+
+
+def broadcast_from_main(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rank 0's `t` on every rank (sent through `device`; returned on `t`'s device)."""
+    if not _several_ranks():
+        return t
+    sent = t.to(device)
+    dist.broadcast(sent, src=0)
+    return sent.to(t.device)
 
 
 @dataclass(frozen=True)

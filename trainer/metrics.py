@@ -1,11 +1,11 @@
-"""Evaluation metrics: AUC, GAUC, logloss and tail-item AUC, exact across ranks.
+"""Evaluation metrics: AUC, GAUC, logloss and tail-item AUC of a whole split.
 
-Every rank holds the predictions for its slice of the split. The tensors are all-gathered (padded
-to the longest rank, then trimmed), so the metrics are those of the whole split, not an average of
-per-rank metrics. AUC is torchmetrics' exact `binary_auroc`; GAUC (per-user AUC, weighted by the
-user's impressions, users with a single class skipped) is computed in one vectorised pass with
-tie-aware ranks (the Mann-Whitney statistic per user). A dataset without a user column has no GAUC
-(``users=None``), one without an item column no tail-item AUC (``buckets=None`` or empty).
+The functions here see every row of the split: `trainer.evaluate` gathers the ranks' predictions
+first, so the metrics are those of the whole split, not an average of per-rank metrics. AUC is
+torchmetrics' exact `binary_auroc`; GAUC (per-user AUC, weighted by the user's impressions, users
+with a single class skipped) is computed in one vectorised pass with tie-aware ranks (the
+Mann-Whitney statistic per user). A dataset without a user column has no GAUC (``users=None``), one
+without an item column no tail-item AUC (``buckets=None`` or empty).
 """
 
 from __future__ import annotations
@@ -16,30 +16,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from data_pipeline.spec import DatasetSpec, list_shards, split_dir
-
-
-def gather(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor from every rank (rank order); ranks may hold different lengths."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    world = dist.get_world_size()
-    home = t.device
-    if dist.get_backend() == "nccl":  # nccl moves only CUDA tensors
-        t = t.to(torch.device("cuda", torch.cuda.current_device()))
-    n = torch.tensor([t.numel()], dtype=torch.int64, device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = torch.zeros(max(sizes), dtype=t.dtype, device=t.device)
-    padded[: t.numel()] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded)
-    return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(home)
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -145,15 +125,14 @@ def evaluate_predictions(
     buckets: torch.Tensor | None = None,
     tail_buckets: int = 0,
 ) -> dict:
-    """All metrics of one split from this rank's rows (gathered across ranks here).
+    """All metrics of one split from all its rows, each tensor (N,).
 
     users: None when the dataset has no user column: the result then has no gauc / gauc_users.
     buckets: popularity bucket per item (`popularity_buckets`); tail_auc is the AUC over rows whose
     item lies in buckets [0, tail_buckets). None or empty (no item column): no tail / bucket metrics.
     """
-    logits, labels = gather(logits.float().cpu()), gather(labels.float().cpu())
-    items = gather(items.long().cpu())
-    g, g_users = gauc(gather(users.long().cpu()), logits, labels) if users is not None else (None, None)
+    logits, labels, items = logits.float().cpu(), labels.float().cpu(), items.long().cpu()
+    g, g_users = gauc(users.long().cpu(), logits, labels) if users is not None else (None, None)
     out = {
         "auc": auc(logits, labels),
         "gauc": g,

@@ -1,18 +1,24 @@
 """Dense and rotation optimizers next to TorchRec's fused embedding optimizer, and the LR schedule.
 
-The embedding tables' optimizer is fused into the backward by TorchRec (`trainer.distributed`);
-DMP exposes it as `model.fused_optimizer`. The remaining parameters get a plain torch optimizer
-(data-parallel embedding tables are among them: TorchRec trains replicated tables like dense
-weights), STORE's rotation matrices R their own. `CombinedOptimizer` makes one optimizer of the
-three, so the training pipeline, the LR schedule and the checkpoint see a single object.
+The sharded embedding tables' optimizer is fused into the backward by TorchRec
+(`trainer.distributed`); DMP exposes it as `model.fused_optimizer`. TorchRec leaves replicated
+(data-parallel) tables to the caller, like dense weights: they get the same algorithm and LR as the
+fused one (`--optim.sparse`, `--optim.sparse_lr`), so a table learns alike whether it is sharded or
+replicated (STORE's SID codebooks are replicated, the ID arm's big tables sharded). The remaining
+parameters get a plain torch optimizer, STORE's rotation matrices R their own. `CombinedOptimizer`
+makes one optimizer of them all, so the training pipeline, the LR schedule and the checkpoint see a
+single object.
 
-The schedule is a pure function of the step (`lr_factor`), so restoring the step restores it.
+The schedule is a `LambdaLR` whose lambdas (`lr_factor`) and base LRs come from the flags. A
+checkpoint saves its position (`scheduler_state`: tensors, like the rest of the checkpoint) and a
+resume puts it back (`load_scheduler_state`), which also resets the LRs the schedule had set there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -20,6 +26,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from trainer.config import OptimConfig
+from trainer.distributed import sparse_optimizer_class
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
@@ -43,9 +50,16 @@ def _dense_factory(cfg: OptimConfig, lr: float) -> Callable[[list], torch.optim.
 
 
 def build_optimizer(
-    dmp: nn.Module, rotation_params: list[nn.Parameter], cfg: OptimConfig, total_steps: int
+    dmp: nn.Module,
+    rotation_params: list[nn.Parameter],
+    cfg: OptimConfig,
+    total_steps: int,
+    table_names: set[str] = frozenset(),
 ) -> tuple[CombinedOptimizer, torch.optim.lr_scheduler.LambdaLR, dict[str, int]]:
-    """-> (optimizer over fused + dense + rotation, LR scheduler, {group label: index}).
+    """-> (optimizer over fused + replicated tables + dense + rotation, LR scheduler, {group label: index}).
+
+    ``table_names``: the model's embedding tables; those not fused (replicated) get the sparse
+    optimizer and LR.
 
     The rotation matrices move on every `cfg.rotation_every`-th step only (their LR is 0 on the
     other steps): R and the network are optimised alternately.
@@ -54,7 +68,15 @@ def build_optimizer(
     named = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense = {k: p for k, p in named.items() if id(p) not in rotation_ids and p.requires_grad}
     rotation = {k: p for k, p in named.items() if id(p) in rotation_ids and p.requires_grad}
+    # a replicated table's weight: "...embedding_bags.<table>.weight" (or "...embeddings.<table>.weight")
+    replicated = {k: p for k, p in dense.items() if k.endswith(".weight") and k.split(".")[-2] in table_names}
+    dense = {k: p for k, p in dense.items() if k not in replicated}
     parts: list = [("fused", dmp.fused_optimizer)]
+    if replicated:
+        cls, kwargs = sparse_optimizer_class(cfg.sparse)
+        parts.append(
+            ("replicated", KeyedOptimizerWrapper(replicated, lambda ps: cls(ps, lr=cfg.sparse_lr, **kwargs)))
+        )
     dense_opt = None
     if dense:
         dense_opt = KeyedOptimizerWrapper(dense, _dense_factory(cfg, cfg.dense_lr))
@@ -95,11 +117,35 @@ def init_dense_state(optimizer: CombinedOptimizer) -> None:
             opt.init_state()
 
 
-def set_schedule_step(
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, step: int
+_SCHEDULER_KEYS = ("last_epoch", "_step_count")
+"""What `scheduler_state` saves of `LambdaLR.state_dict()`: its position, the same on every rank. The
+per-group lists (base and last LRs) are left out: they follow from the flags and the position, and
+the number of param groups (fused embedding optimizers) may differ between ranks."""
+
+
+def scheduler_state(scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict[str, torch.Tensor]:
+    """The scheduler's position as int64 tensors (a checkpoint holds tensors only)."""
+    state = scheduler.state_dict()
+    return {k: torch.tensor(state[k], dtype=torch.int64) for k in _SCHEDULER_KEYS}
+
+
+def scheduler_state_at(step: int) -> dict[str, torch.Tensor]:
+    """What `scheduler_state` returns after `step` scheduler steps (for checkpoints written before the
+    scheduler was saved: their position is their step)."""
+    return {"last_epoch": torch.tensor(step), "_step_count": torch.tensor(step + 1)}
+
+
+def load_scheduler_state(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, state: Mapping[str, torch.Tensor]
 ) -> None:
-    """Put the schedule at `step` (after a resume): the LRs it would have set by then."""
-    scheduler.last_epoch = step
-    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["lr"] = group["initial_lr"] * fn(step)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    """Put the scheduler where `scheduler_state` was taken, with the LRs it had set there.
+
+    The scheduler is put one step earlier and steps once: its own `step()` recomputes the LRs from
+    this run's lambdas and base LRs and sets them on the param groups.
+    """
+    loaded = scheduler.state_dict()
+    loaded.update({k: int(state[k]) - 1 for k in _SCHEDULER_KEYS})
+    scheduler.load_state_dict(loaded)
+    with warnings.catch_warnings():  # expected here (no optimizer step yet): nothing is skipped
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        scheduler.step()

@@ -6,13 +6,27 @@ Each layer: X = ReLU(MHA(X) + X W_res), then logits = Linear(flatten(X)).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
-from data_pipeline.spec import DatasetSpec
-from store.models.config import ModelConfig
-from store.models.layers import FieldEmbedder, ModelOutput
+from store.models.layers import FieldEmbedder, FieldInputs, ModelOutput
+
+
+@dataclass
+class AutoIntConfig:
+    """AutoInt's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
+
+    embedding_dim: int
+    """D: width of every field."""
+    num_layers: int
+    """Self-attention layers over the fields."""
+    num_heads: int
+    """Heads per self-attention layer; divides D."""
+    dropout: float
+    """Dropout probability in the attention."""
 
 
 class InteractingLayer(nn.Module):
@@ -30,18 +44,15 @@ class InteractingLayer(nn.Module):
 class AutoInt(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,)."""
 
-    def __init__(self, spec: DatasetSpec, cfg: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: AutoIntConfig, device: torch.device | None = None) -> None:
         super().__init__()
         d = cfg.embedding_dim
-        self.fields = FieldEmbedder(spec, d, device)
+        self.fields = FieldEmbedder(inputs, d, device)
         self.layers = nn.Sequential(
-            *[InteractingLayer(d, cfg.autoint_heads, cfg.dropout) for _ in range(cfg.autoint_layers)]
+            *[InteractingLayer(d, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)]
         )
         self.out = nn.Linear(self.fields.num_fields * d, 1)
 
-    def rotation_parameters(self) -> list[nn.Parameter]:
-        return []
-
     def forward(self, batch: Batch) -> ModelOutput:
-        fields, _ = self.fields(batch)
+        fields, _ = self.fields(batch)  # (B, F, D)
         return ModelOutput(logits=self.out(self.layers(fields).flatten(1)).squeeze(-1))

@@ -1,7 +1,8 @@
 """Model hyper-parameters shared by every model of the zoo (``store.models.zoo.build_model``).
 
-One flat dataclass: the trainer exposes each field as ``--model.<field>``. Fields a model does not
-use are ignored by it (e.g. ``cross_layers`` outside DCN), so one config can drive a whole comparison.
+One flat dataclass: the trainer exposes each field as ``--model.<field>``, so one config can drive a
+whole comparison. The models never see it: ``build_model`` hands each model its own small config
+with only the fields it uses (``store.models.zoo.model_config``; e.g. ``DCNConfig.cross_layers``).
 """
 
 from __future__ import annotations

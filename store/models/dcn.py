@@ -6,31 +6,42 @@ Cross layer (TorchRec's ``CrossNet``): x_{l+1} = x_0 * (W_l x_l + b_l) + x_l wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torchrec.modules.crossnet import CrossNet
 
 from data_pipeline.batch import Batch
-from data_pipeline.spec import DatasetSpec
-from store.models.config import ModelConfig
-from store.models.layers import FieldEmbedder, ModelOutput, mlp
+from store.models.layers import FieldEmbedder, FieldInputs, ModelOutput, mlp
+
+
+@dataclass
+class DCNConfig:
+    """DCN-v2's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
+
+    embedding_dim: int
+    """D: width of every field."""
+    mlp_dims: tuple[int, ...]
+    """Hidden sizes of the deep tower."""
+    dropout: float
+    """Dropout probability in the deep tower."""
+    cross_layers: int
+    """Full-rank cross layers."""
 
 
 class DCN(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,) = Linear([CrossNet(x0), MLP(x0)]), x0 (B, N)."""
 
-    def __init__(self, spec: DatasetSpec, cfg: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: DCNConfig, device: torch.device | None = None) -> None:
         super().__init__()
-        self.fields = FieldEmbedder(spec, cfg.embedding_dim, device)
+        self.fields = FieldEmbedder(inputs, cfg.embedding_dim, device)
         n = self.fields.num_fields * cfg.embedding_dim
         self.cross = CrossNet(in_features=n, num_layers=cfg.cross_layers)
         self.deep = mlp(n, cfg.mlp_dims, cfg.dropout)
         self.out = nn.Linear(n + cfg.mlp_dims[-1], 1)
 
-    def rotation_parameters(self) -> list[nn.Parameter]:
-        return []
-
     def forward(self, batch: Batch) -> ModelOutput:
         fields, _ = self.fields(batch)
-        x0 = fields.flatten(1)
+        x0 = fields.flatten(1)  # (B, N)
         return ModelOutput(logits=self.out(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(-1))

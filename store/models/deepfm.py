@@ -9,13 +9,25 @@ embedding dimensions, so it is not used here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
-from data_pipeline.spec import DatasetSpec
-from store.models.config import ModelConfig
-from store.models.layers import FieldEmbedder, Head, ModelOutput
+from store.models.layers import FieldEmbedder, FieldInputs, Head, ModelOutput
+
+
+@dataclass
+class DeepFMConfig:
+    """DeepFM's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
+
+    embedding_dim: int
+    """D: width of every field (the FM's factor size)."""
+    mlp_dims: tuple[int, ...]
+    """Hidden sizes of the deep tower."""
+    dropout: float
+    """Dropout probability in the deep tower."""
 
 
 def factorization_machine(fields: torch.Tensor) -> torch.Tensor:
@@ -28,14 +40,11 @@ def factorization_machine(fields: torch.Tensor) -> torch.Tensor:
 class DeepFM(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,) = bias + first order + FM(fields) + MLP(fields)."""
 
-    def __init__(self, spec: DatasetSpec, cfg: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: DeepFMConfig, device: torch.device | None = None) -> None:
         super().__init__()
-        self.fields = FieldEmbedder(spec, cfg.embedding_dim, device, first_order=True)
+        self.fields = FieldEmbedder(inputs, cfg.embedding_dim, device, first_order=True)
         self.deep = Head(self.fields.num_fields * cfg.embedding_dim, cfg.mlp_dims, cfg.dropout)
 
-    def rotation_parameters(self) -> list[nn.Parameter]:
-        return []
-
     def forward(self, batch: Batch) -> ModelOutput:
-        fields, first_order = self.fields(batch)
+        fields, first_order = self.fields(batch)  # (B, F, D), (B,)
         return ModelOutput(logits=first_order + factorization_machine(fields) + self.deep(fields.flatten(1)))

@@ -108,15 +108,15 @@ def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None
     """Forward FLOPs of a ``StoreModel`` ("store" or "id") per batch of ``batch_size`` rows.
 
     ``history_len``: history tokens per history feature when ``history_tokens`` is on (default:
-    the spec's max_len, the padded length the model uses).
+    each feature's max_len, the padded length the model uses).
     """
-    cfg, spec, b = model.cfg, model.spec, batch_size
+    cfg, b = model.cfg, batch_size  # cfg: the model's StoreConfig
     t = model.num_fixed_tokens
     if cfg.history_tokens:
         for f in model.history:
-            length = history_len if history_len is not None else spec.feature(f).max_len
+            length = history_len if history_len is not None else f.max_len
             if length <= 0:
-                raise ValueError(f"history feature {f!r} has max_len 0: pass history_len")
+                raise ValueError(f"history feature {f.name!r} has max_len 0: pass history_len")
             t += length
     report = transformer_flops(
         b,

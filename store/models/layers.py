@@ -7,6 +7,10 @@ and passes ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) straight into
 surgery before the lookup, so
 ``TrainPipelineSparseDist`` can overlap the input distribution). Collections are built on the
 ``device`` given (``meta`` for sharding later); dense layers on the default device.
+
+Models never read the ``DatasetSpec``: ``store.models.zoo.build_model`` turns it into explicit inputs
+(``Table`` lists, feature names, ``HistoryFeature`` lengths, the dense count), with the helpers of the
+"which feature is what" section below.
 """
 
 from __future__ import annotations
@@ -65,7 +69,47 @@ class Head(nn.Module):
         return self.out(self.mlp(x)).squeeze(-1)
 
 
-# -- which feature is what ----------------------------------------------------------------------------
+# -- explicit inputs ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Table:
+    """One embedding table, D wide: its name, rows and the batch features it serves."""
+
+    name: str
+    """Table name (``t_<...>``): what the sharding plan and checkpoints key on."""
+    rows: int
+    """num_embeddings."""
+    features: tuple[str, ...]
+    """Keys of the batch KJT it serves."""
+
+
+@dataclass(frozen=True)
+class HistoryFeature:
+    """An item-valued feature other than the target item (e.g. ``hist_items``)."""
+
+    name: str
+    """Its key in the batch KJT."""
+    max_len: int
+    """L it is padded to as tokens: 1 when single-valued, else the spec's max_len (0: the longest list
+    in the batch)."""
+
+
+@dataclass
+class FieldInputs:
+    """A batch's raw features as the baselines read them (``store.models.zoo.field_inputs(spec)``)."""
+
+    static_tables: list[Table]
+    """One table ``t_<f>`` per static (not item-valued) sparse feature f, in spec order."""
+    item_table: Table | None
+    """``t_item``: raw item IDs, serving every item-valued feature in spec order (None without items)."""
+    item_feature: str
+    """The target item's feature ("" without items)."""
+    history: list[HistoryFeature]
+    """Item-valued features other than the target item."""
+    num_dense: int
+    """Dense features, fed as one more field through a linear layer when > 0."""
+
+
+# -- which feature is what (read by store.models.zoo to build the inputs above) -------------------------
 def static_features(spec: DatasetSpec) -> list[str]:
     """Sparse features that are not item IDs (user, context, category ...), in spec order."""
     return [f.name for f in spec.sparse if not f.item_ref]
@@ -100,22 +144,19 @@ def _check_unique(names: list[str]) -> None:
         raise ValueError(f"embedding table names collide: {dupes} (rename the sparse features)")
 
 
-def static_bag_configs(
-    spec: DatasetSpec, dim: int, suffix: str = "", features: list[str] | None = None
-) -> list[EmbeddingBagConfig]:
-    """One mean-pooled table per static feature (or per feature of ``features``), named
-    ``t_<feature><suffix>``."""
+def bag_configs(tables: list[Table], dim: int, suffix: str = "") -> list[EmbeddingBagConfig]:
+    """One mean-pooled EmbeddingBagConfig per table, ``dim`` wide, named ``<table><suffix>``."""
     return [
         EmbeddingBagConfig(
-            name=static_table_name(f) + suffix,
+            name=t.name + suffix,
             embedding_dim=dim,
-            num_embeddings=spec.feature(f).vocab_size,
-            feature_names=[f],
+            num_embeddings=t.rows,
+            feature_names=list(t.features),
             pooling=PoolingType.MEAN,
             weight_init_min=-EMBEDDING_INIT,
             weight_init_max=EMBEDDING_INIT,
         )
-        for f in (static_features(spec) if features is None else features)
+        for t in tables
     ]
 
 
@@ -137,39 +178,22 @@ class FieldEmbedder(nn.Module):
     """
 
     def __init__(
-        self, spec: DatasetSpec, dim: int, device: torch.device | None = None, first_order: bool = False
+        self, inputs: FieldInputs, dim: int, device: torch.device | None = None, first_order: bool = False
     ) -> None:
         super().__init__()
-        items = [f.name for f in spec.sparse if f.item_ref]
-        suffixes = ["", "_w"] if first_order else [""]
-        tables: list[EmbeddingBagConfig] = []
-        for suffix in suffixes:
-            width = dim if suffix == "" else FIRST_ORDER_WIDTH
-            tables += static_bag_configs(spec, width, suffix)
-            if not items:  # a dataset without an item column
-                continue
-            tables.append(
-                EmbeddingBagConfig(
-                    name=RAW_ITEM_TABLE + suffix,
-                    embedding_dim=width,
-                    num_embeddings=num_item_rows(spec),
-                    feature_names=items,
-                    pooling=PoolingType.MEAN,
-                    weight_init_min=-EMBEDDING_INIT,
-                    weight_init_max=EMBEDDING_INIT,
-                )
-            )
+        shared = inputs.static_tables + ([inputs.item_table] if inputs.item_table is not None else [])
+        tables = bag_configs(shared, dim)
+        if first_order:
+            tables += bag_configs(shared, FIRST_ORDER_WIDTH, suffix="_w")
         _check_unique([t.name for t in tables])
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
-        features = static_features(spec) + items
+        features = [f for t in shared for f in t.features]  # static features, then the item-valued ones
         # A feature served by two tables is keyed "<feature>@<table>" in the pooled output (TorchRec).
-        table_of = {f: static_table_name(f) for f in static_features(spec)} | {
-            f: RAW_ITEM_TABLE for f in items
-        }
+        table_of = {f: t.name for t in shared for f in t.features}
         self.keys = [f"{f}@{table_of[f]}" if first_order else f for f in features]
         self.first_order_keys = [f"{f}@{table_of[f]}_w" for f in features] if first_order else []
-        self.dense = nn.Linear(len(spec.dense), dim) if spec.dense else None
-        self.num_fields = len(features) + (1 if spec.dense else 0)
+        self.dense = nn.Linear(inputs.num_dense, dim) if inputs.num_dense else None
+        self.num_fields = len(features) + (1 if inputs.num_dense else 0)
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.ebc(batch.sparse).to_dict()
@@ -185,49 +209,38 @@ class FieldEmbedder(nn.Module):
 
 # -- transformer models: pooled static features + sequences of item embeddings ------------------------
 class StaticEmbedder(nn.Module):
-    """EmbeddingBagCollection over the static features (or ``features``). forward(kjt) -> {feature: (B, D)}."""
+    """EmbeddingBagCollection over the static features' tables. forward(kjt) -> {feature: (B, D)}."""
 
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        dim: int,
-        device: torch.device | None = None,
-        features: list[str] | None = None,
-    ) -> None:
+    def __init__(self, tables: list[Table], dim: int, device: torch.device | None = None) -> None:
         super().__init__()
-        tables = static_bag_configs(spec, dim, features=features)
-        _check_unique([t.name for t in tables])
-        self.ebc = EmbeddingBagCollection(tables=tables, device=device) if tables else None
+        configs = bag_configs(tables, dim)
+        _check_unique([t.name for t in configs])
+        self.ebc = EmbeddingBagCollection(tables=configs, device=device) if configs else None
 
     def forward(self, kjt: KeyedJaggedTensor) -> dict[str, torch.Tensor]:
         return {} if self.ebc is None else self.ebc(kjt).to_dict()
 
 
 def item_collection(
-    tables: list[tuple[str, int, list[str]]], dim: int, pooled: bool, device: torch.device | None = None
+    tables: list[Table], dim: int, pooled: bool, device: torch.device | None = None
 ) -> EmbeddingBagCollection | EmbeddingCollection:
-    """The collection of (table name, rows, features) triples, all D wide: mean-pooled bags
-    (``pooled``, an EmbeddingBagCollection) or per-position sequences (an EmbeddingCollection)."""
-    _check_unique([name for name, _, _ in tables])
-    common = dict(embedding_dim=dim, weight_init_min=-EMBEDDING_INIT, weight_init_max=EMBEDDING_INIT)
+    """The collection of ``tables``, all D wide: mean-pooled bags (``pooled``, an
+    EmbeddingBagCollection) or per-position sequences (an EmbeddingCollection)."""
+    _check_unique([t.name for t in tables])
     if pooled:
-        bags = [
-            EmbeddingBagConfig(name=name, num_embeddings=rows, feature_names=features,
-                               pooling=PoolingType.MEAN, **common)
-            for name, rows, features in tables
-        ]  # fmt: skip
-        return EmbeddingBagCollection(tables=bags, device=device)
+        return EmbeddingBagCollection(tables=bag_configs(tables, dim), device=device)
     seqs = [
-        EmbeddingConfig(name=name, num_embeddings=rows, feature_names=features, **common)
-        for name, rows, features in tables
-    ]
+        EmbeddingConfig(name=t.name, num_embeddings=t.rows, feature_names=list(t.features), embedding_dim=dim,
+                        weight_init_min=-EMBEDDING_INIT, weight_init_max=EMBEDDING_INIT)
+        for t in tables
+    ]  # fmt: skip
     return EmbeddingCollection(tables=seqs, device=device)
 
 
 def sequence_collection(
-    tables: list[tuple[str, int, list[str]]], dim: int, device: torch.device | None = None
+    tables: list[Table], dim: int, device: torch.device | None = None
 ) -> EmbeddingCollection:
-    """EmbeddingCollection from (table name, rows, features) triples, all D wide."""
+    """EmbeddingCollection of ``tables``, all D wide."""
     return item_collection(tables, dim, pooled=False, device=device)
 
 
@@ -238,12 +251,10 @@ def padded(jt: JaggedTensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     return dense, valid
 
 
-def sequence_length(spec: DatasetSpec, feature: str, jt: JaggedTensor) -> int:
-    """L for a sequence feature: its max_len, or the longest list in the batch when max_len is 0."""
-    f = spec.feature(feature)
-    if not f.multi:
-        return 1
-    return f.max_len if f.max_len > 0 else max(1, int(jt.lengths().max()) if jt.lengths().numel() else 1)
+def sequence_length(max_len: int, jt: JaggedTensor) -> int:
+    """L for a history feature: ``max_len`` (``HistoryFeature.max_len``), or the longest list in the
+    batch when it is 0."""
+    return max_len if max_len > 0 else max(1, int(jt.lengths().max()) if jt.lengths().numel() else 1)
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -14,34 +14,49 @@ tokens (the S tokens serve as keys/values there); the head reads those NS tokens
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data_pipeline.batch import Batch
-from data_pipeline.spec import DatasetSpec
 from store.models.attention import TokenAttention
-from store.models.config import ModelConfig
 from store.models.layers import (
-    RAW_ITEM_TABLE,
+    FieldInputs,
     Head,
     ModelOutput,
     StaticEmbedder,
     TokenwiseLinear,
-    history_features,
-    num_item_rows,
     padded,
     sequence_collection,
     sequence_length,
-    static_features,
 )
+
+
+@dataclass
+class OneTransConfig:
+    """OneTrans's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
+
+    embedding_dim: int
+    """D: width of every token."""
+    num_layers: int
+    """Transformer layers (the last keeps only the NS tokens)."""
+    num_heads: int
+    """Attention heads; divides D."""
+    ffn_mult: int
+    """FFN hidden width = ffn_mult * D."""
+    mlp_dims: tuple[int, ...]
+    """Hidden sizes of the head."""
+    dropout: float
+    """Dropout probability in the attention, FFNs and head."""
 
 
 class OneTransLayer(nn.Module):
     """forward(x (B, T, D) with the N NS tokens first, key_valid (B, T)) -> (B, T, D), or (B, N, D)
     with ``last`` (only the NS tokens go on)."""
 
-    def __init__(self, num_ns: int, dim: int, cfg: ModelConfig, last: bool = False) -> None:
+    def __init__(self, num_ns: int, dim: int, cfg: OneTransConfig, last: bool = False) -> None:
         super().__init__()
         self.num_ns, self.last = num_ns, last
         self.attn = TokenAttention(dim, cfg.num_heads, vanilla=True, dropout=cfg.dropout)
@@ -71,7 +86,7 @@ class OneTransStack(nn.Module):
     forward(x (B, N + L, D), key_valid (B, N + L) or None) -> NS tokens (B, N, D).
     """
 
-    def __init__(self, num_ns: int, dim: int, cfg: ModelConfig) -> None:
+    def __init__(self, num_ns: int, dim: int, cfg: OneTransConfig) -> None:
         super().__init__()
         n = cfg.num_layers
         self.layers = nn.ModuleList([OneTransLayer(num_ns, dim, cfg, last=i == n - 1) for i in range(n)])
@@ -86,35 +101,33 @@ class OneTransStack(nn.Module):
 class OneTrans(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,)."""
 
-    def __init__(self, spec: DatasetSpec, cfg: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: OneTransConfig, device: torch.device | None = None) -> None:
         super().__init__()
+        if inputs.item_table is None:
+            raise ValueError("model 'onetrans' needs an item column (its target-item token)")
         d = cfg.embedding_dim
-        self.spec = spec
-        self.static_names = static_features(spec)
-        self.history = history_features(spec)
-        self.static = StaticEmbedder(spec, d, device)
-        items = [f.name for f in spec.sparse if f.item_ref]
-        self.items = sequence_collection([(RAW_ITEM_TABLE, num_item_rows(spec), items)], d, device)
-        self.dense = nn.Linear(len(spec.dense), d) if spec.dense else None
-        self.num_ns = len(self.static_names) + 1 + (1 if spec.dense else 0)
+        self.item_feature = inputs.item_feature
+        self.static_names = [f for t in inputs.static_tables for f in t.features]
+        self.history = inputs.history
+        self.static = StaticEmbedder(inputs.static_tables, d, device)
+        self.items = sequence_collection([inputs.item_table], d, device)
+        self.dense = nn.Linear(inputs.num_dense, d) if inputs.num_dense else None
+        self.num_ns = len(self.static_names) + 1 + (1 if inputs.num_dense else 0)
         self.stack = OneTransStack(self.num_ns, d, cfg)
         self.head = Head(self.num_ns * d, cfg.mlp_dims, cfg.dropout)
-
-    def rotation_parameters(self) -> list[nn.Parameter]:
-        return []
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled = self.static(batch.sparse)
         jts = self.items(batch.sparse)
-        ns = [pooled[f] for f in self.static_names] + [padded(jts[self.spec.item_id], 1)[0][:, 0]]
+        ns = [pooled[f] for f in self.static_names] + [padded(jts[self.item_feature], 1)[0][:, 0]]
         if self.dense is not None:
             ns.append(self.dense(batch.dense))
-        tokens = [torch.stack(ns, dim=1)]
+        tokens = [torch.stack(ns, dim=1)]  # (B, N, D)
         valid = [torch.ones(tokens[0].shape[:2], dtype=torch.bool, device=tokens[0].device)]
         for f in self.history:
-            seq, seq_valid = padded(jts[f], sequence_length(self.spec, f, jts[f]))
+            seq, seq_valid = padded(jts[f.name], sequence_length(f.max_len, jts[f.name]))
             tokens.append(seq)
             valid.append(seq_valid)
-        x = torch.cat(tokens, dim=1)
+        x = torch.cat(tokens, dim=1)  # (B, T, D)
         key_valid = torch.cat(valid, dim=1) if self.history else None
         return ModelOutput(logits=self.head(self.stack(x, key_valid).flatten(1)))

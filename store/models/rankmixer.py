@@ -1,6 +1,6 @@
 """RankMixer-like baseline (Zhu et al. 2025): parameter-free token mixing + per-token FFNs.
 
-Shape letters: B batch, F fields, D embedding width, T tokens (``rankmixer_tokens``), E = D / T.
+Shape letters: B batch, F fields, D embedding width, T tokens (``--model.rankmixer_tokens``), E = D / T.
 
 Tokenization: the F field embeddings are concatenated (B, F * D), zero-padded and cut into T equal
 chunks, each mapped to D by its own linear map. Each layer:
@@ -11,14 +11,32 @@ then mean pooling over tokens and an MLP head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data_pipeline.batch import Batch
-from data_pipeline.spec import DatasetSpec
-from store.models.config import ModelConfig
-from store.models.layers import FieldEmbedder, Head, ModelOutput, TokenwiseLinear
+from store.models.layers import FieldEmbedder, FieldInputs, Head, ModelOutput, TokenwiseLinear
+
+
+@dataclass
+class RankMixerConfig:
+    """RankMixer's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
+
+    embedding_dim: int
+    """D: width of every field and token."""
+    num_tokens: int
+    """T: tokens the fields are packed into; divides D."""
+    num_layers: int
+    """RankMixer layers."""
+    ffn_mult: int
+    """Per-token FFN hidden width = ffn_mult * D."""
+    mlp_dims: tuple[int, ...]
+    """Hidden sizes of the head."""
+    dropout: float
+    """Dropout probability in the FFNs and the head."""
 
 
 def token_mixing(x: torch.Tensor) -> torch.Tensor:
@@ -46,10 +64,10 @@ class RankMixerLayer(nn.Module):
 class RankMixer(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,)."""
 
-    def __init__(self, spec: DatasetSpec, cfg: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: RankMixerConfig, device: torch.device | None = None) -> None:
         super().__init__()
-        d, t = cfg.embedding_dim, cfg.rankmixer_tokens
-        self.fields = FieldEmbedder(spec, d, device)
+        d, t = cfg.embedding_dim, cfg.num_tokens
+        self.fields = FieldEmbedder(inputs, d, device)
         self.num_tokens = t
         self.chunk = -(-self.fields.num_fields * d // t)
         self.tokenize = TokenwiseLinear(t, self.chunk, d)
@@ -58,12 +76,9 @@ class RankMixer(nn.Module):
         )
         self.head = Head(d, cfg.mlp_dims, cfg.dropout)
 
-    def rotation_parameters(self) -> list[nn.Parameter]:
-        return []
-
     def forward(self, batch: Batch) -> ModelOutput:
         fields, _ = self.fields(batch)
-        flat = fields.flatten(1)
-        flat = F.pad(flat, (0, self.num_tokens * self.chunk - flat.shape[1]))
-        x = self.layers(self.tokenize(flat.view(-1, self.num_tokens, self.chunk)))
+        flat = fields.flatten(1)  # (B, F * D)
+        flat = F.pad(flat, (0, self.num_tokens * self.chunk - flat.shape[1]))  # (B, T * chunk)
+        x = self.layers(self.tokenize(flat.view(-1, self.num_tokens, self.chunk)))  # (B, T, D)
         return ModelOutput(logits=self.head(x.mean(1)))

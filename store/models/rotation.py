@@ -13,8 +13,9 @@ their rotation: that is what the diversity regulariser spreads apart,
 R stays exactly orthogonal through ``torch.nn.utils.parametrizations.orthogonal`` (the optimiser
 updates an unconstrained parameter mapped onto the orthogonal group). With
 ``orthogonal=False`` R is a free matrix and ``orthogonality_penalty`` pulls it towards orthogonal.
-``rotation_parameters()`` lists the parameters of R only, so a trainer can alternate between
-optimising R and the rest of the network, as the paper does.
+``rotation_parameters(model)`` lists the parameters of every R in a model (those of each
+``OrthogonalRotation``), so a trainer can alternate between optimising R and the rest of the network,
+as the paper does.
 """
 
 from __future__ import annotations
@@ -79,3 +80,9 @@ def pairwise_distance_sum(r: torch.Tensor) -> torch.Tensor:
     """sum_{i<j} ||R_i - R_j||_F^2 for R: (R, M, M), via ||a-b||^2 summed over all ordered pairs / 2."""
     flat = r.flatten(1)
     return (flat[:, None, :] - flat[None, :, :]).pow(2).sum() / 2
+
+
+def rotation_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that define R in every ``OrthogonalRotation`` inside ``model`` (empty when it has
+    none), in module order: what the trainer's rotation optimizer steps."""
+    return [p for m in model.modules() if isinstance(m, OrthogonalRotation) for p in m.rotation_parameters()]

@@ -29,61 +29,109 @@ Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and on
 the tokenized features (``items.ec``): mean-pooled bags when the history is pooled into one token
 (the default; the pooled lookup is the history token), an EmbeddingCollection (per position) with
 history_tokens=True. For STORE the batch must already be transformed by ``SidTable.transform``
-(tokenized features moved to ``batch.sid`` as ``<f>_sid<k>``, item-valued ones through the item's
-codes), and the SID collection reads ``batch.sid`` only, so the trainer can replicate it. For ID the
-raw batch is used; t_item serves every item-valued feature.
+(``store.models.zoo.batch_transform``: tokenized features moved to ``batch.sid`` as ``<f>_sid<k>``,
+item-valued ones through the item's codes), and the SID collection reads ``batch.sid`` only, so the
+trainer can replicate it. For ID the raw batch is used; t_item serves every item-valued feature.
+
+The model takes explicit inputs (``StoreInputs``: tables, feature lists, groups) and its own
+``StoreConfig``; ``store.models.zoo.build_model`` makes both from the spec, the SID table and
+``--model.*``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
-from data_pipeline.spec import DatasetSpec
 from store.models.attention import TransformerEncoder
-from store.models.config import ModelConfig, parse_feature_groups
 from store.models.layers import (
     EXCLUSIVE_INPUT,
-    RAW_ITEM_TABLE,
     Head,
+    HistoryFeature,
     ModelOutput,
     StaticEmbedder,
-    history_features,
+    Table,
     item_collection,
-    low_cardinality_features,
     masked_mean,
-    num_item_rows,
     padded,
     sequence_length,
-    static_table_name,
 )
 from store.models.rotation import OrthogonalRotation
-from store.sid import SidTable, sid_feature_name, sid_sources
+from store.sid import sid_feature_name
 
 DENSE_GROUP = "dense"
 
 
-def resolve_groups(spec: DatasetSpec, cfg: ModelConfig) -> dict[str, list[str]]:
-    """Static feature groups: --model.feature_groups, else the spec's, else one group of all.
+@dataclass
+class StoreConfig:
+    """Hyper-parameters of STORE and its ID twin (``store.models.zoo.build_model`` fills them from
+    ``--model.*``, whose help says more)."""
 
-    Tokenized features (item-valued and high-cardinality) are dropped from groups (they are tokens of
-    their own); static features no group names go to an extra group "other"; empty groups are dropped.
-    """
-    static = low_cardinality_features(spec)
-    groups = parse_feature_groups(cfg.feature_groups)
-    if groups:
-        unknown = [f for cols in groups.values() for f in cols if f not in spec.sparse_names]
-        if unknown:
-            raise ValueError(f"--model.feature_groups names unknown sparse features {unknown}")
-    else:
-        groups = {g: list(cols) for g, cols in spec.feature_groups.items()}
-    groups = {g: [f for f in cols if f in static] for g, cols in groups.items()}
-    named = {f for cols in groups.values() for f in cols}
-    rest = [f for f in static if f not in named]
-    if rest:
-        groups["other" if groups else "static"] = rest
-    return {g: cols for g, cols in groups.items() if cols}
+    embedding_dim: int
+    """D: width of every table and token."""
+    mlp_dims: tuple[int, ...]
+    """Hidden sizes of the head."""
+    dropout: float
+    """Dropout probability in the head and the attention sublayers."""
+    num_layers: int
+    """L: transformer layers."""
+    num_heads: int
+    """Attention heads; divides D."""
+    ffn_mult: int
+    """Feed-forward hidden width = ffn_mult * D."""
+    moba_block_size: int
+    """MoBA key/value block size (tokens per block)."""
+    moba_sparsity: float
+    """Fraction of key blocks each query skips."""
+    vanilla_attention: bool
+    """Dense attention instead of MoBA."""
+    moba_gather: bool
+    """MoBA as an explicit gather of the kept blocks instead of a block mask."""
+    rotation: bool
+    """Rotate the static block into R tokens; False: one token per group."""
+    num_rotations: int
+    """R; 0: one per item token (K)."""
+    orthogonal_parametrization: bool
+    """Keep each R_i exactly orthogonal; False: free R_i + orthogonality penalty."""
+    diversity_lambda: float
+    """lambda of the diversity regulariser."""
+    orthogonality_weight: float
+    """Weight of the orthogonality penalty (free R_i only)."""
+    history_tokens: bool
+    """One token per history item; False pools each history into one token."""
+
+
+@dataclass
+class StoreInputs:
+    """What STORE and its ID twin read from a batch (``store.models.zoo.store_inputs``)."""
+
+    static_tables: list[Table]
+    """One mean-pooled table ``t_<f>`` per low-cardinality static feature, in spec order."""
+    groups: dict[str, list[str]]
+    """The G static feature groups {group: features}; their features are those of static_tables."""
+    tokenized: list[str]
+    """The F tokenized features, in token order (the item first)."""
+    token_tables: list[Table]
+    """STORE: K SID codebooks per tokenized feature (``t_sid<k>`` for the item, ``t_<f>_sid<k>``; C
+    rows), serving ``<f>_sid<k>`` of ``batch.sid``. ID: one raw-ID table per tokenized feature, in
+    token order (``t_item`` for every item-valued feature, ``t_<f>``), serving ``batch.sparse``."""
+    num_tokens: int
+    """K: tokens per tokenized feature (STORE: SIDs per ID)."""
+    sid_tokens: bool
+    """True: token_tables are SID codebooks (STORE); False: raw-ID tables, each embedding projected into
+    K tokens (ID)."""
+    history: list[HistoryFeature]
+    """The H item-valued features other than the target item."""
+    num_dense: int
+    """Dense features (one more static group when > 0)."""
+
+
+def sid_table_name(feature: str, k: int, item_feature: str) -> str:
+    """STORE's codebook table of the k-th SID of tokenized feature ``feature``."""
+    return f"t_sid{k}" if feature == item_feature else f"t_{feature}_sid{k}"
 
 
 class SidTokens(nn.Module):
@@ -96,17 +144,18 @@ class SidTokens(nn.Module):
     """
 
     def __init__(
-        self, spec: DatasetSpec, sids: SidTable, dim: int, pooled: bool, device: torch.device | None
+        self,
+        tables: list[Table],
+        num_sids: int,
+        lengths: dict[str, int],
+        dim: int,
+        pooled: bool,
+        device: torch.device | None,
     ) -> None:
         super().__init__()
-        self.spec = spec
-        self.num_sids = sids.num_sids
+        self.num_sids = num_sids
+        self.lengths = lengths  # {history feature: HistoryFeature.max_len}
         self.pooled = pooled
-        tables = [
-            (sid_table_name(spec, src, k), sids.codebook_size, [sid_feature_name(f, k) for f in served])
-            for src, served in sid_sources(spec).items()
-            for k in range(sids.num_sids)
-        ]
         self.ec = item_collection(tables, dim, pooled, device)
         # It reads batch.sid, which holds exactly its features: the trainer may replicate it.
         setattr(self.ec, EXCLUSIVE_INPUT, True)
@@ -136,7 +185,7 @@ class SidTokens(nn.Module):
     def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, D) history item embeddings (sum over the K SIDs), valid (B, L)."""
         parts = self._parts(jts, feature)
-        length = sequence_length(self.spec, feature, parts[0])
+        length = sequence_length(self.lengths[feature], parts[0])
         dense = [padded(jt, length) for jt in parts]
         return torch.stack([d for d, _ in dense], dim=2).sum(2), dense[0][1]
 
@@ -149,21 +198,22 @@ class RawTokens(nn.Module):
     """
 
     def __init__(
-        self, spec: DatasetSpec, num_tokens: int, dim: int, pooled: bool, device: torch.device | None
+        self,
+        tables: list[Table],
+        tokenized: list[str],
+        num_tokens: int,
+        lengths: dict[str, int],
+        dim: int,
+        pooled: bool,
+        device: torch.device | None,
     ) -> None:
         super().__init__()
-        self.spec = spec
         self.num_tokens = num_tokens
+        self.lengths = lengths  # {history feature: HistoryFeature.max_len}
         self.pooled = pooled
-        tables = [
-            (RAW_ITEM_TABLE, num_item_rows(spec), served)
-            if src == spec.item_id
-            else (static_table_name(src), spec.feature(src).vocab_size, served)
-            for src, served in sid_sources(spec).items()
-        ]
         self.ec = item_collection(tables, dim, pooled, device)
         self.split = nn.ModuleList([nn.Linear(dim, num_tokens * dim) for _ in tables])
-        self.index = {src: i for i, src in enumerate(sid_sources(spec))}
+        self.index = {f: i for i, f in enumerate(tokenized)}  # tables are in token order
 
     def lookup(self, batch: Batch):
         out = self.ec(batch.sparse)
@@ -181,44 +231,36 @@ class RawTokens(nn.Module):
 
     def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         jt = jts[feature]
-        return padded(jt, sequence_length(self.spec, feature, jt))
-
-
-def sid_table_name(spec: DatasetSpec, feature: str, k: int) -> str:
-    """STORE's codebook table of the k-th SID of tokenized feature ``feature``."""
-    return f"t_sid{k}" if feature == spec.item_id else f"t_{feature}_sid{k}"
+        return padded(jt, sequence_length(self.lengths[feature], jt))
 
 
 class StoreModel(nn.Module):
-    """STORE when given a SidTable, else the ID-based twin. forward(batch) -> ModelOutput (logits (B,))."""
+    """STORE with SID codebook tokens (``inputs.sid_tokens``), else the ID-based twin.
 
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        cfg: ModelConfig,
-        sids: SidTable | None,
-        device: torch.device | None = None,
-        num_item_tokens: int = 1,
-    ) -> None:
+    forward(batch) -> ModelOutput (logits (B,)).
+    """
+
+    def __init__(self, inputs: StoreInputs, cfg: StoreConfig, device: torch.device | None = None) -> None:
         super().__init__()
         d = cfg.embedding_dim
-        self.spec, self.cfg = spec, cfg
+        self.cfg = cfg
         pooled = not cfg.history_tokens  # the history is pooled: bags, not sequences
-        if sids is not None:
-            self.items: nn.Module = SidTokens(spec, sids, d, pooled, device)
-            k = sids.num_sids
-        else:
-            self.items = RawTokens(spec, num_item_tokens, d, pooled, device)
-            k = num_item_tokens
+        k = inputs.num_tokens
+        lengths = {f.name: f.max_len for f in inputs.history}
+        self.items: nn.Module | None = None  # no tokenized feature (e.g. --drop item_id, nothing else high)
+        if inputs.sid_tokens and inputs.token_tables:
+            self.items = SidTokens(inputs.token_tables, k, lengths, d, pooled, device)
+        elif inputs.token_tables:
+            self.items = RawTokens(inputs.token_tables, inputs.tokenized, k, lengths, d, pooled, device)
         self.num_item_tokens = k
-        self.tokenized = list(spec.high_cardinality)
-        self.static = StaticEmbedder(spec, d, device, features=low_cardinality_features(spec))
-        self.groups = resolve_groups(spec, cfg)
+        self.tokenized = list(inputs.tokenized)
+        self.static = StaticEmbedder(inputs.static_tables, d, device)
+        self.groups = inputs.groups
         self.group_mlps = nn.ModuleDict(
             {g: _shallow_mlp(len(cols) * d, d) for g, cols in self.groups.items()}
         )
-        if spec.dense:
-            self.group_mlps[DENSE_GROUP] = _shallow_mlp(len(spec.dense), d)
+        if inputs.num_dense:
+            self.group_mlps[DENSE_GROUP] = _shallow_mlp(inputs.num_dense, d)
         num_groups = len(self.group_mlps)
         self.rotation = None
         if cfg.rotation and num_groups:
@@ -229,7 +271,7 @@ class StoreModel(nn.Module):
             num_static = self.num_rotations
         else:
             num_static = num_groups
-        self.history = history_features(spec)
+        self.history = inputs.history
         self.num_fixed_tokens = (
             k * len(self.tokenized) + num_static + (0 if cfg.history_tokens else len(self.history))
         )
@@ -244,12 +286,9 @@ class StoreModel(nn.Module):
         )
         self.head = Head((self.num_fixed_tokens + 1) * d, cfg.mlp_dims, cfg.dropout)
 
-    def rotation_parameters(self) -> list[nn.Parameter]:
-        return [] if self.rotation is None else self.rotation.rotation_parameters()
-
     def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Input tokens (B, T, D) and their valid mask (B, T), before the attention layers."""
-        jts = self.items.lookup(batch)
+        jts = self.items.lookup(batch) if self.items is not None else {}
         pooled = self.static(batch.sparse)
         parts = [self.items.feature_tokens(jts, f) for f in self.tokenized]
         outs = []
@@ -266,11 +305,11 @@ class StoreModel(nn.Module):
         tokens = [fixed]
         for f in self.history:
             if self.cfg.history_tokens:
-                seq, seq_valid = self.items.sequence(jts, f)
+                seq, seq_valid = self.items.sequence(jts, f.name)  # (B, L, D), (B, L)
                 tokens.append(seq)
                 valid.append(seq_valid)
             else:
-                tokens.append(self.items.history(jts, f).unsqueeze(1))
+                tokens.append(self.items.history(jts, f.name).unsqueeze(1))
                 valid.append(valid[0][:, :1])
         return torch.cat(tokens, dim=1), torch.cat(valid, dim=1)
 

@@ -1,31 +1,52 @@
-"""One entry point for every model: ``build_model(name, spec, cfg, sids, device)``.
+"""One entry point for every model: ``build_model(name, spec, cfg, sids, device)``, and the batch
+transform its reader applies: ``batch_transform(name, spec, sids)``.
 
-Every model takes a ``Batch`` and returns ``ModelOutput(logits (B,), aux_losses)``; holds its sparse
-embeddings in TorchRec collections (built on ``device``, e.g. ``meta`` before sharding) and has
-``rotation_parameters()`` (STORE's R, empty elsewhere) for alternating optimisation.
+Every model takes a ``Batch`` and returns ``ModelOutput(logits (B,), aux_losses)`` and holds its sparse
+embeddings in TorchRec collections (built on ``device``, e.g. ``meta`` before sharding).
+``rotation_parameters(model)`` lists STORE's R (empty elsewhere) for alternating optimisation.
 
-"store" takes batches already passed through ``SidTable.transform``; the others take raw batches.
-"id" is STORE with the raw item-ID table: its item embedding is projected into as many tokens as
-the SID table has SIDs (when ``sids`` is given; else ``--model.id_item_tokens``, default 1), so the
-two attend over the same token count.
+The models never see the ``DatasetSpec`` or the flat ``ModelConfig``: ``build_model`` turns the spec
+into explicit inputs (``field_inputs``, ``store_inputs``: tables with their rows, feature lists, the
+dense count, the SID codebooks) and ``--model.*`` into the model's own config (``model_config``).
+
+"store" takes batches already passed through ``SidTable.transform`` (``batch_transform``); the others
+take raw batches. "id" is STORE with the raw item-ID table: its item embedding is projected into as
+many tokens as the SID table has SIDs (when ``sids`` is given; else ``--model.id_item_tokens``,
+default 1), so the two attend over the same token count.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from data_pipeline.batch import Batch
 from data_pipeline.spec import DatasetSpec
-from store.models.autoint import AutoInt
-from store.models.config import ModelConfig
-from store.models.dcn import DCN
-from store.models.deepfm import DeepFM
-from store.models.dnn import DNN
-from store.models.layers import ModelOutput
-from store.models.onetrans import OneTrans
-from store.models.rankmixer import RankMixer
-from store.models.store import StoreModel
-from store.sid import SidTable
+from store.models.autoint import AutoInt, AutoIntConfig
+from store.models.config import ModelConfig, parse_feature_groups
+from store.models.dcn import DCN, DCNConfig
+from store.models.deepfm import DeepFM, DeepFMConfig
+from store.models.dnn import DNN, DNNConfig
+from store.models.layers import (
+    RAW_ITEM_TABLE,
+    FieldInputs,
+    HistoryFeature,
+    ModelOutput,
+    Table,
+    history_features,
+    low_cardinality_features,
+    num_item_rows,
+    static_features,
+    static_table_name,
+)
+from store.models.onetrans import OneTrans, OneTransConfig
+from store.models.rankmixer import RankMixer, RankMixerConfig
+from store.models.rotation import rotation_parameters
+from store.models.store import StoreConfig, StoreInputs, StoreModel, sid_table_name
+from store.sid import SidTable, sid_feature_name, sid_sources
 
 MODEL_NAMES = ("store", "id", "dnn", "deepfm", "dcn", "autoint", "rankmixer", "onetrans")
 NEEDS_SIDS = {"store"}
@@ -38,7 +59,14 @@ BASELINES = {
     "onetrans": OneTrans,
 }
 
-__all__ = ["MODEL_NAMES", "NEEDS_SIDS", "ModelOutput", "build_model"]
+__all__ = [
+    "MODEL_NAMES",
+    "NEEDS_SIDS",
+    "ModelOutput",
+    "batch_transform",
+    "build_model",
+    "rotation_parameters",
+]
 
 
 def build_model(
@@ -49,20 +77,180 @@ def build_model(
     device: torch.device | None = None,
 ) -> nn.Module:
     """Build model ``name``; embedding collections on ``device``, dense layers moved there unless meta."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+    _check_name(name)
     cfg.validate()
     device = torch.device(device) if device is not None else None
     if name == "store":
-        if sids is None:
-            raise ValueError("model 'store' needs --sids (a SID table folder written by the tokenizer)")
+        sids = _needs_sids(name, sids)
         sids.check_fits(spec)
-        model: nn.Module = StoreModel(spec, cfg, sids, device)
+        inputs = store_inputs(spec, cfg.feature_groups, sids, sids.num_sids)
+        model: nn.Module = StoreModel(inputs, model_config(name, cfg), device)
     elif name == "id":
         tokens = cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
-        model = StoreModel(spec, cfg, None, device, num_item_tokens=tokens)
+        inputs = store_inputs(spec, cfg.feature_groups, None, tokens)
+        model = StoreModel(inputs, model_config(name, cfg), device)
     else:
-        model = BASELINES[name](spec, cfg, device)
+        model = BASELINES[name](field_inputs(spec), model_config(name, cfg), device)
     if device is not None and device.type != "meta":
         model.to(device)
     return model
+
+
+def batch_transform(name: str, spec: DatasetSpec, sids: SidTable | None) -> Callable[[Batch], Batch] | None:
+    """What the reader applies to every batch of model ``name``: "store" moves its tokenized features
+    to SIDs (``SidTable.transform``, at data time so TorchRec can pipeline the lookup); None for the
+    others, which read raw batches."""
+    _check_name(name)
+    if name not in NEEDS_SIDS:
+        return None
+    return functools.partial(_needs_sids(name, sids).transform, spec=spec)
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+
+
+def _needs_sids(name: str, sids: SidTable | None) -> SidTable:
+    if sids is None:
+        raise ValueError(f"model {name!r} needs --sids (a SID table folder written by the tokenizer)")
+    return sids
+
+
+# -- explicit inputs from the spec --------------------------------------------------------------------
+def static_tables(spec: DatasetSpec, features: list[str]) -> list[Table]:
+    """One table ``t_<f>`` (the feature's vocab rows) per feature of ``features``."""
+    return [Table(static_table_name(f), spec.feature(f).vocab_size, (f,)) for f in features]
+
+
+def history_inputs(spec: DatasetSpec) -> list[HistoryFeature]:
+    """The item-valued features other than the target item, with the length they are padded to."""
+    features = [spec.feature(f) for f in history_features(spec)]
+    return [HistoryFeature(f.name, f.max_len if f.multi else 1) for f in features]
+
+
+def field_inputs(spec: DatasetSpec) -> FieldInputs:
+    """The baselines' inputs: every static feature's table and the raw item table ``t_item``."""
+    items = tuple(f.name for f in spec.sparse if f.item_ref)
+    return FieldInputs(
+        static_tables=static_tables(spec, static_features(spec)),
+        item_table=Table(RAW_ITEM_TABLE, num_item_rows(spec), items) if items else None,
+        item_feature=spec.item_id,
+        history=history_inputs(spec),
+        num_dense=len(spec.dense),
+    )
+
+
+def store_inputs(
+    spec: DatasetSpec, feature_groups: str, sids: SidTable | None, num_tokens: int
+) -> StoreInputs:
+    """STORE's inputs when given ``sids`` (its codebooks, ``num_tokens`` = its num_sids), else the ID
+    twin's (one raw-ID table per tokenized feature, ``num_tokens`` tokens each).
+
+    ``feature_groups``: ``--model.feature_groups`` (see ``resolve_groups``).
+    """
+    sources = sid_sources(spec)  # {tokenized feature: the batch features that take its codes}
+    if sids is not None:
+        token_tables = [
+            Table(sid_table_name(src, k, spec.item_id), sids.codebook_size,
+                  tuple(sid_feature_name(f, k) for f in served))
+            for src, served in sources.items()
+            for k in range(sids.num_sids)
+        ]  # fmt: skip
+    else:
+        token_tables = [
+            Table(RAW_ITEM_TABLE, num_item_rows(spec), tuple(served))
+            if src == spec.item_id
+            else Table(static_table_name(src), spec.feature(src).vocab_size, tuple(served))
+            for src, served in sources.items()
+        ]
+    return StoreInputs(
+        static_tables=static_tables(spec, low_cardinality_features(spec)),
+        groups=resolve_groups(spec, feature_groups),
+        tokenized=list(spec.high_cardinality),
+        token_tables=token_tables,
+        num_tokens=num_tokens,
+        sid_tokens=sids is not None,
+        history=history_inputs(spec),
+        num_dense=len(spec.dense),
+    )
+
+
+def resolve_groups(spec: DatasetSpec, feature_groups: str) -> dict[str, list[str]]:
+    """Static feature groups: ``feature_groups`` (--model.feature_groups), else the spec's, else one
+    group of all.
+
+    Tokenized features (item-valued and high-cardinality) are dropped from groups (they are tokens of
+    their own); static features no group names go to an extra group "other"; empty groups are dropped.
+    """
+    static = low_cardinality_features(spec)
+    groups = parse_feature_groups(feature_groups)
+    if groups:
+        unknown = [f for cols in groups.values() for f in cols if f not in spec.sparse_names]
+        if unknown:
+            raise ValueError(f"--model.feature_groups names unknown sparse features {unknown}")
+    else:
+        groups = {g: list(cols) for g, cols in spec.feature_groups.items()}
+    groups = {g: [f for f in cols if f in static] for g, cols in groups.items()}
+    named = {f for cols in groups.values() for f in cols}
+    rest = [f for f in static if f not in named]
+    if rest:
+        groups["other" if groups else "static"] = rest
+    return {g: cols for g, cols in groups.items() if cols}
+
+
+# -- each model's own config from the flat --model.* one -----------------------------------------------
+def model_config(
+    name: str, cfg: ModelConfig
+) -> StoreConfig | DNNConfig | DeepFMConfig | DCNConfig | AutoIntConfig | RankMixerConfig | OneTransConfig:
+    """The hyper-parameters model ``name`` takes, read from the trainer-facing ``ModelConfig``."""
+    d, mlp_dims, dropout = cfg.embedding_dim, cfg.mlp_dims, cfg.dropout
+    if name in ("store", "id"):
+        return StoreConfig(
+            embedding_dim=d,
+            mlp_dims=mlp_dims,
+            dropout=dropout,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            ffn_mult=cfg.ffn_mult,
+            moba_block_size=cfg.moba_block_size,
+            moba_sparsity=cfg.moba_sparsity,
+            vanilla_attention=cfg.vanilla_attention,
+            moba_gather=cfg.moba_gather,
+            rotation=cfg.rotation,
+            num_rotations=cfg.num_rotations,
+            orthogonal_parametrization=cfg.orthogonal_parametrization,
+            diversity_lambda=cfg.diversity_lambda,
+            orthogonality_weight=cfg.orthogonality_weight,
+            history_tokens=cfg.history_tokens,
+        )
+    if name == "dnn":
+        return DNNConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout)
+    if name == "deepfm":
+        return DeepFMConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout)
+    if name == "dcn":
+        return DCNConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout, cross_layers=cfg.cross_layers)
+    if name == "autoint":
+        return AutoIntConfig(
+            embedding_dim=d, num_layers=cfg.autoint_layers, num_heads=cfg.autoint_heads, dropout=dropout
+        )
+    if name == "rankmixer":
+        return RankMixerConfig(
+            embedding_dim=d,
+            num_tokens=cfg.rankmixer_tokens,
+            num_layers=cfg.num_layers,
+            ffn_mult=cfg.ffn_mult,
+            mlp_dims=mlp_dims,
+            dropout=dropout,
+        )
+    if name == "onetrans":
+        return OneTransConfig(
+            embedding_dim=d,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            ffn_mult=cfg.ffn_mult,
+            mlp_dims=mlp_dims,
+            dropout=dropout,
+        )
+    _check_name(name)
+    raise ValueError(f"model {name!r} has no config")  # a name added to MODEL_NAMES only

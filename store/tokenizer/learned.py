@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from data_pipeline.cli import ConfigError
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec
 
@@ -57,9 +58,9 @@ class FMConfig:
     def validate(self) -> None:
         for name in ("dim", "epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise DataError(f"--fm-{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--fm-{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.l2 < 0:
-            raise DataError(f"--fm-lr must be > 0 and --fm-l2 >= 0, got {self.lr} and {self.l2}")
+            raise ConfigError(f"--fm-lr must be > 0 and --fm-l2 >= 0, got {self.lr} and {self.l2}")
 
 
 def table_of(spec: DatasetSpec, feature: str) -> str:

@@ -16,29 +16,34 @@ Python API: ``train_tokenizer``, ``load_tokenizer``, ``SemanticTokenizer.encode`
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 from torch import Tensor
 from tqdm import tqdm
 
+from data_pipeline import cli
+from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from store.sid import SidTable
 from store.tokenizer import learned, sasrec
 from store.tokenizer.embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source, open_source
 from store.tokenizer.quantizers import METHODS, SemanticTokenizer, TokenizerConfig, load_tokenizer
+from store.tokenizer.sasrec import SASRecConfig
 
 __all__ = [
     "FitConfig",
+    "TokenizeConfig",
     "train_tokenizer",
     "load_tokenizer",
     "tokenize_catalog",
@@ -72,15 +77,15 @@ class FitConfig:
     """Lloyd iterations of that k-means."""
     reseed_every: int = 100
     """Every this many steps, codewords unused since the last check are re-seeded from the batch."""
-    seed: int = 0
-    """Seed for init, shuffling and re-seeding."""
+    seed: Annotated[int, tyro.conf.Suppress] = 0
+    """Seed for init, shuffling and re-seeding (the CLI's --seed)."""
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "kmeans_sample", "kmeans_iters", "reseed_every"):
             if getattr(self, name) < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.min_steps < 0 or not self.lr > 0:
-            raise DataError("--min-steps must be >= 0 and --lr > 0")
+            raise ConfigError(f"--min-steps must be >= 0 and --lr > 0, got {self.min_steps} and {self.lr}")
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -294,9 +299,9 @@ def _first_dup(ids: Tensor, seen: Tensor) -> int:
 
 
 def feature_sources(spec: DatasetSpec, embedding: str | None) -> dict[str, str]:
-    """{tokenized feature: embedding source}. The item: ``--embedding``, else the first that exists of
-    content, text, SASRec (with an item history), learned. Every other feature: learned (the one
-    source a non-item feature has)."""
+    """{tokenized feature: embedding source}. The item: ``--embedding``, else content when the item
+    table has an embedding column, else learned (``embeddings.item_sources`` says why learned leads
+    text and SASRec). Every other feature: learned (the one source a non-item feature has)."""
     out = {}
     for f in spec.high_cardinality:
         if f == spec.item_id:
@@ -307,7 +312,7 @@ def feature_sources(spec: DatasetSpec, embedding: str | None) -> dict[str, str]:
 
 
 def learned_embeddings(
-    args: argparse.Namespace, spec: DatasetSpec, features: list[str], progress: bool
+    args: TokenizeConfig, spec: DatasetSpec, features: list[str], progress: bool
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
     """({feature: [rows, D] rows learned on the train split}, {feature: train counts per row}, origin)."""
     if not features:
@@ -327,16 +332,15 @@ def learned_embeddings(
 
 
 def open_feature_source(
-    args: argparse.Namespace, spec: DatasetSpec, feature: str, source: str, learned_rows: dict, counts: dict
+    args: TokenizeConfig, spec: DatasetSpec, feature: str, source: str, learned_rows: dict, counts: dict
 ) -> tuple[ItemEmbeddings, int | None]:
     """The embeddings of one tokenized feature and the code for rows without one (None: every row
     must have one)."""
     if source == LEARNED:
         seen = (counts[feature] > 0).nonzero().flatten()
         return ItemEmbeddings.from_rows(learned_rows[feature], seen, LEARNED), args.codebook_size
-    sas_cfg = sasrec.config_from_args(args, prefix="sasrec-", seed=args.seed)
-    progress = not args.no_progress
-    return open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=progress), None
+    sas_cfg = replace(args.sasrec, seed=args.seed)
+    return open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=args.progress), None
 
 
 def tokenizer_dir(spec: DatasetSpec, feature: str) -> str:
@@ -346,96 +350,105 @@ def tokenizer_dir(spec: DatasetSpec, feature: str) -> str:
 # -- CLI -----------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d, t, fm = TokenizerConfig(), FitConfig(), learned.FMConfig()
-    p = argparse.ArgumentParser(prog="python -m store.tokenizer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="dataset folder (DIR/spec.json, DIR/items/*.parquet)")
-    p.add_argument("--out", required=True, help="output folder for sid_table.parquet, meta.json, tokenizer/")
-    p.add_argument("--method", choices=METHODS, default=d.method, help="tokenizer")
-    p.add_argument("--num-sids", type=int, default=d.num_sids, help="K: semantic IDs per feature")
-    p.add_argument("--codebook-size", type=int, default=d.codebook_size, help="C: codewords per codebook")
-    p.add_argument(
-        "--embedding", choices=(*SOURCES, LEARNED), default=None,
-        help="the item's embedding source (default: content if the item table has embeddings, else text, "
-        "else sasrec if there is an item history, else learned); other features always use learned",
-    )  # fmt: skip
-    p.add_argument(
-        "--from-run", default="",
-        help="learned: read the embedding tables of this finished trainer run (a raw-ID model such as "
-        "--model id) instead of training a small FM on the train split",
-    )  # fmt: skip
-    p.add_argument(
-        "--high-card", default="",
-        help="high-cardinality features 'f1,f2' to tokenize, overriding the spec's ('none': only the item)",
-    )  # fmt: skip
-    p.add_argument("--fm-dim", type=int, default=fm.dim, help="learned (no --from-run): FM factor width")
-    p.add_argument("--fm-epochs", type=int, default=fm.epochs, help="learned: FM passes over the train split")
-    p.add_argument("--fm-batch-size", type=int, default=fm.batch_size, help="learned: FM rows per step")
-    p.add_argument("--fm-lr", type=float, default=fm.lr, help="learned: FM learning rate")
-    p.add_argument("--latent-dim", type=int, default=d.latent_dim, help="OPMQ/RQ-VAE latent dim per code")
-    p.add_argument(
-        "--expert-hidden", type=int, default=d.expert_hidden, help="OPMQ expert hidden width (0: linear)"
-    )
-    p.add_argument(
-        "--hidden-dim", type=int, default=d.hidden_dim, help="decoder / RQ-VAE encoder hidden width"
-    )
-    p.add_argument("--ortho-weight", type=float, default=d.ortho_weight, help="OPMQ orthogonal loss weight")
-    p.add_argument("--commitment", type=float, default=d.commitment, help="commitment loss weight")
-    p.add_argument("--no-rotation", action="store_true", help="OPQ: plain PQ, no learned rotation")
-    p.add_argument("--epochs", type=int, default=t.epochs, help="tokenizer training epochs")
-    p.add_argument("--min-steps", type=int, default=t.min_steps, help="at least this many training steps")
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help="tokenizer training batch size")
-    p.add_argument("--lr", type=float, default=t.lr, help="tokenizer learning rate")
-    p.add_argument(
-        "--max-train-items", type=int, default=1_000_000, help="train on a sample of this many items"
-    )
-    p.add_argument("--encode-batch-size", type=int, default=8192, help="items per batch when assigning SIDs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--threads", type=int, default=0,
-        help="torch intra-op threads (0: torch's default; 1 is much faster on a CPU shared with other jobs)",
-    )  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sasrec.add_arguments(p, prefix="sasrec-")
-    return p
+@dataclass
+class TokenizeConfig:
+    """Semantic tokenization: item embeddings -> K semantic IDs per item (the STORE tokenizer stage)."""
+
+    data: str
+    """Dataset folder (DIR/spec.json, DIR/items/*.parquet)."""
+    out: str
+    """Output folder for sid_table.parquet, meta.json, tokenizer/."""
+    method: str = TokenizerConfig.method
+    """Tokenizer: opmq, rqvae or opq."""
+    num_sids: int = TokenizerConfig.num_sids
+    """K: semantic IDs per feature."""
+    codebook_size: int = TokenizerConfig.codebook_size
+    """C: codewords per codebook."""
+    embedding: str = ""
+    """The item's embedding source: content, text, sasrec, content+sasrec or learned (empty: content if the
+    item table has embeddings, else learned); other features always use learned."""
+    from_run: str = ""
+    """learned: read the embedding tables of this finished trainer run (a raw-ID model such as --model id)
+    instead of training a small FM on the train split."""
+    high_card: str = ""
+    """High-cardinality features 'f1,f2' to tokenize, overriding the spec's ('none': only the item)."""
+    fm_dim: int = learned.FMConfig.dim
+    """learned (no --from-run): FM factor width."""
+    fm_epochs: int = learned.FMConfig.epochs
+    """learned: FM passes over the train split."""
+    fm_batch_size: int = learned.FMConfig.batch_size
+    """learned: FM rows per step."""
+    fm_lr: float = learned.FMConfig.lr
+    """learned: FM learning rate."""
+    latent_dim: int = TokenizerConfig.latent_dim
+    """OPMQ / RQ-VAE latent dim per code."""
+    expert_hidden: int = TokenizerConfig.expert_hidden
+    """OPMQ expert hidden width (0: linear)."""
+    hidden_dim: int = TokenizerConfig.hidden_dim
+    """Decoder / RQ-VAE encoder hidden width."""
+    ortho_weight: float = TokenizerConfig.ortho_weight
+    """OPMQ orthogonal loss weight."""
+    commitment: float = TokenizerConfig.commitment
+    """Commitment loss weight."""
+    rotation: bool = TokenizerConfig.opq_rotation
+    """OPQ: learn a rotation before product quantization (--no-rotation: plain PQ)."""
+    max_train_items: int = 1_000_000
+    """Train on a sample of this many items."""
+    encode_batch_size: int = 8192
+    """Items per batch when assigning SIDs."""
+    seed: int = 0
+    """Seed of the sample, the tokenizer's training, the FM and SASRec."""
+    threads: int = 0
+    """Torch intra-op threads (0: torch's default; 1 is much faster on a CPU shared with other jobs)."""
+    progress: bool = True
+    """Progress bars (--no-progress: none)."""
+    fit: Annotated[FitConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=FitConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    """SASRec embeddings (--embedding sasrec or content+sasrec; --sasrec-dim is --sasrec.dim)."""
+
+    def validate(self) -> None:
+        """ConfigError naming the flag, the value and the rule."""
+        for flag in ("num_sids", "codebook_size", "latent_dim", "hidden_dim", "max_train_items"):
+            if getattr(self, flag) < 1:
+                raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        if self.encode_batch_size < 1:
+            raise ConfigError(f"--encode-batch-size must be >= 1, got {self.encode_batch_size}")
+        if self.threads < 0:
+            raise ConfigError(f"--threads must be >= 0, got {self.threads}")
+        if self.expert_hidden < 0:
+            raise ConfigError(f"--expert-hidden must be >= 0, got {self.expert_hidden}")
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.embedding and self.embedding not in (*SOURCES, LEARNED):
+            choices = ", ".join((*SOURCES, LEARNED))
+            raise ConfigError(f"--embedding must be one of {choices}, got {self.embedding!r}")
+        if not Path(self.data).is_dir():
+            raise ConfigError(f"--data {self.data}: dataset folder does not exist")
+        if self.from_run and not Path(self.from_run).is_dir():
+            raise ConfigError(f"--from-run {self.from_run}: folder does not exist")
+        self.fit.validate()
 
 
-def run(args: argparse.Namespace) -> dict:
-    """The whole stage; returns meta.json's content. DataError for bad input."""
-    for flag in (
-        "num_sids",
-        "codebook_size",
-        "latent_dim",
-        "hidden_dim",
-        "max_train_items",
-        "encode_batch_size",
-    ):
-        if getattr(args, flag) < 1:
-            raise DataError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.threads < 0:
-        raise DataError(f"--threads must be >= 0, got {args.threads}")
+OLD_SPELLINGS = {f"--sasrec-{old}": f"--sasrec.{new}" for old, new in sasrec.OLD_SPELLINGS.items()}
+"""The SASRec flags' old spellings (``--sasrec-dim``) -> their group's (``--sasrec.dim``)."""
+
+
+def run(args: TokenizeConfig) -> dict:
+    """The whole stage; returns meta.json's content. ConfigError for bad flags, DataError for bad input."""
+    args.validate()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.expert_hidden < 0:
-        raise DataError(f"--expert-hidden must be >= 0, got {args.expert_hidden}")
-    if not Path(args.data).is_dir():
-        raise DataError(f"--data {args.data}: dataset folder does not exist")
-    if args.from_run and not Path(args.from_run).is_dir():
-        raise DataError(f"--from-run {args.from_run}: folder does not exist")
-    train = FitConfig(
-        epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-    )
-    train.validate()
+    train = replace(args.fit, seed=args.seed)
     spec = apply_high_card(DatasetSpec.load(args.data), args.high_card)
     if not spec.high_cardinality:
         raise DataError(
             f"{args.data}: dataset {spec.name!r} has no item and no high-cardinality feature to tokenize "
             "(name some with --high-card)"
         )
-    sources = feature_sources(spec, args.embedding)
+    sources = feature_sources(spec, args.embedding or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
+    progress = args.progress
 
     t0 = time.perf_counter()
     learned_rows, counts, origin = learned_embeddings(
@@ -457,7 +470,7 @@ def run(args: argparse.Namespace) -> dict:
             hidden_dim=args.hidden_dim,
             commitment=args.commitment,
             ortho_weight=args.ortho_weight,
-            opq_rotation=not args.no_rotation,
+            opq_rotation=args.rotation,
         )
         x = sample_embeddings(emb, args.max_train_items, seed=args.seed)
         if len(x) == 0:
@@ -549,11 +562,11 @@ def report(meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.parse(TokenizeConfig, argv, prog="python -m store.tokenizer", renames=OLD_SPELLINGS)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         meta = run(args)
-    except DataError as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log.info("wrote %s/: SID tables, %s and tokenizers", args.out, META_FILE)

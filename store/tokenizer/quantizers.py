@@ -41,9 +41,9 @@ class TokenizerConfig:
 
     method: str = "opmq"
     """'opmq' (orthogonal parallel experts), 'rqvae' (residual quantization) or 'opq' (product quantization)."""
-    num_sids: int = 3
+    num_sids: int = 4
     """K: codes per item (experts / residual levels / subspaces)."""
-    codebook_size: int = 16
+    codebook_size: int = 64
     """C: codewords per codebook."""
     input_dim: int = 0
     """D: item embedding dim (set from the data)."""

@@ -11,22 +11,25 @@ Shape letters: B sequences, L positions (max_len), d embedding dim, N items, M n
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from data_pipeline import cli
+from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, list_shards, split_dir
 from store.tokenizer.embeddings import num_items_of, write_embeddings
 
@@ -59,8 +62,8 @@ class SASRecConfig:
     """Learn only from rows whose label is positive (a click is the next item); False uses every row."""
     read_rows: int = 65_536
     """Rows read from parquet at a time; sequences are shuffled within such a block."""
-    seed: int = 0
-    """Seed for init, shuffling and negatives."""
+    seed: Annotated[int, tyro.conf.Suppress] = 0
+    """Seed for init, shuffling and negatives (the CLI's --seed)."""
 
     def validate(self) -> None:
         for name in (
@@ -74,9 +77,9 @@ class SASRecConfig:
             "read_rows",
         ):
             if getattr(self, name) < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.dim % self.heads:
-            raise DataError(f"--heads ({self.heads}) must divide --dim ({self.dim})")
+            raise ConfigError(f"--heads ({self.heads}) must divide --dim ({self.dim})")
 
 
 class SASRec(nn.Module):
@@ -233,46 +236,34 @@ def write_item_embeddings(model: SASRec, path: str | os.PathLike, batch_size: in
     return write_embeddings(path, batches)
 
 
-def add_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """SASRec flags (with a prefix such as 'sasrec-' when embedded in another CLI)."""
-    d = SASRecConfig()
-    p.add_argument(f"--{prefix}dim", type=int, default=d.dim, help="embedding size")
-    p.add_argument(f"--{prefix}max-len", type=int, default=d.max_len, help="sequence length L")
-    p.add_argument(f"--{prefix}layers", type=int, default=d.layers, help="transformer blocks")
-    p.add_argument(f"--{prefix}heads", type=int, default=d.heads, help="attention heads")
-    p.add_argument(f"--{prefix}epochs", type=int, default=d.epochs, help="passes over the train split")
-    p.add_argument(f"--{prefix}batch-size", type=int, default=d.batch_size, help="sequences per step")
-    p.add_argument(f"--{prefix}lr", type=float, default=d.lr, help="Adam learning rate")
-    p.add_argument(f"--{prefix}negatives", type=int, default=d.num_negatives, help="negatives per position")
-    p.add_argument(f"--{prefix}all-rows", action="store_true", help="learn from every row, not only clicks")
+@dataclass
+class SASRecRun:
+    """SASRec (Kang & McAuley, 2018): pretrained item embeddings from next-item prediction."""
+
+    data: str
+    """Dataset folder (DIR/spec.json, DIR/train/*.parquet)."""
+    out: str
+    """Output parquet file (item_id, embedding)."""
+    seed: int = 0
+    """Seed for init, shuffling and negatives."""
+    progress: bool = True
+    """Progress bars (--no-progress: none)."""
+    model: Annotated[SASRecConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SASRecConfig)
 
 
-def config_from_args(args: argparse.Namespace, prefix: str = "", seed: int = 0) -> SASRecConfig:
-    def get(name: str):
-        return getattr(args, (prefix + name).replace("-", "_"))
-
-    return SASRecConfig(
-        dim=get("dim"), max_len=get("max-len"), layers=get("layers"), heads=get("heads"), epochs=get("epochs"),
-        batch_size=get("batch-size"), lr=get("lr"), num_negatives=get("negatives"),
-        positives_only=not get("all-rows"), seed=seed,
-    )  # fmt: skip
+OLD_SPELLINGS = {name: name for name in ("dim", "max-len", "layers", "heads", "epochs", "batch-size", "lr")}
+OLD_SPELLINGS |= {"negatives": "num-negatives", "all-rows": "no-positives-only"}
+"""The SASRec flags as they were first spelled -> their fields' (``--all-rows`` is ``--no-positives-only``)."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m store.tokenizer.sasrec", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--data", required=True, help="dataset folder (DIR/spec.json, DIR/train/*.parquet)")
-    parser.add_argument("--out", required=True, help="output parquet file (item_id, embedding)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+    renames = {f"--{old}": f"--{new}" for old, new in OLD_SPELLINGS.items()}
+    args = cli.parse(SASRecRun, argv, prog="python -m store.tokenizer.sasrec", renames=renames)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        model = train_sasrec(args.data, config_from_args(args, seed=args.seed), progress=not args.no_progress)
+        model = train_sasrec(args.data, replace(args.model, seed=args.seed), progress=args.progress)
         path = write_item_embeddings(model, args.out)
-    except DataError as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {model.num_items} item embeddings of dim {model.item_emb.embedding_dim} to {path}")

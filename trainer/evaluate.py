@@ -1,0 +1,123 @@
+"""Evaluation: every rank predicts its slice of a split, the predictions are gathered, the metrics are those
+of the whole split (`trainer.metrics`).
+
+Each rank reads its own rows of the split (`ParquetBatchReader` with rank / world size); the last
+batch is padded and `reader.valid_rows` says how many rows are real, so padding never reaches the
+metrics. `EvalHistory` keeps every result of the run for OUT/metrics.json and the summary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_pipeline.reader import ParquetBatchReader
+from data_pipeline.spec import DatasetSpec
+from trainer import distributed as D
+from trainer.logging import RunLogger, write_json
+from trainer.metrics import evaluate_predictions, item_counts, popularity_buckets
+
+log = logging.getLogger(__name__)
+
+
+def item_popularity_buckets(
+    data: str | Path, spec: DatasetSpec, num_buckets: int, env: D.DistEnv
+) -> torch.Tensor | None:
+    """Popularity bucket per item from the train split (`popularity_buckets`): rank 0 counts, every
+    rank receives them. None without an item column (no tail-item AUC)."""
+    if not spec.item_id:
+        if env.is_main:
+            log.info("the dataset has no item column: no tail-item AUC or popularity buckets")
+        return None
+    num_items = spec.item_table.num_items if spec.item_table else None
+    num_items = num_items or spec.feature(spec.item_id).vocab_size
+    counts = torch.zeros(num_items, dtype=torch.int64)
+    if env.is_main:
+        counts = item_counts(data, spec)
+    counts = D.broadcast_from_main(counts, env.device)
+    return popularity_buckets(counts, num_buckets)
+
+
+@dataclass
+class Predictions:
+    """This rank's predictions on a split, padding rows dropped; every tensor (N,) on the CPU."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    users: torch.Tensor
+    items: torch.Tensor
+
+
+def predict(
+    model: nn.Module, reader: ParquetBatchReader, device: torch.device, max_batches: int = 0
+) -> Predictions:
+    """Run `model` (forward(batch) -> (loss, output with .logits)) in eval mode over `reader`, at most
+    `max_batches` batches (0: all); the model is back in train mode on return."""
+    reader.set_epoch(0)
+    limit = max_batches or len(reader)
+    valid = min(reader.valid_rows, limit * reader.layout.batch_size)
+    logits, labels, users, items = [], [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in itertools.islice(reader, limit):
+            batch = batch.to(device)
+            _, out = model(batch)
+            logits.append(out.logits.float().cpu())
+            labels.append(batch.labels.cpu())
+            users.append(batch.user_ids.cpu())
+            items.append(batch.item_ids.cpu())
+    model.train()
+
+    def cat(ts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        return torch.cat(ts)[:valid] if ts else torch.zeros(0, dtype=dtype)
+
+    return Predictions(
+        cat(logits, torch.float32),
+        cat(labels, torch.float32),
+        cat(users, torch.int64),
+        cat(items, torch.int64),
+    )
+
+
+def evaluate_split(
+    model: nn.Module,
+    reader: ParquetBatchReader,
+    device: torch.device,
+    *,
+    max_batches: int,
+    with_users: bool,
+    buckets: torch.Tensor | None,
+    tail_buckets: int,
+) -> dict:
+    """Metrics of the whole split `reader` reads a slice of (every rank calls this).
+
+    with_users: False when the dataset has no user column (no GAUC). buckets / tail_buckets: see
+    `evaluate_predictions`.
+    """
+    p = predict(model, reader, device, max_batches)
+    logits, labels, items = D.gather_tensors(p.logits), D.gather_tensors(p.labels), D.gather_tensors(p.items)
+    users = D.gather_tensors(p.users) if with_users else None  # no user column: no GAUC
+    return evaluate_predictions(logits, labels, users, items, buckets, tail_buckets)
+
+
+class EvalHistory:
+    """Every evaluation of the run in order, as {"split", "step", "epoch", **metrics}: each logged as
+    `<split>/<metric>` scalars, the whole list rewritten to `path` (OUT/metrics.json) when `write`."""
+
+    def __init__(self, logger: RunLogger, path: Path, write: bool) -> None:
+        self.logger, self.path, self.write = logger, path, write
+        self.entries: list[dict] = []
+
+    def record(self, split: str, step: int, epoch: int, result: dict) -> None:
+        self.entries.append({"split": split, "step": step, "epoch": epoch, **result})
+        self.logger.log({f"{split}/{k}": v for k, v in result.items() if isinstance(v, float)}, step)
+        if self.write:
+            write_json(self.path, self.entries)
+
+    def split(self, name: str) -> list[dict]:
+        return [e for e in self.entries if e["split"] == name]
