@@ -122,6 +122,16 @@ class DatasetSpec:
             cols.append(self.prob)
         return [c for c in dict.fromkeys(cols) if c]
 
+    def table_rows(self, name: str) -> int:
+        """Rows of feature ``name``'s raw-ID table. Item-valued features share the item table: the
+        item table's size or the largest item-feature vocab, whichever is larger."""
+        if not self.feature(name).item_ref:
+            return self.feature(name).vocab_size
+        rows = [f.vocab_size for f in self.sparse if f.item_ref]
+        if self.item_table is not None:
+            rows.append(self.item_table.num_items)
+        return max(rows)
+
     @property
     def high_cardinality(self) -> list[str]:
         """The features STORE tokenizes, each with its own SIDs: the item feature first (every
@@ -262,8 +272,12 @@ def apply_high_card(spec: DatasetSpec, flag: str) -> DatasetSpec:
     'none' leaves only the item-valued features, 'f1,f2' makes exactly those (and the item) high."""
     if not flag.strip():
         return spec
-    names = [] if flag.strip() == "none" else [n.strip() for n in flag.split(",") if n.strip()]
-    return spec.with_high_cardinality(names)
+    return spec.with_high_cardinality([] if flag.strip() == "none" else feature_list(flag))
+
+
+def feature_list(flag: str) -> list[str]:
+    """'f1, f2,' -> ['f1', 'f2']: the feature names of a comma-separated flag value."""
+    return [n.strip() for n in flag.split(",") if n.strip()]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

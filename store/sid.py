@@ -239,11 +239,7 @@ class SidTable:
             )
         for f in spec.high_cardinality:
             name = self.item_feature if f == spec.item_id else f
-            needed = spec.feature(f).vocab_size
-            if f == spec.item_id:
-                needed = max([needed, *(spec.feature(g).vocab_size for g in item_ref_features(spec))])
-                if spec.item_table is not None:
-                    needed = max(needed, spec.item_table.num_items)
+            needed = spec.table_rows(f)
             have = len(self.tables[name])
             if have < needed:
                 what = "items" if f == spec.item_id else f"rows of {f!r}"

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from data_pipeline.batch import Batch
 from data_pipeline.reader import ParquetBatchReader
-from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
+from data_pipeline.spec import DataError, DatasetSpec, apply_high_card, feature_list
 from trainer import distributed as D
 from trainer.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
 from trainer.config import ConfigError, TrainConfig
@@ -121,8 +121,8 @@ class Trainer:
         from store.sid import SidTable
 
         self.spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
-        if cfg.drop.strip():
-            self.spec = self.spec.without([f.strip() for f in cfg.drop.split(",") if f.strip()])
+        if feature_list(cfg.drop):
+            self.spec = self.spec.without(feature_list(cfg.drop))
         self.sids = SidTable.load(cfg.sids, self.spec) if cfg.sids else None
         transform = batch_transform(cfg.model, self.spec, self.sids)  # STORE's data-time SID lookup
         reader_args = dict(

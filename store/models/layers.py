@@ -126,12 +126,9 @@ def history_features(spec: DatasetSpec) -> list[str]:
 
 
 def num_item_rows(spec: DatasetSpec) -> int:
-    """Rows of the raw item-ID table: the item table's size, or the largest item-feature vocab (0
-    without item features)."""
-    rows = [spec.feature(f.name).vocab_size for f in spec.sparse if f.item_ref]
-    if spec.item_table is not None and rows:
-        rows.append(spec.item_table.num_items)
-    return max(rows, default=0)
+    """Rows of the raw item-ID table (``DatasetSpec.table_rows``; 0 without item features)."""
+    items = [f.name for f in spec.sparse if f.item_ref]
+    return spec.table_rows(items[0]) if items else 0
 
 
 def static_table_name(feature: str) -> str:

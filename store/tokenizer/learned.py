@@ -32,6 +32,7 @@ from tqdm import tqdm
 from data_pipeline.cli import ConfigError
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec
+from store.sid import sid_sources
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,6 @@ def table_of(spec: DatasetSpec, feature: str) -> str:
     return RAW_ITEM_TABLE if spec.feature(feature).item_ref else f"t_{feature}"
 
 
-def rows_of(spec: DatasetSpec, feature: str) -> int:
-    """Rows of a feature's raw-ID table (item-valued features share the item table)."""
-    if not spec.feature(feature).item_ref:
-        return spec.feature(feature).vocab_size
-    rows = [f.vocab_size for f in spec.sparse if f.item_ref]
-    if spec.item_table is not None:
-        rows.append(spec.item_table.num_items)
-    return max(rows)
-
-
 def _train_reader(data_dir: str | os.PathLike, spec: DatasetSpec, batch_size: int, seed: int, shuffle: bool):
     return ParquetBatchReader(
         data_dir, "train", batch_size, spec=spec, shuffle=shuffle, drop_remainder=False, seed=seed
@@ -89,10 +80,8 @@ def train_counts(
 ) -> dict[str, Tensor]:
     """{feature: LongTensor[rows]}: occurrences of each table row in the train split (an item
     feature counts every item-valued feature's values, as they share the item table)."""
-    counts = {f: torch.zeros(rows_of(spec, f), dtype=torch.long) for f in features}
-    served = {
-        f: [g.name for g in spec.sparse if g.item_ref] if spec.feature(f).item_ref else [f] for f in features
-    }
+    counts = {f: torch.zeros(spec.table_rows(f), dtype=torch.long) for f in features}
+    served = sid_sources(spec)  # the item's count covers every item-valued feature (one shared table)
     reader = _train_reader(data_dir, spec, 8192, 0, shuffle=False)
     for batch in tqdm(reader, desc="count train IDs", unit="batch", disable=not progress):
         jts = batch.sparse.to_dict()
@@ -150,10 +139,10 @@ def from_run(run_dir: str | os.PathLike, spec: DatasetSpec, features: list[str])
     out = {}
     for f, key in wanted.items():
         emb = state[key].float()
-        if len(emb) < rows_of(spec, f):
+        if len(emb) < spec.table_rows(f):
             raise DataError(
                 f"--from-run {run}: table {table_of(spec, f)!r} has {len(emb)} rows, "
-                f"feature {f!r} needs {rows_of(spec, f)}"
+                f"feature {f!r} needs {spec.table_rows(f)}"
             )
         out[f] = emb
     return out
@@ -170,7 +159,7 @@ class FM(nn.Module):
     def __init__(self, spec: DatasetSpec, dim: int) -> None:
         super().__init__()
         self.spec = spec
-        self.tables = {table_of(spec, f.name): rows_of(spec, f.name) for f in spec.sparse}
+        self.tables = {table_of(spec, f.name): spec.table_rows(f.name) for f in spec.sparse}
         self.index = {t: i for i, t in enumerate(self.tables)}
         self.v = nn.ModuleList(
             nn.EmbeddingBag(n, dim, mode="mean", sparse=True, include_last_offset=True)

@@ -458,7 +458,7 @@ def run(args: TokenizeConfig) -> dict:
     for f, source in sources.items():
         emb, unseen_code = open_feature_source(args, spec, f, source, learned_rows, counts)
         unseen |= unseen_code is not None
-        rows = learned.rows_of(spec, f) if source == LEARNED else emb.num_items
+        rows = spec.table_rows(f) if source == LEARNED else emb.num_items
         log.info("%s: embeddings %s, dim %d, %d of %d rows", f, source, emb.dim, emb.num_items, rows)
         cfg = TokenizerConfig(
             method=args.method,
@@ -515,7 +515,7 @@ def run(args: TokenizeConfig) -> dict:
         "learned_from": origin,
         # embedding parameters: STORE's codebooks vs the raw-ID tables they replace (fp32)
         "embedding_params": {
-            f: {"sid": K * codebook_rows, "raw_id": learned.rows_of(spec, f)} for f in per_feature
+            f: {"sid": K * codebook_rows, "raw_id": spec.table_rows(f)} for f in per_feature
         },
         "features": per_feature,
         "total_seconds": time.perf_counter() - t0,
