@@ -13,7 +13,7 @@ STORE never sees raw IDs of a high-cardinality feature (``DatasetSpec.high_cardi
 feature ``f`` becomes K features ``f_sid0 .. f_sid{K-1}`` holding its ID's k-th code; every item-valued
 feature (``item_ref``: ``item_id``, ``hist_items``) uses the item's codes. ``SidTable.transform`` does
 this at data time (on any rank, before the batch reaches the model, so TorchRec can pipeline the
-lookup); ``SidLookup`` does the same inside a model.
+lookup).
 
 The SID features travel in their own KeyedJaggedTensor (``Batch.sid``), apart from the static
 features (``Batch.sparse``): the SID codebook collection then receives exactly the keys it serves,
@@ -34,7 +34,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
@@ -343,23 +342,3 @@ def sid_features(
         values=torch.cat(out_values),
         lengths=torch.cat(out_lengths),
     )
-
-
-class SidLookup(nn.Module):
-    """Model-time version of ``SidTable.transform``: holds each feature's codes by SID, [K, rows].
-
-    forward(kjt) -> the SID features (what ``SidTable.transform`` puts in ``Batch.sid``). Use it only
-    where the batch cannot be transformed at data time: it is KJT surgery before the embedding lookup,
-    which TorchRec's pipelined input distribution cannot overlap.
-    """
-
-    def __init__(self, sids: SidTable, spec: DatasetSpec) -> None:
-        super().__init__()
-        self.names = list(spec.high_cardinality)
-        for i, codes_t in enumerate(sids.codes_by_sid(spec).values()):
-            self.register_buffer(f"codes_by_sid{i}", codes_t, persistent=False)
-        self.spec = spec
-
-    def forward(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        codes = {f: getattr(self, f"codes_by_sid{i}") for i, f in enumerate(self.names)}
-        return sid_features(kjt, self.spec, codes)

@@ -15,7 +15,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DataError, DatasetSpec, ItemTable, SparseFeature
-from store.sid import SidLookup, SidTable, sid_feature_names
+from store.sid import SidTable, sid_feature_names
 
 NUM_ITEMS = 50
 
@@ -92,15 +92,6 @@ def test_transform_moves_item_features_to_their_codes():
         assert torch.equal(static[f].values(), before[f].values())
         assert torch.equal(static[f].lengths(), before[f].lengths())
     assert torch.equal(out.item_ids, batch.item_ids) and torch.equal(out.labels, batch.labels)
-
-
-def test_model_time_lookup_matches_data_time_transform():
-    spec, sids = tiny_spec(), tiny_sids()
-    batch = tiny_batch(spec)
-    a = sids.transform(batch, spec).sid
-    b = SidLookup(sids, spec)(batch.sparse)
-    assert a.keys() == b.keys()
-    assert torch.equal(a.values(), b.values()) and torch.equal(a.lengths(), b.lengths())
 
 
 def test_save_load_round_trip(tmp_path):
