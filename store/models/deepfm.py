@@ -43,8 +43,8 @@ class DeepFM(nn.Module):
     def __init__(self, inputs: FieldInputs, cfg: DeepFMConfig, device: torch.device | None = None) -> None:
         super().__init__()
         self.fields = FieldEmbedder(inputs, cfg.embedding_dim, device, first_order=True)
-        self.deep = Head(self.fields.num_fields * cfg.embedding_dim, cfg.mlp_dims, cfg.dropout)
+        self.head = Head(self.fields.num_fields * cfg.embedding_dim, cfg.mlp_dims, cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         fields, first_order = self.fields(batch)  # (B, F, D), (B,)
-        return ModelOutput(logits=first_order + factorization_machine(fields) + self.deep(fields.flatten(1)))
+        return ModelOutput(logits=first_order + factorization_machine(fields) + self.head(fields.flatten(1)))
