@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -15,7 +16,14 @@ from store.models.config import ModelConfig
 from store.models.dcn import DCNConfig
 from store.models.deepfm import factorization_machine
 from store.models.dnn import DNN, DNNConfig
-from store.models.layers import EXCLUSIVE_INPUT, FieldInputs, HistoryFeature, Table
+from store.models.layers import (
+    EXCLUSIVE_INPUT,
+    FieldInputs,
+    HistoryFeature,
+    Table,
+    init_output_bias,
+    output_bias,
+)
 from store.models.store import StoreConfig
 from store.models.zoo import (
     MODEL_NAMES,
@@ -349,7 +357,7 @@ def test_each_model_config_reads_its_own_flags_and_every_flag_reaches_a_model():
         num_rotations=6, orthogonal_parametrization=False, diversity_lambda=0.2, orthogonality_weight=0.5,
         history_tokens=True, cross_layers=8, autoint_layers=9, autoint_heads=2, rankmixer_tokens=12,
     )  # fmt: skip
-    read = {"feature_groups", "id_item_tokens"}  # STORE's, resolved into its inputs
+    read = {"feature_groups", "id_item_tokens", "embedding_init_std"}  # resolved into the inputs
     for name in MODEL_NAMES:
         small = model_config(name, cfg)
         for f in dataclasses.fields(small):
@@ -369,3 +377,24 @@ def test_model_flags_shape_the_baselines():
     assert len(autoint.layers) == 3 and autoint.layers[0].attn.num_heads == 4
     assert build_model("rankmixer", spec, dataclasses.replace(cfg, num_layers=1), sids).num_tokens == 2
     assert len(build_model("onetrans", spec, dataclasses.replace(cfg, num_layers=4), sids).stack.layers) == 4
+
+
+@pytest.mark.parametrize("name", ["dnn", "deepfm", "id", "store"])
+def test_embedding_init_std_reaches_every_table(name):
+    spec, sids = tiny_spec(), tiny_sids()
+    for std in (1e-4, 0.1):
+        model = build_model(name, spec, ModelConfig(embedding_init_std=std), sids)
+        tables = [p for n, p in model.named_parameters() if "embedding" in n and n.endswith(".weight")]
+        assert tables
+        for w in tables:
+            bound = 3**0.5 * std
+            assert float(w.detach().abs().max()) <= bound * (1 + 1e-6)
+            assert float(w.detach().std()) == pytest.approx(std, rel=0.5)  # tiny tables: loose
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_has_an_output_bias_set_to_the_base_rate(name):
+    spec, sids = tiny_spec(), tiny_sids()
+    model = build_model(name, spec, ModelConfig(), sids)
+    init_output_bias(model, 0.01)
+    assert float(output_bias(model)) == pytest.approx(math.log(0.01 / 0.99))

@@ -435,6 +435,9 @@ def test_kill_and_resume_is_bit_identical(data, tmp_path):
     for key in ("auc", "gauc", "logloss", "tail_auc"):
         assert resumed[key] == ref[key], (key, kill_at)  # bit-identical on CPU
     assert resumed["valid"][-1]["auc"] == ref["valid"][-1]["auc"]
+    # the validations before the kill come back from metrics.json, the best weights from OUT/best
+    assert [v["auc"] for v in resumed["valid"]] == [v["auc"] for v in ref["valid"]]
+    assert resumed["best"] == ref["best"] and resumed["test_last"] == ref["test_last"]
 
 
 def test_nan_loss_exits_3_without_checkpoint_for_that_step(data, tmp_path, capsys):

@@ -37,6 +37,8 @@ from trainer.distributed import barrier
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+"""OUT/best/step_<N>/: the model weights of the best validation so far (the trainer's --eval.metric)."""
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -138,10 +140,11 @@ def _check_tensors_only(state: Mapping[str, Any], prefix: str = "") -> None:
 
 # -- the manager ----------------------------------------------------------------------------------
 class CheckpointManager:
-    """Save / find / load / prune step checkpoints under OUT/checkpoints. Every rank calls save/load."""
+    """Save / find / load / prune step checkpoints under OUT/checkpoints (or OUT/<subdir>: the trainer
+    keeps the best validation's weights in OUT/best). Every rank calls save/load."""
 
-    def __init__(self, out_dir: str | os.PathLike, keep: int, rank: int = 0) -> None:
-        self.root = Path(out_dir) / CHECKPOINT_DIR
+    def __init__(self, out_dir: str | os.PathLike, keep: int, rank: int = 0, subdir: str = CHECKPOINT_DIR) -> None:
+        self.root = Path(out_dir) / subdir
         self.keep = keep
         self.rank = rank
 

@@ -30,6 +30,7 @@ SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
 DECAYS = ("none", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_METRICS = ("auc", "logloss")
 
 BoolValues = tyro.conf.FlagConversionOff
 """A group's booleans take a value (``--logging.progress false``); top-level ones are flags."""
@@ -49,6 +50,10 @@ class OptimConfig:
     """Learning rate of the dense parameters."""
     weight_decay: float = 0.0
     """Weight decay of the dense optimizer."""
+    embedding_weight_decay: float = 0.0
+    """L2 penalty of the embedding tables (raw-ID tables and SID codebooks alike): sharded tables decay
+    the rows of each batch inside FBGEMM's fused optimizer (its L2 mode); replicated tables (small
+    codebooks) decay every row at every step through their torch optimizer."""
     rotation_lr: float = 1e-3
     """Learning rate of STORE's rotation matrices R (their own optimizer, same type as --optim.dense)."""
     rotation_every: int = 1
@@ -75,6 +80,14 @@ class EvalConfig:
     """Items are bucketed by train impressions into this many equal parts of the catalog."""
     tail_buckets: int = 5
     """tail_auc is the AUC on items of the least popular tail_buckets buckets."""
+    metric: str = "auc"
+    """Validation metric that picks the best weights and stops early: auc (higher is better) or logloss."""
+    patience: int = 0
+    """Stop training after this many validations in a row without a better --eval.metric (0: never stop
+    early)."""
+    restore_best: bool = True
+    """Score the test split with the weights of the best validation (kept under OUT/best/); the last
+    weights' test metrics are reported too, as test_last. False: the last weights only."""
 
 
 @dataclass
@@ -195,6 +208,8 @@ class TrainConfig:
             "--eval.max_batches": self.eval.max_batches,
             "--optim.warmup_steps": self.optim.warmup_steps,
             "--optim.weight_decay": self.optim.weight_decay,
+            "--optim.embedding_weight_decay": self.optim.embedding_weight_decay,
+            "--eval.patience": self.eval.patience,
             "--sharding.replicate_max_rows": self.sharding.replicate_max_rows,
         }
         positive |= {
@@ -217,6 +232,7 @@ class TrainConfig:
             "--optim.sparse": (self.optim.sparse, SPARSE_OPTIMIZERS),
             "--optim.dense": (self.optim.dense, DENSE_OPTIMIZERS),
             "--optim.decay": (self.optim.decay, DECAYS),
+            "--eval.metric": (self.eval.metric, EVAL_METRICS),
             "--sharding.default": (self.sharding.default, ("auto", *SHARDING_TYPES)),
         }
         for flag, (v, allowed) in choices.items():

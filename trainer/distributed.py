@@ -320,17 +320,28 @@ def shard_model(
     sharding_types: dict[str, str],
     sparse_optimizer: str,
     sparse_lr: float,
+    weight_decay: float = 0.0,
 ) -> tuple[DistributedModelParallel, ShardingPlan]:
     """Fuse the sparse optimizer into the embedding backward, plan, and wrap in DMP.
 
     `model` may hold its embedding tables on the meta device: DMP materialises only the local shards.
+    `weight_decay`: L2 penalty of the sharded tables, applied by FBGEMM's fused optimizer to the rows
+    each batch touches (its `WeightDecayMode.L2`).
     """
     # TorchRec's way of fusing: mark the embedding weights; DMP turns the mark into a fused TBE
     # optimizer (sharded tables) or an in-backward optimizer (data-parallel tables).
     from torch.distributed.optim import _apply_optimizer_in_backward
 
     cls, kwargs = sparse_optimizer_class(sparse_optimizer)
-    _apply_optimizer_in_backward(cls, embedding_parameters(model), {"lr": sparse_lr, **kwargs})
+    params = embedding_parameters(model)
+    _apply_optimizer_in_backward(cls, params, {"lr": sparse_lr, "weight_decay": weight_decay, **kwargs})
+    if weight_decay:
+        # The mark's kwargs become FBGEMM's fused params; FBGEMM ignores weight_decay unless a decay
+        # mode is set (and the torch optimizer the mark was built with would refuse the mode).
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
+
+        for p in params:
+            p._optimizer_kwargs[0]["weight_decay_mode"] = WeightDecayMode.L2
     from torchrec.distributed.sharding_plan import get_default_sharders
 
     sharders = get_default_sharders()

@@ -9,10 +9,13 @@ metrics. `EvalHistory` keeps every result of the run for OUT/metrics.json and th
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,16 +96,42 @@ def evaluate_split(
     with_users: bool,
     buckets: torch.Tensor | None,
     tail_buckets: int,
-) -> dict:
-    """Metrics of the whole split `reader` reads a slice of (every rank calls this).
+) -> tuple[dict, Predictions]:
+    """Metrics of the whole split `reader` reads a slice of (every rank calls this), and the whole
+    split's predictions in the split's row order (each rank reads a contiguous slice of it, in rank
+    order, so the gathered rows come out in that order whatever the number of ranks).
 
-    with_users: False when the dataset has no user column (no GAUC). buckets / tail_buckets: see
-    `evaluate_predictions`.
+    with_users: False when the dataset has no user column (no GAUC; `users` is then empty).
+    buckets / tail_buckets: see `evaluate_predictions`.
     """
     p = predict(model, reader, device, max_batches)
     logits, labels, items = D.gather_tensors(p.logits), D.gather_tensors(p.labels), D.gather_tensors(p.items)
     users = D.gather_tensors(p.users) if with_users else None  # no user column: no GAUC
-    return evaluate_predictions(logits, labels, users, items, buckets, tail_buckets)
+    metrics = evaluate_predictions(logits, labels, users, items, buckets, tail_buckets)
+    empty = torch.zeros(0, dtype=torch.int64)
+    return metrics, Predictions(logits, labels, users if users is not None else empty, items)
+
+
+def write_predictions(path: Path, p: Predictions, with_users: bool, with_items: bool) -> None:
+    """A split's predictions as parquet, written atomically: ``row`` (position in the split), ``label``,
+    ``logit``, and ``user`` / ``item`` when the dataset has those columns. Runs on the same dataset
+    have the same rows, so two runs' files pair row by row (``launch.report``'s paired tests)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {
+        "row": pa.array(np.arange(len(p.labels), dtype=np.int64)),
+        "label": pa.array(p.labels.numpy().astype(np.float32)),
+        "logit": pa.array(p.logits.numpy().astype(np.float32)),
+    }
+    if with_users:
+        columns["user"] = pa.array(p.users.numpy().astype(np.int64))
+    if with_items:
+        columns["item"] = pa.array(p.items.numpy().astype(np.int64))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    pq.write_table(pa.table(columns), tmp)
+    os.replace(tmp, path)
 
 
 class EvalHistory:
@@ -121,3 +150,14 @@ class EvalHistory:
 
     def split(self, name: str) -> list[dict]:
         return [e for e in self.entries if e["split"] == name]
+
+    def restore(self, step: int) -> None:
+        """On resume: take back the entries `path` holds up to `step` (those after it are redone)."""
+        if not self.path.is_file():
+            return
+        try:
+            entries = json.loads(self.path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s: not valid JSON; the evaluations before the resume are not in it", self.path)
+            return
+        self.entries = [e for e in entries if e.get("split") == "valid" and e.get("step", 0) <= step]

@@ -101,6 +101,18 @@ def item_counts(root: str | Path, spec: DatasetSpec) -> torch.Tensor:
     return torch.from_numpy(counts)
 
 
+def train_positive_rate(root: str | Path, spec: DatasetSpec) -> float:
+    """Mean label of the train split (streams the label column one row group at a time)."""
+    positives, rows = 0.0, 0
+    for shard in list_shards(split_dir(root, "train")):
+        pf = pq.ParquetFile(shard)
+        for g in range(pf.num_row_groups):
+            labels = pf.read_row_group(g, columns=[spec.label]).column(0).to_numpy()
+            positives += float(labels.sum())
+            rows += len(labels)
+    return positives / rows if rows else 0.5
+
+
 def popularity_buckets(counts: torch.Tensor, num_buckets: int) -> torch.Tensor:
     """Bucket per item: 0 = least popular 1/num_buckets of the catalog ... num_buckets-1 = most popular.
 

@@ -75,7 +75,13 @@ def build_optimizer(
     if replicated:
         cls, kwargs = sparse_optimizer_class(cfg.sparse)
         parts.append(
-            ("replicated", KeyedOptimizerWrapper(replicated, lambda ps: cls(ps, lr=cfg.sparse_lr, **kwargs)))
+            (
+                "replicated",
+                KeyedOptimizerWrapper(
+                    replicated,
+                    lambda ps: cls(ps, lr=cfg.sparse_lr, weight_decay=cfg.embedding_weight_decay, **kwargs),
+                ),
+            )
         )
     dense_opt = None
     if dense:

@@ -167,6 +167,9 @@ item column)."""
 def build_summary(
     *,
     test: dict,
+    test_last: dict,
+    best: dict,
+    train_positive_rate: float,
     valid: list[dict],
     steps: int,
     throughput: Throughput,
@@ -180,14 +183,20 @@ def build_summary(
     config: dict,
     dataset: dict,
 ) -> dict:
-    """The content of OUT/summary.json. footprint: `embedding_footprint_per_rank`; dataset: the spec's
-    record (what a tokenizer reading this run's tables checks)."""
+    """The content of OUT/summary.json. test: the reported weights' test metrics (the best validation's
+    with --eval.restore_best), test_last: the last weights'; best: `BestTracker.record`;
+    footprint: `embedding_footprint_per_rank`; dataset: the spec's record (what a tokenizer reading
+    this run's tables checks)."""
     import torchrec
 
     samples_per_s = throughput.samples_per_s()
     return {
         **{k: test[k] for k in SCORES if k in test},
         "test": test,
+        "test_last": test_last,
+        "best": best,
+        "best_epoch": best["epoch"],
+        "train_positive_rate": train_positive_rate,
         "valid": valid,
         "steps": steps,
         "samples_per_s": samples_per_s,

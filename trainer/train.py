@@ -15,6 +15,7 @@ import itertools
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,10 +31,11 @@ from data_pipeline.batch import Batch
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card, feature_list
 from trainer import distributed as D
-from trainer.checkpoint import CheckpointError, CheckpointManager, rng_state, set_rng_state
+from trainer.checkpoint import BEST_DIR, CheckpointError, CheckpointManager, rng_state, set_rng_state
 from trainer.config import ConfigError, TrainConfig
-from trainer.evaluate import EvalHistory, evaluate_split, item_popularity_buckets
+from trainer.evaluate import EvalHistory, evaluate_split, item_popularity_buckets, write_predictions
 from trainer.logging import RunLogger
+from trainer.metrics import train_positive_rate
 from trainer.optim import (
     build_optimizer,
     init_dense_state,
@@ -102,6 +104,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class BestTracker:
+    """The best validation so far on --eval.metric and the early-stopping count, saved in checkpoints.
+
+    ``update(result, step, epoch)`` -> True when `result` is better than every earlier validation
+    (strictly: ties keep the earlier, shorter-trained weights). ``stopped`` turns True once
+    ``patience`` (> 0) validations in a row brought no improvement.
+    """
+
+    def __init__(self, metric: str, patience: int) -> None:
+        self.metric, self.patience = metric, patience
+        self.higher_is_better = metric != "logloss"
+        self.value, self.step, self.epoch, self.bad, self.stopped = math.nan, -1, -1, 0, False
+
+    def update(self, result: dict, step: int, epoch: int) -> bool:
+        value = float(result.get(self.metric, math.nan))
+        if math.isnan(value):
+            return False  # e.g. AUC of a split with one class: says nothing
+        better = self.step < 0 or (value > self.value if self.higher_is_better else value < self.value)
+        if better:
+            self.value, self.step, self.epoch, self.bad = value, step, epoch, 0
+            return True
+        self.bad += 1
+        self.stopped = self.patience > 0 and self.bad >= self.patience
+        return False
+
+    def record(self) -> dict:
+        """For summary.json: the best validation's metric, value, epoch (as in metrics.json) and step."""
+        return {
+            "metric": self.metric,
+            "value": None if self.step < 0 else self.value,
+            "epoch": None if self.step < 0 else self.epoch,
+            "step": None if self.step < 0 else self.step,
+            "early_stopped": self.stopped,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "best_value": torch.tensor(self.value, dtype=torch.float64),
+            "best_step": torch.tensor(self.step, dtype=torch.int64),
+            "best_epoch": torch.tensor(self.epoch, dtype=torch.int64),
+            "best_bad": torch.tensor(self.bad, dtype=torch.int64),
+            "best_stopped": torch.tensor(int(self.stopped), dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if "best_step" not in state:
+            return
+        self.value, self.step = float(state["best_value"]), int(state["best_step"])
+        self.epoch, self.bad = int(state["best_epoch"]), int(state["best_bad"])
+        self.stopped = bool(int(state["best_stopped"]))
+
+
 # -------------------------------------------------------------------------------------------------
 class Trainer:
     """Holds what one run builds. `run()` does everything; see the module docstring."""
@@ -117,6 +171,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.seed)  # same initial dense weights on every rank
 
+        from store.models.layers import init_output_bias
         from store.models.zoo import batch_transform, build_model, rotation_parameters
         from store.sid import SidTable
 
@@ -154,6 +209,11 @@ class Trainer:
 
         # Model on the meta device for the tables: DMP materialises only this rank's shards.
         model = build_model(cfg.model, self.spec, cfg.model_config, self.sids, device=torch.device("meta"))
+        rate = torch.tensor(
+            [train_positive_rate(cfg.data, self.spec) if env.is_main else 0.0], dtype=torch.float64
+        )
+        self.positive_rate = float(D.broadcast_from_main(rate, env.device)[0])
+        init_output_bias(model, self.positive_rate)  # start at the train click rate, not at p = 0.5
         rotation_params = rotation_parameters(model)
         autocast = cfg.bf16 and env.device.type == "cuda"
         module = TrainModule(model, autocast, env.device.type)
@@ -162,7 +222,9 @@ class Trainer:
             self.tables, cfg.sharding.default, cfg.table_overrides(), env.world_size, env.device,
             cfg.sharding.replicate_max_rows,
         )  # fmt: skip
-        self.dmp, plan = D.shard_model(module, env, kinds, cfg.optim.sparse, cfg.optim.sparse_lr)
+        self.dmp, plan = D.shard_model(
+            module, env, kinds, cfg.optim.sparse, cfg.optim.sparse_lr, cfg.optim.embedding_weight_decay
+        )
         self.plan_rows = D.describe_plan(plan)
         steps_per_epoch = len(self.train_reader)
         self.total_steps = steps_per_epoch * cfg.epochs
@@ -187,6 +249,8 @@ class Trainer:
                 self.dmp, TimedOptimizer(self.optimizer, self.timer), env.device
             )
         self.ckpt = CheckpointManager(self.out, keep=cfg.checkpoint.keep, rank=env.rank)
+        self.best_ckpt = CheckpointManager(self.out, keep=1, rank=env.rank, subdir=BEST_DIR)
+        self.best = BestTracker(cfg.eval.metric, cfg.eval.patience)
         self.logger = RunLogger(
             self.out,
             enabled=env.is_main,
@@ -207,7 +271,7 @@ class Trainer:
         return {
             "model": self.dmp.state_dict(),
             "optim": self.optimizer.state_dict(),
-            "train": {"step": torch.tensor(self.step, dtype=torch.int64)},
+            "train": {"step": torch.tensor(self.step, dtype=torch.int64), **self.best.state_dict()},
             "scheduler": scheduler_state(self.scheduler),
             "reader": {k: torch.as_tensor(v) for k, v in reader.items()},
             "rng": {f"rank{self.env.rank}": rng_state()},
@@ -240,6 +304,8 @@ class Trainer:
             del state["rng"]  # saved by another number of ranks: re-seed below instead
         if "scheduler.last_epoch" not in saved:
             del state["scheduler"]  # written before the scheduler was saved: its position is the step
+        if "train.best_step" not in saved:  # written before early stopping: no best weights kept
+            state["train"] = {"step": state["train"]["step"]}
         try:
             self.ckpt.load(path, state)
         except CheckpointError:
@@ -256,6 +322,8 @@ class Trainer:
             ) from None
         self.optimizer.load_state_dict(state["optim"])
         self.step = int(state["train"]["step"])
+        self.best.load_state_dict(state["train"])
+        self.evals.restore(self.step)
         self.train_reader.load_state_dict(state["reader"])
         load_scheduler_state(self.scheduler, state.get("scheduler", scheduler_state_at(self.step)))
         if same_ranks:
@@ -345,20 +413,60 @@ class Trainer:
         self.timer.reset()
 
     # -- evaluation --------------------------------------------------------------------------------
-    def evaluate(self, split: str, epoch: int) -> dict:
-        """Metrics of `split` over all ranks, recorded in the history. The model is taken out of the
-        pipeline (drained at a segment's end) for it; the time is not counted as training time."""
+    def evaluate(self, split: str, epoch: int, record_as: str = "", predictions: str = "") -> dict:
+        """Metrics of `split` over all ranks, recorded in the history (as `record_as`, default the
+        split's name); with `predictions`, rank 0 also writes them to OUT/predictions/<predictions>.
+        The model is taken out of the pipeline (drained at a segment's end) for it; the time is not
+        counted as training time."""
         t0 = time.perf_counter()
         model = self.pipeline.detach() if self.pipeline else self.dmp
-        result = evaluate_split(
+        result, preds = evaluate_split(
             model, self.eval_readers[split], self.env.device, max_batches=self.cfg.eval.max_batches,
             with_users=bool(self.spec.user_id), buckets=self.buckets, tail_buckets=self.cfg.eval.tail_buckets,
         )  # fmt: skip
         if self.pipeline:
             self.pipeline.attach(model)
+        if predictions and self.env.is_main:
+            path = self.out / "predictions" / predictions
+            write_predictions(
+                path, preds, with_users=bool(self.spec.user_id), with_items=bool(self.spec.item_id)
+            )
         self.timer.start += time.perf_counter() - t0
-        self.evals.record(split, self.step, epoch, result)
+        self.evals.record(record_as or split, self.step, epoch, result)
         return result
+
+    def validate(self, epoch: int) -> None:
+        """Evaluate the validation split; keep the weights in OUT/best/ when --eval.metric improved, and
+        stop the run (`self.best.stopped`) after --eval.patience validations without improvement."""
+        result = self.evaluate("valid", epoch)
+        if self.best.update(result, self.step, epoch):
+            t0 = time.perf_counter()
+            self.best_ckpt.save(self.step, {"model": self.dmp.state_dict()})
+            self.timer.start += time.perf_counter() - t0  # not training time
+        elif self.best.stopped and self.env.is_main:
+            log.info(
+                "early stop at step %d: no better valid %s in %d validations (best %.4f at epoch %d, step %d)",
+                self.step, self.best.metric, self.best.bad, self.best.value, self.best.epoch, self.best.step,
+            )  # fmt: skip
+
+    def test(self, epoch: int) -> tuple[dict, dict]:
+        """(metrics of the reported weights, metrics of the last weights) on the test split.
+
+        The reported weights are the best validation's (--eval.restore_best, when a validation ran and
+        a later step changed the weights), loaded back from OUT/best/; their predictions go to
+        OUT/predictions/test.parquet."""
+        restore = self.cfg.eval.restore_best and self.best.step >= 0 and self.best.step != self.step
+        if not restore:
+            test = self.evaluate("test", epoch, predictions="test.parquet")
+            return test, test
+        last = self.evaluate("test", epoch, record_as="test_last")
+        path = self.best_ckpt.path(self.best.step)
+        state = {"model": self.dmp.state_dict()}
+        self.best_ckpt.load(path, state)
+        if self.env.is_main:
+            log.info("test with the best valid %s (epoch %d, step %d) from %s", self.best.metric,
+                     self.best.epoch, self.best.step, path)  # fmt: skip
+        return self.evaluate("test", epoch, predictions="test.parquet"), last
 
     # -- the run -----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -376,6 +484,8 @@ class Trainer:
         resumed = self.maybe_resume()
         if not resumed:
             seed_everything(cfg.seed + 1_000_003 * env.rank)  # per-rank dropout streams
+            if env.is_main and self.best_ckpt.root.exists():  # a previous run's best weights
+                shutil.rmtree(self.best_ckpt.root)
         footprint = embedding_footprint_per_rank(
             self.dmp, self.optimizer, [t.name for t in self.tables], env.device
         )
@@ -394,14 +504,14 @@ class Trainer:
         epoch = self.train_reader.epoch
         done = 0  # batches trained in this pass over the reader (what its state_dict needs)
         self.timer.reset()
-        while epoch < cfg.epochs and self.step < self.total_steps:
+        while epoch < cfg.epochs and self.step < self.total_steps and not self.best.stopped:
             if fresh_epoch:
                 self.train_reader.set_epoch(epoch)
             fresh_epoch = True
             left = len(self.train_reader)
             batches = iter(self.train_reader)
             done = 0
-            while done < left and self.step < self.total_steps:
+            while done < left and self.step < self.total_steps and not self.best.stopped:
                 n = min(left - done, self.total_steps - self.step)
                 for every in (every_eval, every_ckpt):
                     if every:
@@ -409,22 +519,23 @@ class Trainer:
                 self.train_segment(batches, n, bar, acc)
                 done += n
                 if every_eval and self.step % every_eval == 0 and done < left:
-                    self.evaluate("valid", epoch)
+                    self.validate(epoch)
                 if every_ckpt and self.step % every_ckpt == 0:
                     self.save_checkpoint(done)
                     last_saved = self.step
             if done >= left:
                 if left > 0:  # (left == 0: resumed from a checkpoint taken at the end of this epoch)
-                    self.evaluate("valid", epoch)
+                    self.validate(epoch)
                 epoch += 1
         bar.close()
         self.log_train(acc)
         if last_saved != self.step:
             self.save_checkpoint(done)
-        test = self.evaluate("test", epoch)
+        test, test_last = self.test(epoch)
         wall_s = time.perf_counter() - t_start
         summary = build_summary(
-            test=test, valid=self.evals.split("valid"), steps=self.step, throughput=self.throughput, env=env,
+            test=test, test_last=test_last, best=self.best.record(), train_positive_rate=self.positive_rate,
+            valid=self.evals.split("valid"), steps=self.step, throughput=self.throughput, env=env,
             pipeline=self.pipeline is not None, pipeline_blocker=self.pipeline_blocker,
             peak_memory=peak_memory_per_rank(env.device), footprint=footprint,
             sharding_plan=self.plan_rows, wall_s=wall_s, config=cfg.to_dict(), dataset=self.spec.record(),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from store.models.layers import EMBEDDING_INIT_STD
+
 
 @dataclass
 class ModelConfig:
@@ -21,6 +23,9 @@ class ModelConfig:
     """Hidden sizes of the prediction head (and of the deep towers of DNN / DeepFM / DCN)."""
     dropout: float = 0.0
     """Dropout probability in MLPs and attention sublayers."""
+    embedding_init_std: float = EMBEDDING_INIT_STD
+    """Standard deviation of every embedding table's start (uniform law; raw-ID tables and SID codebooks
+    alike)."""
 
     # -- STORE / ID transformer ------------------------------------------------------------------
     num_layers: int = 2
@@ -82,6 +87,8 @@ class ModelConfig:
                 raise bad(name, "must be >= 0")
         if not self.mlp_dims or any(int(d) <= 0 for d in self.mlp_dims):
             raise bad("mlp_dims", "must be a non-empty list of positive sizes")
+        if not self.embedding_init_std > 0:
+            raise bad("embedding_init_std", "must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "must be in [0, 1)")
         if not 0.0 <= self.moba_sparsity < 1.0:

@@ -26,10 +26,18 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from data_pipeline.spec import DatasetSpec
 
-EMBEDDING_INIT = 0.05
-"""Every table starts uniform in [-EMBEDDING_INIT, EMBEDDING_INIT]: the same for raw-ID and SID
-tables whatever their row count (TorchRec's default, 1/sqrt(rows), would give a 1M-row ID table a
-far smaller start than a 256-row codebook)."""
+EMBEDDING_INIT_STD = 0.0289
+"""Default standard deviation of every embedding table's start (``--model.embedding_init_std``): the
+same for raw-ID and SID tables whatever their row count (TorchRec's default, uniform in
++-1/sqrt(rows), would give a 1M-row ID table a far smaller start than a 256-row codebook)."""
+
+
+def init_bound(std: float) -> float:
+    """Tables start uniform in [-a, a] with a = sqrt(3) * std (the uniform law of that std): the
+    bounds are what FBGEMM's fused tables take (``weight_init_min/max``), on every sharding type and
+    TorchRec version."""
+    return math.sqrt(3.0) * std
+
 
 RAW_ITEM_TABLE = "t_item"
 """The raw item-ID table shared by every item-valued feature in the non-SID models."""
@@ -112,6 +120,8 @@ class Table:
     """num_embeddings."""
     features: tuple[str, ...]
     """Keys of the batch KJT it serves."""
+    init_std: float = EMBEDDING_INIT_STD
+    """Standard deviation of its uniform start (``init_bound``)."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +192,8 @@ def bag_configs(tables: list[Table], dim: int, suffix: str = "") -> list[Embeddi
             num_embeddings=t.rows,
             feature_names=list(t.features),
             pooling=PoolingType.MEAN,
-            weight_init_min=-EMBEDDING_INIT,
-            weight_init_max=EMBEDDING_INIT,
+            weight_init_min=-init_bound(t.init_std),
+            weight_init_max=init_bound(t.init_std),
         )
         for t in tables
     ]
@@ -260,7 +270,7 @@ def item_collection(
         return EmbeddingBagCollection(tables=bag_configs(tables, dim), device=device)
     seqs = [
         EmbeddingConfig(name=t.name, num_embeddings=t.rows, feature_names=list(t.features), embedding_dim=dim,
-                        weight_init_min=-EMBEDDING_INIT, weight_init_max=EMBEDDING_INIT)
+                        weight_init_min=-init_bound(t.init_std), weight_init_max=init_bound(t.init_std))
         for t in tables
     ]  # fmt: skip
     return EmbeddingCollection(tables=seqs, device=device)

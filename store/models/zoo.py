@@ -31,6 +31,7 @@ from store.models.dcn import DCN, DCNConfig
 from store.models.deepfm import DeepFM, DeepFMConfig
 from store.models.dnn import DNN, DNNConfig
 from store.models.layers import (
+    EMBEDDING_INIT_STD,
     RAW_ITEM_TABLE,
     FieldInputs,
     HistoryFeature,
@@ -83,14 +84,14 @@ def build_model(
     if name == "store":
         sids = _needs_sids(name, sids)
         sids.check_fits(spec)
-        inputs = store_inputs(spec, cfg.feature_groups, sids, sids.num_sids)
+        inputs = store_inputs(spec, cfg.feature_groups, sids, sids.num_sids, cfg.embedding_init_std)
         model: nn.Module = StoreModel(inputs, model_config(name, cfg), device)
     elif name == "id":
         tokens = cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
-        inputs = store_inputs(spec, cfg.feature_groups, None, tokens)
+        inputs = store_inputs(spec, cfg.feature_groups, None, tokens, cfg.embedding_init_std)
         model = StoreModel(inputs, model_config(name, cfg), device)
     else:
-        model = BASELINES[name](field_inputs(spec), model_config(name, cfg), device)
+        model = BASELINES[name](field_inputs(spec, cfg.embedding_init_std), model_config(name, cfg), device)
     if device is not None and device.type != "meta":
         model.to(device)
     return model
@@ -118,9 +119,9 @@ def _needs_sids(name: str, sids: SidTable | None) -> SidTable:
 
 
 # -- explicit inputs from the spec --------------------------------------------------------------------
-def static_tables(spec: DatasetSpec, features: list[str]) -> list[Table]:
+def static_tables(spec: DatasetSpec, features: list[str], init_std: float = EMBEDDING_INIT_STD) -> list[Table]:
     """One table ``t_<f>`` (the feature's vocab rows) per feature of ``features``."""
-    return [Table(static_table_name(f), spec.feature(f).vocab_size, (f,)) for f in features]
+    return [Table(static_table_name(f), spec.feature(f).vocab_size, (f,), init_std) for f in features]
 
 
 def history_inputs(spec: DatasetSpec) -> list[HistoryFeature]:
@@ -129,12 +130,13 @@ def history_inputs(spec: DatasetSpec) -> list[HistoryFeature]:
     return [HistoryFeature(f.name, f.max_len if f.multi else 1) for f in features]
 
 
-def field_inputs(spec: DatasetSpec) -> FieldInputs:
-    """The baselines' inputs: every static feature's table and the raw item table ``t_item``."""
+def field_inputs(spec: DatasetSpec, init_std: float = EMBEDDING_INIT_STD) -> FieldInputs:
+    """The baselines' inputs: every static feature's table and the raw item table ``t_item``, each
+    starting with standard deviation ``init_std`` (``--model.embedding_init_std``)."""
     items = tuple(f.name for f in spec.sparse if f.item_ref)
     return FieldInputs(
-        static_tables=static_tables(spec, static_features(spec)),
-        item_table=Table(RAW_ITEM_TABLE, num_item_rows(spec), items) if items else None,
+        static_tables=static_tables(spec, static_features(spec), init_std),
+        item_table=Table(RAW_ITEM_TABLE, num_item_rows(spec), items, init_std) if items else None,
         item_feature=spec.item_id,
         history=history_inputs(spec),
         num_dense=len(spec.dense),
@@ -142,7 +144,11 @@ def field_inputs(spec: DatasetSpec) -> FieldInputs:
 
 
 def store_inputs(
-    spec: DatasetSpec, feature_groups: str, sids: SidTable | None, num_tokens: int
+    spec: DatasetSpec,
+    feature_groups: str,
+    sids: SidTable | None,
+    num_tokens: int,
+    init_std: float = EMBEDDING_INIT_STD,
 ) -> StoreInputs:
     """STORE's inputs when given ``sids`` (its codebooks, ``num_tokens`` = its num_sids), else the ID
     twin's (one raw-ID table per tokenized feature, ``num_tokens`` tokens each).
@@ -153,19 +159,19 @@ def store_inputs(
     if sids is not None:
         token_tables = [
             Table(sid_table_name(src, k, spec.item_id), sids.codebook_size,
-                  tuple(sid_feature_name(f, k) for f in served))
+                  tuple(sid_feature_name(f, k) for f in served), init_std)
             for src, served in sources.items()
             for k in range(sids.num_sids)
         ]  # fmt: skip
     else:
         token_tables = [
-            Table(RAW_ITEM_TABLE, num_item_rows(spec), tuple(served))
+            Table(RAW_ITEM_TABLE, num_item_rows(spec), tuple(served), init_std)
             if src == spec.item_id
-            else Table(static_table_name(src), spec.feature(src).vocab_size, tuple(served))
+            else Table(static_table_name(src), spec.feature(src).vocab_size, tuple(served), init_std)
             for src, served in sources.items()
         ]
     return StoreInputs(
-        static_tables=static_tables(spec, low_cardinality_features(spec)),
+        static_tables=static_tables(spec, low_cardinality_features(spec), init_std),
         groups=resolve_groups(spec, feature_groups),
         tokenized=list(spec.high_cardinality),
         token_tables=token_tables,

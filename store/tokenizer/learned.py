@@ -5,7 +5,8 @@ exist only for items that carry them). Two ways to get the rows:
 
 - ``from_run(RUN_DIR)``: the embedding tables of a finished trainer run (``python -m trainer --model id``
   or any raw-ID model: tables ``t_item`` for the item, ``t_<feature>`` for the others), read from its
-  newest DCP checkpoint. The run's ``summary.json`` must record the same dataset (fingerprint).
+  best-validation checkpoint (OUT/best/, what its test metrics were scored with), else its newest
+  one. The run's ``summary.json`` must record the same dataset (fingerprint).
 - ``train_fm(...)``: a short run of a small factorization machine (first-order weights + pairwise
   interactions over every sparse feature, a linear term over the dense ones) on the TRAIN split only,
   in this process. Its embedding of an ID is ``[v_id, w_id]`` (the D-wide factor and the first-order
@@ -97,7 +98,7 @@ def from_run(run_dir: str | os.PathLike, spec: DatasetSpec, features: list[str])
 
     DataError naming the run when it is not finished, was trained on another dataset, or holds no
     raw-ID table for a feature (e.g. a STORE run, whose IDs went through SIDs)."""
-    from trainer.checkpoint import CheckpointError, CheckpointManager
+    from trainer.checkpoint import BEST_DIR, CheckpointError, CheckpointManager
 
     run = Path(run_dir)
     summary_path = run / "summary.json"
@@ -112,7 +113,8 @@ def from_run(run_dir: str | os.PathLike, spec: DatasetSpec, features: list[str])
             f"--from-run {run}: trained on dataset {record.get('name')!r} (fingerprint "
             f"{record.get('fingerprint')}), not on dataset {spec.name!r} (fingerprint {spec.fingerprint})"
         )
-    ckpt = CheckpointManager(run, keep=1).latest()
+    # the best validation's weights when the run kept them (what its test metrics were scored with)
+    ckpt = CheckpointManager(run, keep=1, subdir=BEST_DIR).latest() or CheckpointManager(run, keep=1).latest()
     if ckpt is None:
         raise DataError(f"--from-run {run}: no complete checkpoint under {run / 'checkpoints'}")
     keys = CheckpointManager.keys(ckpt)
