@@ -398,3 +398,16 @@ def test_every_model_has_an_output_bias_set_to_the_base_rate(name):
     model = build_model(name, spec, ModelConfig(), sids)
     init_output_bias(model, 0.01)
     assert float(output_bias(model)) == pytest.approx(math.log(0.01 / 0.99))
+
+
+def test_deepfm_crosses_the_sparse_fields_only():
+    """With the deep tower silenced, DeepFM's logit (bias + first order + FM) must not move with the
+    dense features: they are no FM field."""
+    model, batch = _setup("deepfm", {})
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.zero_()
+    base = model(batch).logits
+    shifted = dataclasses.replace(batch, dense=batch.dense + 5.0)
+    torch.testing.assert_close(model(shifted).logits, base)
+    assert model.fields.num_sparse_fields == model.fields.num_fields - 1  # the batch has dense features

@@ -2,7 +2,9 @@
 
 Shape letters: B batch, F fields, D embedding width.
 
-The FM term is the standard one, 0.5 * sum_d [(sum_f v_fd)^2 - sum_f v_fd^2]. TorchRec's
+The FM term is the standard one, 0.5 * sum_d [(sum_f v_fd)^2 - sum_f v_fd^2], over the sparse fields
+only, as in the paper (the dense features' field, a linear map with a bias, feeds the deep tower: as
+an FM field it adds a per-row offset that made this DeepFM 0.015-0.03 AUC worse). TorchRec's
 ``FactorizationMachine`` sums over the flattened F * D inputs, which also crosses different
 embedding dimensions, so it is not used here.
 """
@@ -38,7 +40,7 @@ def factorization_machine(fields: torch.Tensor) -> torch.Tensor:
 
 
 class DeepFM(nn.Module):
-    """forward(batch) -> ModelOutput, logits (B,) = bias + first order + FM(fields) + MLP(fields)."""
+    """forward(batch) -> ModelOutput, logits (B,) = bias + first order + FM(sparse fields) + MLP(fields)."""
 
     def __init__(self, inputs: FieldInputs, cfg: DeepFMConfig, device: torch.device | None = None) -> None:
         super().__init__()
@@ -47,4 +49,5 @@ class DeepFM(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         fields, first_order = self.fields(batch)  # (B, F, D), (B,)
-        return ModelOutput(logits=first_order + factorization_machine(fields) + self.head(fields.flatten(1)))
+        fm = factorization_machine(fields[:, : self.fields.num_sparse_fields])  # the sparse fields only
+        return ModelOutput(logits=first_order + fm + self.head(fields.flatten(1)))

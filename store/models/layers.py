@@ -232,6 +232,8 @@ class FieldEmbedder(nn.Module):
         self.keys = [f"{f}@{table_of[f]}" if first_order else f for f in features]
         self.first_order_keys = [f"{f}@{table_of[f]}_w" for f in features] if first_order else []
         self.dense = nn.Linear(inputs.num_dense, dim) if inputs.num_dense else None
+        self.num_sparse_fields = len(features)
+        """The first fields are the sparse features'; the dense field, if any, comes last."""
         self.num_fields = len(features) + (1 if inputs.num_dense else 0)
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
