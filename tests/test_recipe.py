@@ -91,3 +91,19 @@ def test_embedding_weight_decay_shrinks_fused_and_replicated_tables(data, tmp_pa
                                     "--eval.restore_best", "false"))  # fmt: skip
         norms[wd] = float(from_run(out, spec, ["item_id"])["item_id"].norm())
     assert norms["1.0"] < 0.7 * norms["0"], norms
+
+
+def test_row_decay_touches_only_the_rows_with_a_gradient():
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    from trainer.optim import with_row_decay
+
+    w = torch.nn.Parameter(torch.ones(4, 3))
+    opt = with_row_decay(RowWiseAdagrad([w], lr=0.1), weight_decay=0.5)
+    w.grad = torch.zeros(4, 3)
+    w.grad[1] = 1.0  # only row 1 was in the batch
+    opt.step()
+    torch.testing.assert_close(w.detach()[[0, 2, 3]], torch.ones(3, 3))  # torch's weight_decay moves them
+    assert bool((w.detach()[1] < 1).all())
+    # the decay is in the gradient the inner optimizer saw: its row-1 state holds (1 + 0.5 * 1)^2
+    assert float(opt.state[w]["sum"][1].squeeze()) == pytest.approx(1.5**2)

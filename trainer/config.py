@@ -51,9 +51,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     """Weight decay of the dense optimizer."""
     embedding_weight_decay: float = 0.0
-    """L2 penalty of the embedding tables (raw-ID tables and SID codebooks alike): sharded tables decay
-    the rows of each batch inside FBGEMM's fused optimizer (its L2 mode); replicated tables (small
-    codebooks) decay every row at every step through their torch optimizer."""
+    """L2 penalty of the embedding tables (raw-ID tables and SID codebooks alike), on the rows each batch
+    touches: FBGEMM's fused optimizer (its L2 mode) for sharded tables, the same rule before each
+    step of the replicated tables' optimizer."""
     rotation_lr: float = 1e-3
     """Learning rate of STORE's rotation matrices R (their own optimizer, same type as --optim.dense)."""
     rotation_every: int = 1

@@ -49,6 +49,39 @@ def _dense_factory(cfg: OptimConfig, lr: float) -> Callable[[list], torch.optim.
     return lambda params: torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
+def with_row_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> torch.optim.Optimizer:
+    """Give a replicated table's optimizer FBGEMM's L2 mode: before each step, add ``weight_decay * w``
+    to the gradient of the rows the batch touched (non-zero gradient rows), and to no other row.
+
+    torch's own ``weight_decay`` would decay every row at every step, and an adaptive optimizer
+    (Adagrad, Adam) normalises that decay-only gradient to a full-size step: rows a batch rarely
+    touches would be pulled to zero at the learning rate. The sharded tables' fused optimizer only
+    ever sees the rows of the batch, so with this both kinds of table are regularised alike.
+    """
+    if not weight_decay:
+        return optimizer
+
+    def decay(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        with torch.no_grad():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    g = p.grad
+                    if g is None:
+                        continue
+                    if g.is_sparse:
+                        g = g.coalesce()
+                        rows = g.indices()[0]
+                        p.grad = torch.sparse_coo_tensor(
+                            g.indices(), g.values() + weight_decay * p[rows], g.shape
+                        ).coalesce()
+                    else:
+                        touched = g.reshape(len(g), -1).ne(0).any(1)
+                        g[touched] += weight_decay * p[touched]
+
+    optimizer.register_step_pre_hook(decay)
+    return optimizer
+
+
 def build_optimizer(
     dmp: nn.Module,
     rotation_params: list[nn.Parameter],
@@ -79,7 +112,9 @@ def build_optimizer(
                 "replicated",
                 KeyedOptimizerWrapper(
                     replicated,
-                    lambda ps: cls(ps, lr=cfg.sparse_lr, weight_decay=cfg.embedding_weight_decay, **kwargs),
+                    lambda ps: with_row_decay(
+                        cls(ps, lr=cfg.sparse_lr, **kwargs), cfg.embedding_weight_decay
+                    ),
                 ),
             )
         )
