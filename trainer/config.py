@@ -50,10 +50,10 @@ class OptimConfig:
     """Learning rate of the dense parameters."""
     weight_decay: float = 0.0
     """Weight decay of the dense optimizer."""
-    embedding_weight_decay: float = 0.0
+    embedding_weight_decay: float = 1e-4
     """L2 penalty of the embedding tables (raw-ID tables and SID codebooks alike), on the rows each batch
     touches: FBGEMM's fused optimizer (its L2 mode) for sharded tables, the same rule before each
-    step of the replicated tables' optimizer."""
+    step of the replicated tables' optimizer (docs/recipe.md: how the default was chosen)."""
     rotation_lr: float = 1e-3
     """Learning rate of STORE's rotation matrices R (their own optimizer, same type as --optim.dense)."""
     rotation_every: int = 1
