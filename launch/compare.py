@@ -7,11 +7,17 @@ Stages (each skipped when its output exists, so an interrupted comparison contin
    same data with the same epochs, batch size, seed, ``--high-card`` and extra trainer flags
    (``--nproc`` > 1 runs each under torchrun); the ID model projects each high-cardinality feature
    into K tokens, as many as STORE has SIDs;
-3. report: ``launch.report`` -> OUT/report (report.md, PNG plots, tensorboard/{id,store}).
+3. report: ``launch.report`` (the code ``python -m launch.report`` runs) -> OUT/report (report.md with
+   mean +- std over seeds and the paired significance tests, significance.json, PNG plots,
+   tensorboard/{id,store}).
 
 When a tokenized feature's embeddings are ``learned`` (every non-item high-cardinality feature, and
 the item when it has no content, text or history), the natural order is used instead: the ID run
 first, then the tokenizer reading the rows it learned (``--from-run OUT/id``), then STORE.
+
+``--seeds N`` repeats stages 1-2 for seeds seed, seed+1, ... (tokenizer included, so learned
+embeddings come from that seed's ID run): OUT/sids/seed<k>, OUT/id/seed<k>, OUT/store/seed<k>,
+OUT/logs/seed<k>/. With one seed (the default) the folders are OUT/sids, OUT/id and OUT/store.
 
 Logs of every stage go to OUT/logs/; the console shows one line per stage.
 """
@@ -43,7 +49,7 @@ class CompareConfig:
     data: str
     """Dataset folder (spec.json, train/, valid/, test/, items/)."""
     out: str
-    """Output folder: sids/, id/, store/, logs/, report/."""
+    """Output folder: sids/, id/, store/, logs/ (each with seed<k>/ inside when --seeds > 1), report/."""
     epochs: int = 3
     """Training epochs of each model."""
     batch_size: int = 512
@@ -67,7 +73,9 @@ class CompareConfig:
     sids: str = ""
     """An existing SID table folder to use instead of tokenizing."""
     seed: int = 0
-    """Seed of the tokenizer and of both runs."""
+    """Seed of the tokenizer and of both runs (the first seed with --seeds)."""
+    seeds: int = 1
+    """Train each arm this many times, with seeds seed, seed+1, ... (tokenizer included); > 1: OUT/<arm>/seed<k>/."""
     scaling: str = ""
     """A bench_scaling.py output folder to include in the report (empty: that section says how to run it)."""
     trainer_args: Annotated[list[str], tyro.conf.Suppress] = field(default_factory=list)
@@ -85,6 +93,7 @@ class CompareConfig:
             ("--nproc", self.nproc),
             ("--num-sids", self.num_sids),
             ("--codebook-size", self.codebook_size),
+            ("--seeds", self.seeds),
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
@@ -108,6 +117,40 @@ class CompareConfig:
             )
         if self.scaling and not Path(self.scaling).is_dir():
             raise ConfigError(f"--scaling {self.scaling}: folder does not exist")
+        for model in MODELS:  # one layout per OUT: a single run or seed folders, not both
+            arm = Path(self.out, model)
+            if self.seeds > 1 and (arm / "summary.json").is_file():
+                raise ConfigError(
+                    f"--seeds {self.seeds}: {arm} holds a single-seed run; give another --out for seed folders"
+                )
+            if self.seeds == 1 and arm.is_dir() and any(arm.glob("seed*/summary.json")):
+                raise ConfigError(
+                    f"--seeds 1: {arm} holds seed folders from a --seeds run; pass that --seeds or another --out"
+                )
+
+
+@dataclass
+class SeedLayout:
+    """The folders of one seed of a comparison."""
+
+    seed: int
+    sids: Path
+    runs: dict[str, Path]
+    """{model: run folder}."""
+    logs: Path
+
+
+def seed_layouts(cfg: CompareConfig) -> list[SeedLayout]:
+    """One SeedLayout per seed: OUT/<what> with one seed, OUT/<what>/seed<k> with several (--sids: that
+    table for every seed)."""
+    out = Path(cfg.out)
+    layouts = []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        sub = Path(f"seed{seed}") if cfg.seeds > 1 else Path()
+        sids = Path(cfg.sids) if cfg.sids else out / "sids" / sub
+        runs = {model: out / model / sub for model in MODELS}
+        layouts.append(SeedLayout(seed, sids, runs, out / "logs" / sub))
+    return layouts
 
 
 def python_env() -> dict[str, str]:
@@ -181,45 +224,51 @@ def train_args(cfg: CompareConfig, model: str, sids: Path, out: Path) -> list[st
 
 
 def run_comparison(cfg: CompareConfig) -> Path:
-    """All stages; returns the report's markdown file."""
+    """All stages for every seed, then the report; returns the report's markdown file."""
     from launch.report import write_report
 
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    sids = Path(cfg.sids) if cfg.sids else out / "sids"
-    runs = {model: out / model for model in MODELS}
+    layouts = seed_layouts(cfg)
     first = not cfg.sids and learned_first(cfg)
     # (what, model) in order: learned embeddings come from the ID run, so it goes first
     order = [("train", "id"), ("tokenize", ""), ("train", "store")] if first else [
         ("tokenize", ""), ("train", "id"), ("train", "store")
     ]  # fmt: skip
-    n_stages = len(order) + 1
-    for i, (what, model) in enumerate(order, start=1):
-        if what == "tokenize":
-            source = f"learned from {runs['id']}" if first else (cfg.embedding or "default sources")
-            if cfg.sids:
-                print(f"== {i}/{n_stages} SIDs: using {sids}", flush=True)
-            elif (sids / "meta.json").is_file():
-                print(f"== {i}/{n_stages} SIDs: {sids} exists, skipped", flush=True)
-            else:
-                print(
-                    f"== {i}/{n_stages} tokenize ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}, "
-                    f"{source}) -> {sids}",
-                    flush=True,
-                )
-                cmd = tokenize_command(cfg, sids, runs["id"] if first else None)
-                run_logged(cmd, logs / "tokenize.log", "tokenizer")
-            continue
-        run_dir = runs[model]
-        if (run_dir / "summary.json").is_file():
-            print(f"== {i}/{n_stages} train {model}: {run_dir}/summary.json exists, skipped", flush=True)
-            continue
-        print(f"== {i}/{n_stages} train {model} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}")
-        cmd = trainer_command(cfg.nproc, train_args(cfg, model, sids, run_dir))
-        run_logged(cmd, logs / f"train_{model}.log", f"training {model}")
+    n_stages = len(order) * len(layouts) + 1
+    stage = 0
+    for lay in layouts:
+        seed_cfg = replace(cfg, seed=lay.seed)
+        of_seed = f" (seed {lay.seed})" if cfg.seeds > 1 else ""
+        for what, model in order:
+            stage += 1
+            at = f"== {stage}/{n_stages}"
+            if what == "tokenize":
+                source = f"learned from {lay.runs['id']}" if first else (cfg.embedding or "default sources")
+                if cfg.sids:
+                    print(f"{at} SIDs: using {lay.sids}", flush=True)
+                elif (lay.sids / "meta.json").is_file():
+                    print(f"{at} SIDs: {lay.sids} exists, skipped", flush=True)
+                else:
+                    print(
+                        f"{at} tokenize{of_seed} ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}, "
+                        f"{source}) -> {lay.sids}",
+                        flush=True,
+                    )
+                    cmd = tokenize_command(seed_cfg, lay.sids, lay.runs["id"] if first else None)
+                    run_logged(cmd, lay.logs / "tokenize.log", "tokenizer")
+                continue
+            run_dir = lay.runs[model]
+            if (run_dir / "summary.json").is_file():
+                print(f"{at} train {model}{of_seed}: {run_dir}/summary.json exists, skipped", flush=True)
+                continue
+            print(f"{at} train {model}{of_seed} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}")
+            cmd = trainer_command(cfg.nproc, train_args(seed_cfg, model, lay.sids, run_dir))
+            run_logged(cmd, lay.logs / f"train_{model}.log", f"training {model}")
     print(f"== {n_stages}/{n_stages} report", flush=True)
+    runs = {model: [lay.runs[model] for lay in layouts] for model in MODELS}
+    sids = [lay.sids for lay in layouts] if not cfg.sids else Path(cfg.sids)
     return write_report(out / "report", runs, sids, scaling=Path(cfg.scaling) if cfg.scaling else None)
 
 
@@ -239,6 +288,8 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    from launch.report import verdicts
+
     argv, extra = split_trainer_args(argv)
     cfg = cli.parse(CompareConfig, argv, prog="python -m launch.compare", description=DESCRIPTION)
     try:
@@ -250,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"report: {report}")
+    for line in verdicts(report.parent):
+        print(line)
     print(f"tensorboard: tensorboard --logdir {report.parent / 'tensorboard'}")
     return 0
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: the ID-vs-SID comparison on small built-in synthetic data, end to end, in a few minutes
 # on a laptop CPU: generate data -> tokenize items into SIDs -> train the ID baseline and STORE with
-# the same budget -> report (markdown, PNG plots, both TensorBoard runs side by side).
+# the same budget -> report (markdown, PNG plots, both TensorBoard runs side by side). The report's
+# verdict on STORE - ID comes with its 95% interval from a paired bootstrap over the test users: on
+# data this small, read "no significant difference" as "this demo cannot tell", and a "better" or
+# "worse" as a statement about these two trained models (one seed; --seeds N adds more).
 # Usage: launch/demo.sh [PYTHON] [OUT]. Rerunning skips the stages whose outputs exist.
 set -euo pipefail
 PY=${1:-python}
@@ -16,5 +19,6 @@ fi
   --num-sids 4 --codebook-size 32 --tokenizer-min-steps 60 \
   -- --model.embedding_dim 16 --model.num_layers 1 --eval.max_batches 8
 echo
-echo "Demo done. Open $OUT/compare/report/report.md"
+echo "Demo done. Open $OUT/compare/report/report.md (its Significance section: the verdict with its"
+echo "95% interval; docs/launch.md says how to read it)"
 echo "(cluster runs: docs/launch.md; throughput scaling: python benchmarks/bench_scaling.py)"

@@ -1,12 +1,21 @@
-"""The comparison report: markdown tables and PNG plots from trainer run folders.
+"""The comparison report: markdown tables and PNG plots from finished trainer run folders.
 
-``python -m launch.report --run id=RUN_DIR --run store=RUN_DIR [--sids SIDS] [--scaling DIR] --out REPORT``
+``python -m launch.report --run id=DIR --run store=DIR [--run NAME=DIR ...] [--sids SIDS] [--scaling DIR] --out REPORT``
 
-Reads each run's summary.json (test metrics, per-epoch validation, throughput, embedding bytes
-per rank) and the tokenizer's meta.json, and writes REPORT/report.md, REPORT/auc_vs_epoch.png and
-REPORT/tensorboard/<run> (links to each run's TensorBoard folder, so ``tensorboard --logdir
-REPORT/tensorboard`` shows them side by side). Every section is always present; one whose inputs
-are missing says what to run.
+A DIR is one run folder (it holds summary.json) or a folder of run folders (one per seed, e.g.
+``launch.compare --seeds 3``'s OUT/id); naming an arm several times adds seeds. Every run must be on
+the same dataset (summary.json's dataset fingerprint). ``launch.compare`` writes its report through
+this same code.
+
+Reads each run's summary.json (test metrics of the best-validation and of the last weights, per-epoch
+validation, throughput, embedding bytes per rank), its test predictions (predictions/test.parquet)
+and the tokenizer's meta.json, and writes REPORT/report.md, REPORT/significance.json,
+REPORT/auc_vs_epoch.png and REPORT/tensorboard/<arm>[/<seed>] (links to each run's TensorBoard
+folder, so ``tensorboard --logdir REPORT/tensorboard`` shows them side by side). Each metric is the
+mean +- standard deviation over an arm's seeds; the "Significance" section tests each arm against the
+baseline (``id``) on the test split: a paired bootstrap over users for AUC, GAUC and logloss, and
+DeLong's test for the AUC of each seed pair (launch/stats.py). Every section is always present; one
+whose inputs are missing says what to run.
 """
 
 from __future__ import annotations
@@ -15,18 +24,25 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
+import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
+from launch.stats import NO_DIFFERENCE, delong, paired_bootstrap
 
 LABELS = {"id": "ID baseline", "store": "STORE (SIDs)"}
 """Display names of the runs the comparison makes; other run names are shown as they are."""
 SECTIONS = (
     "Setup",
     "Test metrics",
+    "Significance",
     "Validation per epoch",
     "Tail items",
     "Throughput",
@@ -39,6 +55,16 @@ SECTIONS = (
 )
 """The report's '## ' sections, in order."""
 PLOT = "auc_vs_epoch.png"
+SIGNIFICANCE = "significance.json"
+"""The tests' figures, machine-readable, next to report.md."""
+PREDICTIONS = Path("predictions") / "test.parquet"
+"""Where a run keeps its test predictions (row, label, logit[, user, item]), relative to its folder."""
+BASELINE = "id"
+"""The arm the others are tested against when present (else the first arm)."""
+RESAMPLES = 1000
+"""Bootstrap resamples of the significance tests."""
+SCORES = ("auc", "gauc", "logloss", "tail_auc")
+"""The test metrics of the tables (gauc / tail_auc are absent without a user / item column)."""
 
 
 # -- small formatting helpers ----------------------------------------------------------------------
@@ -139,9 +165,156 @@ def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
     }
 
 
+def finite(values: Iterable[object]) -> list[float]:
+    """The finite numbers among `values` (None, NaN and non-numbers left out)."""
+    return [
+        float(v)
+        for v in values
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+
+
+def finite_mean(values: Iterable[object]) -> float:
+    xs = finite(values)
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def finite_sd(values: Iterable[object]) -> float:
+    """Sample standard deviation of the finite numbers (0 for fewer than two)."""
+    xs = finite(values)
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def spread(values: Iterable[object], one: Callable[[float], str] = fmt) -> str:
+    """Mean ± sample standard deviation of the finite numbers in `values`, each formatted with `one`;
+    the value alone when there is one or all are equal; '-' when there is none."""
+    xs = finite(values)
+    if not xs:
+        return "-"
+    if len(xs) == 1 or min(xs) == max(xs):
+        return one(xs[0])
+    return f"{one(statistics.fmean(xs))} ± {one(statistics.stdev(xs))}"
+
+
+def count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def signed(v: float) -> str:
+    return f"{v:+.4f}" if math.isfinite(v) else "-"
+
+
+# -- run folders -----------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One finished trainer run of an arm."""
+
+    arm: str
+    path: Path
+    summary: dict
+
+    @property
+    def seed(self) -> str:
+        """'seed <k>' from the run's config, else its folder name."""
+        seed = self.summary.get("config", {}).get("seed")
+        return f"seed {seed}" if seed is not None else self.path.name
+
+
+def natural_key(path: Path) -> list:
+    """seed2 before seed10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def find_runs(folder: str | Path) -> list[Path]:
+    """A run folder (it holds summary.json) -> [it]; a folder of run folders (seeds) -> them, in natural
+    order. DataError naming the folder otherwise (a run that did not finish has no summary.json)."""
+    folder = Path(folder)
+    if (folder / "summary.json").is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: does not exist (expected a run folder with summary.json, or a folder of them)"
+        )
+    subs = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+    if not subs:
+        raise DataError(f"{folder}: no summary.json (the run did not finish; see its log) and no run folders")
+    for sub in subs:
+        if not (sub / "summary.json").is_file():
+            raise DataError(
+                f"{sub}: no summary.json ({folder} is neither a finished run nor a folder of finished runs; "
+                "a run that did not finish has no summary.json)"
+            )
+    return subs
+
+
+def dataset_key(run: Run) -> tuple[str, str]:
+    """(what, value) identifying the run's dataset: its fingerprint, else (older runs) its data path."""
+    record = run.summary.get("dataset") or {}
+    if record.get("fingerprint"):
+        return "fingerprint", str(record["fingerprint"])
+    return "data folder", str(Path(run.summary.get("config", {}).get("data", "?")).resolve())
+
+
+def load_runs(runs: Mapping[str, str | Path | Sequence[str | Path]]) -> dict[str, list[Run]]:
+    """{arm: folder or folders} -> {arm: [Run per seed]}, each folder expanded by `find_runs`.
+    DataError naming the folder: missing summary.json, or a run on another dataset than the first."""
+    arms: dict[str, list[Run]] = {}
+    for arm, folders in runs.items():
+        folders = [folders] if isinstance(folders, str | Path) else list(folders)
+        if not folders:
+            raise DataError(f"arm {arm!r}: no run folder given")
+        arms[arm] = [Run(arm, p, load_summary(p)) for f in folders for p in find_runs(f)]
+    first = next(r for rs in arms.values() for r in rs)
+    want = dataset_key(first)
+    name = (first.summary.get("dataset") or {}).get("name", "?")
+    for run in (r for rs in arms.values() for r in rs):
+        got = dataset_key(run)
+        if got != want:
+            other = (run.summary.get("dataset") or {}).get("name", "?")
+            raise DataError(
+                f"{run.path}: trained on dataset {other!r} ({got[0]} {got[1]}), but {first.path} on "
+                f"{name!r} ({want[0]} {want[1]}); the runs of one report must share their dataset"
+            )
+    return arms
+
+
+def as_summaries(summaries: Mapping[str, dict | Sequence[dict]]) -> dict[str, list[dict]]:
+    """{arm: summary or [summary per seed]} -> {arm: [summary per seed]}."""
+    return {n: [s] if isinstance(s, dict) else list(s) for n, s in summaries.items()}
+
+
+def scores_of(summary: dict, which: str = "best") -> dict:
+    """The test metrics of the reported weights ('best': the best validation's with --eval.restore_best,
+    else the last) or of the last weights ('last': test_last, empty in runs from before it existed)."""
+    if which == "last":
+        return summary.get("test_last") or {}
+    return {**summary.get("test", {}), **{k: summary[k] for k in SCORES if k in summary}}
+
+
+def reported_weights(runs: Sequence[dict]) -> str:
+    """What the 'test' metrics of these runs were scored with, for the table."""
+    if not any("test_last" in s for s in runs):
+        return "end of training"
+    if not all(s.get("config", {}).get("eval", {}).get("restore_best", True) for s in runs):
+        return "last epoch"
+    epochs = [s.get("best_epoch") for s in runs]
+    shown = ", ".join(str(e + 1) for e in epochs if isinstance(e, int))
+    return f"best valid (epoch {shown})" if shown else "best valid"
+
+
+def epoch_rows(runs: Sequence[dict]) -> dict[int, list[dict]]:
+    """{epoch (from 1): [the last validation entry of that epoch, per run that reached it]}."""
+    out: dict[int, list[dict]] = {}
+    for s in runs:
+        for e in per_epoch(s):
+            out.setdefault(e["epoch"], []).append(e)
+    return dict(sorted(out.items()))
+
+
 # -- plots -----------------------------------------------------------------------------------------
-def plot_epochs(summaries: dict[str, dict], path: Path) -> None:
-    """Validation AUC, tail AUC and logloss per epoch for every run (the 'one-epoch' effect)."""
+def plot_epochs(summaries: Mapping[str, dict | Sequence[dict]], path: Path) -> None:
+    """Validation AUC, tail AUC and logloss per epoch for every arm (the 'one-epoch' effect): the mean
+    over its seeds, and a band of one standard deviation when it has several."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,11 +327,15 @@ def plot_epochs(summaries: dict[str, dict], path: Path) -> None:
         ("logloss", "validation logloss"),
     )
     for ax, (key, title) in zip(axes, panels):
-        for name, summary in summaries.items():
-            rows = per_epoch(summary)
-            xs = [r["epoch"] for r in rows]
-            ys = [r.get(key) if r.get(key) is not None else math.nan for r in rows]
-            ax.plot(xs, ys, marker="o", label=label(name))
+        for name, runs in as_summaries(summaries).items():
+            epochs = epoch_rows(runs)
+            xs = list(epochs)
+            values = [[e.get(key) for e in entries] for entries in epochs.values()]
+            ys = np.array([finite_mean(v) for v in values])
+            (line,) = ax.plot(xs, ys, marker="o", label=label(name))
+            if len(runs) > 1:
+                sd = np.array([finite_sd(v) for v in values])
+                ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.2)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -171,8 +348,9 @@ def plot_epochs(summaries: dict[str, dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def link_tensorboard(runs: dict[str, Path], dest: Path) -> list[str]:
-    """dest/<name> -> <run>/tensorboard (a symlink; a copy where links are not possible)."""
+def link_tensorboard(runs: Mapping[str, Path], dest: Path) -> list[str]:
+    """dest/<name> -> <run>/tensorboard (a symlink; a copy where links are not possible). A name may
+    hold a '/' (arm/seed)."""
     dest.mkdir(parents=True, exist_ok=True)
     made = []
     for name, run in runs.items():
@@ -180,6 +358,7 @@ def link_tensorboard(runs: dict[str, Path], dest: Path) -> list[str]:
         if not src.is_dir():
             continue
         target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink() or target.is_file():
             target.unlink()
         elif target.is_dir():
@@ -192,9 +371,20 @@ def link_tensorboard(runs: dict[str, Path], dest: Path) -> list[str]:
     return made
 
 
+def tensorboard_names(arms: Mapping[str, Sequence[Run]]) -> dict[str, Path]:
+    """{'<arm>' or '<arm>/<seed folder>': run folder}: an arm of one run gets its own name."""
+    out: dict[str, Path] = {}
+    for arm, runs in arms.items():
+        names = [r.path.name for r in runs]
+        unique = len(set(names)) == len(names)
+        for i, r in enumerate(runs):
+            out[arm if len(runs) == 1 else f"{arm}/{names[i] if unique else f'run{i}'}"] = r.path
+    return out
+
+
 # -- sections --------------------------------------------------------------------------------------
-def section_setup(summaries: dict[str, dict]) -> str:
-    first = next(iter(summaries.values()))
+def section_setup(arms: Mapping[str, Sequence[Run]]) -> str:
+    first = next(iter(arms.values()))[0].summary
     cfg = first.get("config", {})
     data = cfg.get("data", "?")
     try:
@@ -204,139 +394,161 @@ def section_setup(summaries: dict[str, dict]) -> str:
     except (DataError, OSError):
         data_line = f"`{data}`"
     mc = cfg.get("model_config", {})
+    ev = cfg.get("eval", {})
     lines = [
         f"- data: {data_line}",
         f"- epochs {cfg.get('epochs')}, batch size {cfg.get('batch_size')} per rank, "
-        f"{first.get('world_size')} rank(s) on {first.get('device')}, seed {cfg.get('seed')}"
+        f"{first.get('world_size')} rank(s) on {first.get('device')}"
         + (f", max steps {cfg['max_steps']}" if cfg.get("max_steps") else ""),
         f"- model: embedding dim {mc.get('embedding_dim')}, {mc.get('num_layers')} layers, "
         f"{mc.get('num_heads')} heads, MoBA block {mc.get('moba_block_size')} sparsity {mc.get('moba_sparsity')}"
         f"{' (vanilla attention)' if mc.get('vanilla_attention') else ''}, rotation {mc.get('rotation')}",
         f"- optimizers: sparse {cfg.get('optim', {}).get('sparse')} lr {cfg.get('optim', {}).get('sparse_lr')}, "
         f"dense {cfg.get('optim', {}).get('dense')} lr {cfg.get('optim', {}).get('dense_lr')}",
+    ]
+    if "restore_best" in ev:
+        lines.append(
+            f"- test split scored with {'the best validation' if ev['restore_best'] else 'the last'} weights "
+            f"(valid {ev.get('metric')}; early stopping "
+            + (f"after {ev['patience']} validations without improvement)" if ev.get("patience") else "off)")
+        )
+    lines += [
         f"- versions: {first.get('versions')}",
+        "- seeds: "
+        + "; ".join(f"{label(n)} {len(rs)} ({', '.join(r.seed for r in rs)})" for n, rs in arms.items()),
         "- runs: "
-        + ", ".join(f"{label(n)} (`{s.get('config', {}).get('out')}`)" for n, s in summaries.items()),
+        + "; ".join(f"{label(n)} " + ", ".join(f"`{r.path}`" for r in rs) for n, rs in arms.items()),
     ]
     return "\n".join(lines)
 
 
-def section_test(summaries: dict[str, dict], ceiling: dict | None) -> str:
-    rows = [
-        [label(n), s.get("auc"), s.get("gauc"), s.get("logloss"), s.get("tail_auc"), s.get("steps")]
-        for n, s in summaries.items()
-    ]
+def section_test(summaries: Mapping[str, dict | Sequence[dict]], ceiling: dict | None) -> str:
+    """Test metrics per arm (mean ± std over its seeds), with the reported and the last weights."""
+    arms = as_summaries(summaries)
+    rows = []
+    for n, runs in arms.items():
+        for which in ("best", "last"):
+            if which == "last" and not any("test_last" in s for s in runs):
+                continue
+            metrics = [scores_of(s, which) for s in runs]
+            rows.append([
+                label(n), reported_weights(runs) if which == "best" else "last epoch",
+                *[spread(m.get(k) for m in metrics) for k in SCORES],
+                spread((s.get("steps") for s in runs), count), len(runs),
+            ])  # fmt: skip
     if ceiling:
-        rows.append(ceiling_row(ceiling, 2))
-    text = md_table(["model", "AUC", "GAUC", "logloss", "tail AUC", "steps"], rows)
-    if "id" in summaries and "store" in summaries:
-        d = {
-            k: (summaries["store"].get(k) or math.nan) - (summaries["id"].get(k) or math.nan)
-            for k in ("auc", "gauc", "logloss")
-        }
-        gauc_part = f", GAUC {d['gauc']:+.4f}" if math.isfinite(d["gauc"]) else ""
-        text += (
-            f"\n\nSTORE - ID: AUC {d['auc']:+.4f}{gauc_part}, logloss {d['logloss']:+.4f} "
-            "(test split, end of training)."
-        )
-    if not any("gauc" in s for s in summaries.values()):
+        row = ceiling_row(ceiling, 3)
+        rows.append([row[0], "-", *row[1:]])
+    text = md_table(["model", "weights", "AUC", "GAUC", "logloss", "tail AUC", "steps", "seeds"], rows)
+    text += (
+        "\n\nMean ± standard deviation over the seeds (a single value: one seed, or all seeds equal). "
+        "Whether a difference is more than noise: the next section."
+    )
+    if not any("gauc" in scores_of(s) for runs in arms.values() for s in runs):
         text += "\n\nNo GAUC: the dataset has no user column."
-    if not any("tail_auc" in s for s in summaries.values()):
+    if not any("tail_auc" in scores_of(s) for runs in arms.values() for s in runs):
         text += "\n\nNo tail-item AUC: the dataset has no item column."
     return text
 
 
-def section_epochs(summaries: dict[str, dict]) -> str:
+def section_epochs(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
     rows = []
     effect = []
-    for name, s in summaries.items():
-        entries = per_epoch(s)
-        for e in entries:
-            rows.append(
-                [label(name), e["epoch"], e.get("auc"), e.get("gauc"), e.get("logloss"), e.get("tail_auc")]
-            )
-        if len(entries) >= 2 and entries[0].get("auc") is not None and entries[-1].get("auc") is not None:
-            best = max(entries, key=lambda r: r.get("auc") or -1)
+    for name, runs in as_summaries(summaries).items():
+        epochs = epoch_rows(runs)
+        for epoch, entries in epochs.items():
+            rows.append([
+                label(name), epoch, *[spread(e.get(k) for e in entries) for k in SCORES], len(entries),
+            ])  # fmt: skip
+        means = {e: finite_mean(x.get("auc") for x in entries) for e, entries in epochs.items()}
+        finite = {e: v for e, v in means.items() if math.isfinite(v)}
+        if len(finite) >= 2:
+            first, last = min(finite), max(finite)
+            best = max(finite, key=finite.get)
             effect.append(
-                f"{label(name)}: AUC epoch 1 -> {entries[-1]['epoch']}: {entries[-1]['auc'] - entries[0]['auc']:+.4f} "
-                f"(best at epoch {best['epoch']})"
+                f"{label(name)}: AUC epoch {first} -> {last}: {finite[last] - finite[first]:+.4f} "
+                f"(best at epoch {best})"
             )
-    text = md_table(["model", "epoch", "AUC", "GAUC", "logloss", "tail AUC"], rows)
+    text = md_table(["model", "epoch", "AUC", "GAUC", "logloss", "tail AUC", "seeds"], rows)
     if effect:
         text += (
-            "\n\nOne-epoch effect (raw-ID models tend to peak after one epoch and overfit, SIDs keep improving):\n"
-            + "\n".join(f"- {line}" for line in effect)
+            "\n\nOne-epoch effect (raw-ID models tend to peak after one epoch and overfit, SIDs keep improving; "
+            "means over the seeds that reached the epoch):\n" + "\n".join(f"- {line}" for line in effect)
         )
     return text
 
 
-def section_tail(summaries: dict[str, dict]) -> str:
-    names = list(summaries)
-    tests = {n: summaries[n].get("test", {}) for n in names}
-    buckets = max((len(t.get("bucket_auc") or []) for t in tests.values()), default=0)
+def section_tail(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
+    arms = as_summaries(summaries)
+    tests = {n: [scores_of(s) for s in runs] for n, runs in arms.items()}
+    buckets = max((len(t.get("bucket_auc") or []) for ts in tests.values() for t in ts), default=0)
     if not buckets:
         return "No per-bucket AUC in the runs' summaries."
-    tail_buckets = next(iter(summaries.values())).get("config", {}).get("eval", {}).get("tail_buckets")
+    first = next(iter(arms.values()))[0]
+    tail_buckets = first.get("config", {}).get("eval", {}).get("tail_buckets")
+    bucket_rows = next((t["bucket_rows"] for ts in tests.values() for t in ts if t.get("bucket_rows")), None)
     rows = []
     for b in range(buckets):
-        row: list[object] = [b, (tests[names[0]].get("bucket_rows") or [None] * buckets)[b]]
-        row += [(tests[n].get("bucket_auc") or [None] * buckets)[b] for n in names]
+        row: list[object] = [b, (bucket_rows or [None] * buckets)[b]]
+        row += [spread((t.get("bucket_auc") or [None] * buckets)[b] for t in tests[n]) for n in arms]
         rows.append(row)
     head = (
         f"Test AUC per item-popularity bucket (items split into {buckets} equal parts of the catalog by train "
         f"impressions, bucket 0 = least popular; tail AUC = buckets 0..{(tail_buckets or 1) - 1}):\n\n"
     )
-    return head + md_table(["bucket", "test rows", *[f"{label(n)} AUC" for n in names]], rows)
+    return head + md_table(["bucket", "test rows", *[f"{label(n)} AUC" for n in arms]], rows)
 
 
-def section_throughput(summaries: dict[str, dict]) -> str:
+def section_throughput(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
+    arms = as_summaries(summaries)
     rows = []
-    for n, s in summaries.items():
-        peak = s.get("peak_memory_bytes_per_rank") or []
-        rows.append(
-            [
-                label(n), s.get("samples_per_s"), s.get("samples_per_s_per_rank"), s.get("world_size"),
-                s.get("device"), s.get("pipeline"), human_bytes(max(peak)) if peak else "-",
-                s.get("wall_s"),
-            ]
-        )  # fmt: skip
+    for n, runs in arms.items():
+        s = runs[0]
+        rows.append([
+            label(n), spread((r.get("samples_per_s") for r in runs), count),
+            spread((r.get("samples_per_s_per_rank") for r in runs), count), s.get("world_size"),
+            s.get("device"), s.get("pipeline"),
+            spread((max(r.get("peak_memory_bytes_per_rank") or [math.nan]) for r in runs), human_bytes),
+            spread((r.get("wall_s") for r in runs), lambda v: f"{v:.1f}"),
+        ])  # fmt: skip
     text = md_table(
         ["model", "samples/s (total)", "samples/s per rank", "ranks", "device", "TorchRec pipeline",
          "peak memory per rank", "wall s"],
-        [[r[0], f"{r[1]:,.0f}" if r[1] else "-", f"{r[2]:,.0f}" if r[2] else "-", *r[3:]] for r in rows],
+        rows,
     )  # fmt: skip
-    blockers = {label(n): s["pipeline_blocker"] for n, s in summaries.items() if s.get("pipeline_blocker")}
+    blockers = {
+        label(n): rs[0]["pipeline_blocker"] for n, rs in arms.items() if rs[0].get("pipeline_blocker")
+    }
     if blockers:
         text += "\n\nTrained without TorchRec's pipeline (model not traceable): " + "; ".join(
             f"{k}: {v}" for k, v in blockers.items()
         )
-    return (
-        text
-        + "\n\nSteady-state training throughput (first logging interval excluded), evaluation not counted."
+    return text + (
+        "\n\nSteady-state training throughput (first logging interval excluded), evaluation not counted; "
+        "mean ± standard deviation over the seeds."
     )
 
 
-def section_embeddings(summaries: dict[str, dict]) -> str:
+def section_embeddings(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
+    arms = as_summaries(summaries)
     rows = []
-    for n, s in summaries.items():
-        params = s.get("embedding_params_per_rank") or []
-        nbytes = s.get("embedding_bytes_per_rank") or []
-        opt = s.get("embedding_optimizer_bytes_per_rank") or []
-        for r in range(len(params)):
-            rows.append(
-                [
-                    label(n),
-                    r,
-                    params[r],
-                    human_bytes(nbytes[r]),
-                    human_bytes(opt[r] if r < len(opt) else None),
-                ]
-            )
+    for n, runs in arms.items():
+        ranks = max(len(s.get("embedding_params_per_rank") or []) for s in runs)
+
+        def at(key: str, r: int, runs=runs) -> list:
+            return [(s.get(key) or [])[r] if r < len(s.get(key) or []) else None for s in runs]
+
+        for r in range(ranks):
+            rows.append([
+                label(n), r, spread(at("embedding_params_per_rank", r), count),
+                spread(at("embedding_bytes_per_rank", r), human_bytes),
+                spread(at("embedding_optimizer_bytes_per_rank", r), human_bytes),
+            ])  # fmt: skip
     text = md_table(
         ["model", "rank", "embedding parameters", "embedding bytes", "optimizer state bytes"], rows
     )
-    for n, s in summaries.items():
-        plan = s.get("sharding_plan") or []
+    for n, runs in arms.items():
+        plan = runs[0].get("sharding_plan") or []
         if plan:
             text += f"\n\nSharding plan, {label(n)}:\n\n" + md_table(
                 ["table", "sharding", "kernel", "ranks"],
@@ -345,9 +557,9 @@ def section_embeddings(summaries: dict[str, dict]) -> str:
     return text
 
 
-def embedding_dim(summaries: dict[str, dict]) -> int | None:
+def embedding_dim(summaries: Mapping[str, Sequence[dict]]) -> int | None:
     """D of the runs' tables, from their config (None when no run records it)."""
-    for s in summaries.values():
+    for s in (s for runs in summaries.values() for s in runs):
         dim = s.get("config", {}).get("model_config", {}).get("embedding_dim")
         if dim:
             return int(dim)
@@ -422,29 +634,279 @@ def section_scaling(scaling: Path | None, out: Path, key: str, heading_hint: str
     return text
 
 
+# -- significance ----------------------------------------------------------------------------------
+@dataclass
+class Paired:
+    """The test predictions of every run on the rows all of them scored, in row order."""
+
+    labels: np.ndarray
+    """(N,) 0/1."""
+    users: np.ndarray | None
+    """(N,) user per row; None when the dataset has no user column."""
+    logits: dict[str, list[np.ndarray]]
+    """{arm: [(N,) per run]}, in the order of the arm's runs."""
+    dropped: int
+    """Rows some run scored and another did not (left out of the tests)."""
+
+
+def read_predictions(run: Run) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    path = run.path / PREDICTIONS
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    missing = {"row", "label", "logit"} - set(table.column_names)
+    if missing:
+        raise DataError(f"{path}: no column {', '.join(sorted(missing))} (not a trainer's predictions file)")
+    return {c: table[c].to_numpy() for c in table.column_names}
+
+
+def paired_predictions(arms: Mapping[str, Sequence[Run]]) -> Paired:
+    """Every run's predictions aligned on the test rows they share (the ``row`` column). DataError
+    naming the file when a run's labels or users differ from the first run's on shared rows (another
+    test split)."""
+    runs = [r for rs in arms.values() for r in rs]
+    preds = []
+    for r in runs:
+        p = read_predictions(r)
+        order = np.argsort(p["row"], kind="stable")
+        preds.append({k: v[order] for k, v in p.items()})
+    common = preds[0]["row"]
+    for p in preds[1:]:
+        common = np.intersect1d(common, p["row"], assume_unique=True)
+    if common.size == 0:
+        raise DataError(f"{runs[0].path / PREDICTIONS}: shares no test row with the other runs")
+    with_users = all("user" in p for p in preds)
+    first, ref = runs[0], {}
+    logits: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
+    for r, p in zip(runs, preds):
+        at = np.searchsorted(p["row"], common)
+        for col in ("label", "user") if with_users else ("label",):
+            values = p[col][at]
+            if col not in ref:
+                ref[col] = values
+            elif not np.array_equal(values, ref[col]):
+                bad = int((values != ref[col]).sum())
+                raise DataError(
+                    f"{r.path / PREDICTIONS}: {col} differs from {first.path / PREDICTIONS} on {bad} of the "
+                    f"{common.size} test rows both scored: not the same test split"
+                )
+        logits[r.arm].append(p["logit"][at].astype(np.float64))
+    dropped = max(p["row"].size for p in preds) - common.size
+    return Paired(ref["label"].astype(np.float64), ref.get("user"), logits, int(dropped))
+
+
+def seed_pairs(base: Sequence[Run], other: Sequence[Run]) -> list[tuple[int, int]]:
+    """(baseline run, other run) index pairs: runs of the same seed, else by position."""
+    by_seed = {r.seed: i for i, r in enumerate(base)}
+    pairs = [(by_seed[r.seed], j) for j, r in enumerate(other) if r.seed in by_seed]
+    return pairs or [(i, i) for i in range(min(len(base), len(other)))]
+
+
+def pair_label(base: Run, other: Run) -> str:
+    """'seed 1', or 'seed 1 / seed 2' for runs of different seeds."""
+    return other.seed if base.seed == other.seed else f"{base.seed} / {other.seed}"
+
+
+def p_text(p: float, floor: float) -> str:
+    """A p-value; below `floor` (what the test can resolve) as '< floor'."""
+    if not math.isfinite(p):
+        return "-"
+    return f"< {floor:.2g}" if p < floor else f"{p:.3f}"
+
+
+def interval(low: float, high: float) -> str:
+    return f"[{signed(low)}, {signed(high)}]"
+
+
+def headline(arm: str, base: str, d: dict) -> str:
+    """The plain verdict on test AUC, one sentence."""
+    if not math.isfinite(d["diff"]):
+        return f"No verdict for {label(arm)} vs {label(base)}: the test AUC is undefined (one class only)."
+    numbers = f"{signed(d['diff'])} (95% interval {signed(d['low'])} to {signed(d['high'])})"
+    if d["verdict"] == NO_DIFFERENCE:
+        return f"No significant difference between {label(arm)} and {label(base)} on test AUC: {numbers}."
+    return f"{label(arm)} is {d['verdict']} than {label(base)} on test AUC: {numbers}."
+
+
+def significance(
+    arms: Mapping[str, Sequence[Run]], baseline: str, resamples: int = RESAMPLES, seed: int = 0
+) -> dict:
+    """The paired tests of every arm against `baseline` on the test split (what significance.json holds):
+    {"baseline", "rows", "users", "dropped_rows", "resamples", "arms": {arm: {"bootstrap": [Difference],
+    "delong": [per seed pair], "verdict"}}} or, when a run has no predictions file, {"missing": [folders]}."""
+    missing = [str(r.path) for rs in arms.values() for r in rs if not (r.path / PREDICTIONS).is_file()]
+    if missing:
+        return {"baseline": baseline, "missing": missing}
+    paired = paired_predictions(arms)
+    boot = paired_bootstrap(paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed)
+    result = {
+        "baseline": baseline,
+        "rows": int(paired.labels.size),
+        "users": int(np.unique(paired.users).size) if paired.users is not None else None,
+        "dropped_rows": paired.dropped,
+        "resamples": resamples,
+        "arms": {},
+    }
+    for arm, diffs in boot.items():
+        pairs = []
+        for i, j in seed_pairs(arms[baseline], arms[arm]):
+            entry = {"baseline_run": str(arms[baseline][i].path), "run": str(arms[arm][j].path),
+                     "seed": pair_label(arms[baseline][i], arms[arm][j])}  # fmt: skip
+            try:
+                entry |= vars(delong(paired.logits[baseline][i], paired.logits[arm][j], paired.labels))
+            except ValueError as e:  # too few positives or negatives
+                entry["error"] = str(e)
+            pairs.append(entry)
+        bootstrap = [d.as_dict() for d in diffs]
+        result["arms"][arm] = {
+            "bootstrap": bootstrap,
+            "delong": pairs,
+            "verdict": headline(arm, baseline, next(d for d in bootstrap if d["metric"] == "auc")),
+        }
+    return result
+
+
+def auc_of(summary: dict) -> float:
+    """The reported test AUC of a run (NaN when it has none)."""
+    v = scores_of(summary).get("auc")
+    return float(v) if v is not None else math.nan
+
+
+def section_significance(arms: Mapping[str, Sequence[Run]], baseline: str, result: dict) -> str:
+    summaries = {n: [r.summary for r in rs] for n, rs in arms.items()}
+    others = [n for n in arms if n != baseline]
+    if not others:
+        return f"Only one arm ({label(baseline)}): nothing to compare."
+    per_seed = []
+    for arm in others:
+        pairs = seed_pairs(arms[baseline], arms[arm])
+        diffs = [
+            f"{signed(auc_of(summaries[arm][j]) - auc_of(summaries[baseline][i]))} "
+            f"({pair_label(arms[baseline][i], arms[arm][j])})"
+            for i, j in pairs
+        ]
+        per_seed.append(f"{label(arm)} - {label(baseline)} test AUC per seed pair: {', '.join(diffs)}.")
+    if "missing" in result:
+        return (
+            "No paired test: these runs have no test predictions file (predictions/test.parquet; a run of "
+            "an older trainer has none, rerun it): "
+            + ", ".join(f"`{m}`" for m in result["missing"])
+            + ".\n\n"
+            + "\n".join(per_seed)
+        )
+    users = result["users"]
+    unit = f"users ({users:,} of them)" if users is not None else "rows (the dataset has no user column)"
+    seeds = ", ".join(f"{label(n)} {len(rs)}" for n, rs in arms.items())
+    lines = [
+        f"Paired tests on the {result['rows']:,} test rows every run scored, with the weights whose metrics the "
+        f"table above reports; an arm's metric is the mean over its seeds ({seeds})."
+        + (
+            f" {result['dropped_rows']:,} rows not scored by every run are left out."
+            if result["dropped_rows"]
+            else ""
+        ),
+        "",
+    ]
+    floor = 2 / result["resamples"]
+    for arm in others:
+        r = result["arms"][arm]
+        head = f"{label(arm)} - {label(baseline)}"
+        rows = [
+            [
+                d["metric"].upper() if d["metric"] != "logloss" else "logloss (lower is better)",
+                d["baseline"], d["arm"], signed(d["diff"]), interval(d["low"], d["high"]),
+                p_text(d["p"], floor), d["verdict"],
+            ]
+            for d in r["bootstrap"]
+        ]  # fmt: skip
+        lines += [
+            f"**{r['verdict']}**",
+            "",
+            f"Paired bootstrap: {result['resamples']:,} resamples of the test {unit}, each applied to both arms "
+            "and every seed; 95% percentile interval of the difference:",
+            "",
+            md_table(["metric", label(baseline), label(arm), head, "95% interval", "p", "verdict"], rows),
+            "",
+            "DeLong's test of the AUC of each seed pair (rows taken as independent; 95% normal interval):",
+            "",
+            md_table(
+                ["seed", f"{label(baseline)} AUC", f"{label(arm)} AUC", head, "95% interval", "p", "verdict"],
+                [
+                    [
+                        e["seed"],
+                        e["auc_a"],
+                        e["auc_b"],
+                        signed(e["diff"]),
+                        interval(e["low"], e["high"]),
+                        f"{e['p']:.2g}" if e["p"] < 0.001 else f"{e['p']:.3f}",
+                        e["verdict"],
+                    ]
+                    if "error" not in e
+                    else [e["seed"], "-", "-", "-", "-", "-", e["error"]]
+                    for e in r["delong"]
+                ],
+            ),
+            "",
+        ]
+    lines += per_seed
+    lines += [
+        "",
+        "How to read this: the interval is where the difference would fall for other test users drawn like "
+        'these; "better" or "worse" only when the whole interval is on one side of 0. It covers the noise '
+        "of the test split, not of training: the spread over seeds (± in the tables, the per-seed "
+        "differences above) shows that, and a verdict from one seed speaks for that pair of trained models.",
+    ]
+    return "\n".join(lines)
+
+
 # -- the report ------------------------------------------------------------------------------------
 def write_report(
-    out: str | Path, runs: dict[str, Path], sids: str | Path | None = None, scaling: str | Path | None = None
+    out: str | Path,
+    runs: Mapping[str, str | Path | Sequence[str | Path]],
+    sids: str | Path | Sequence[str | Path] | None = None,
+    scaling: str | Path | None = None,
+    resamples: int = RESAMPLES,
+    baseline: str | None = None,
 ) -> Path:
-    """Write OUT/report.md (+ plot, tensorboard links); returns the markdown path."""
+    """Write OUT/report.md (+ significance.json, plot, tensorboard links); returns the markdown path.
+
+    runs: {arm: run folder, folder of seed run folders, or a list of those} (`load_runs`); sids: the
+    SID table folder, or one per seed (the first one's statistics are shown); baseline: the arm the
+    others are tested against (default: id when present, else the first arm)."""
+    arms = load_runs(runs)
+    baseline = baseline or (BASELINE if BASELINE in arms else next(iter(arms)))
+    if baseline not in arms:
+        raise DataError(f"baseline {baseline!r} is not one of the arms {', '.join(arms)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = {name: load_summary(d) for name, d in runs.items()}
-    data = next(iter(summaries.values())).get("config", {}).get("data", "")
+    summaries = {n: [r.summary for r in rs] for n, rs in arms.items()}
+    data = next(iter(summaries.values()))[0].get("config", {}).get("data", "")
     ceiling = bayes_optimal(data) if data else None
+    result = significance(arms, baseline, resamples)
+    atomic_write_text(out / SIGNIFICANCE, json.dumps(result, indent=2))
     plot_epochs(summaries, out / PLOT)
-    linked = link_tensorboard(runs, out / "tensorboard")
+    linked = link_tensorboard(tensorboard_names(arms), out / "tensorboard")
     scaling = Path(scaling) if scaling else None
+    sid_dirs = [Path(sids)] if isinstance(sids, str | Path) else [Path(s) for s in sids or []]
+    tokenizer = section_tokenizer(sid_dirs[0] if sid_dirs else None, embedding_dim(summaries))
+    if len(sid_dirs) > 1:
+        tokenizer += (
+            "\n\nOne SID table per seed: " + ", ".join(f"`{s}`" for s in sid_dirs) + "; the first is shown."
+        )
     bodies = {
-        "Setup": section_setup(summaries),
+        "Setup": section_setup(arms),
         "Test metrics": section_test(summaries, ceiling),
+        "Significance": section_significance(arms, baseline, result),
         "Validation per epoch": section_epochs(summaries),
         "Tail items": section_tail(summaries),
         "Throughput": section_throughput(summaries),
         "Embedding parameters per rank": section_embeddings(summaries),
-        "Tokenizer": section_tokenizer(Path(sids) if sids else None, embedding_dim(summaries)),
+        "Tokenizer": tokenizer,
         "Plots": f"![validation metrics per epoch]({PLOT})\n\nValidation AUC, tail-item AUC and logloss after "
-        "each epoch for both models.",
+        "each epoch for every arm (mean over the seeds, a band of one standard deviation).",
         "TensorBoard": (
             f"`tensorboard --logdir {out / 'tensorboard'}` shows the runs side by side: "
             + ", ".join(f"`{n}/`" for n in linked)
@@ -460,7 +922,7 @@ def write_report(
             "writes the TorchRec-planner estimate."
         ),
     }  # fmt: skip
-    title = " vs ".join(label(n) for n in summaries)
+    title = " vs ".join(label(n) for n in arms)
     md = [f"# {title}", ""]
     for name in SECTIONS:
         md += [f"## {name}", "", bodies[name], ""]
@@ -469,26 +931,58 @@ def write_report(
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", action="append", required=True, metavar="NAME=DIR", help="a run folder (repeat)")
-    p.add_argument("--sids", default="", help="SID table folder (for the tokenizer statistics)")
-    p.add_argument("--scaling", default="", help="bench_scaling.py output folder")
-    p.add_argument("--out", required=True, help="report folder")
-    args = p.parse_args(argv)
-    runs = {}
-    for item in args.run:
+def verdicts(report_dir: str | Path) -> list[str]:
+    """The plain verdict of each arm (significance.json next to report.md); empty without the tests."""
+    path = Path(report_dir) / SIGNIFICANCE
+    if not path.is_file():
+        return []
+    result = json.loads(path.read_text())
+    return [a["verdict"] for a in result.get("arms", {}).values()]
+
+
+def parse_runs(items: Sequence[str]) -> dict[str, list[Path]]:
+    """['NAME=DIR', ...] -> {NAME: [DIR, ...]} (a name given again adds its folders); ValueError if malformed."""
+    runs: dict[str, list[Path]] = {}
+    for item in items:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            print(f"error: --run expects NAME=DIR, got {item!r}", file=sys.stderr)
-            return 2
-        runs[name] = Path(folder)
+            raise ValueError(f"--run expects NAME=DIR, got {item!r}")
+        runs.setdefault(name, []).append(Path(folder))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--run", action="append", required=True, metavar="NAME=DIR",
+        help="an arm's run folder, or a folder of its seeds' run folders (repeat; a NAME again adds seeds)",
+    )  # fmt: skip
+    p.add_argument("--sids", default="", help="SID table folder (for the tokenizer statistics)")
+    p.add_argument("--scaling", default="", help="bench_scaling.py output folder")
+    p.add_argument(
+        "--baseline", default="", help="the arm the others are tested against (default: id, else the first)"
+    )
+    p.add_argument(
+        "--resamples", type=int, default=RESAMPLES, help="bootstrap resamples of the significance tests"
+    )
+    p.add_argument("--out", required=True, help="report folder")
+    args = p.parse_args(argv)
+    if args.resamples < 1:
+        print(f"error: --resamples must be >= 1, got {args.resamples}", file=sys.stderr)
+        return 2
     try:
-        path = write_report(args.out, runs, args.sids or None, args.scaling or None)
-    except DataError as e:
+        runs = parse_runs(args.run)
+        if args.baseline and args.baseline not in runs:
+            raise ValueError(f"--baseline {args.baseline!r} is not one of the --run names {', '.join(runs)}")
+        path = write_report(
+            args.out, runs, args.sids or None, args.scaling or None, args.resamples, args.baseline or None
+        )
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {path}")
+    for line in verdicts(path.parent):
+        print(line)
     return 0
 
 

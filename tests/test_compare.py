@@ -12,7 +12,8 @@ import pytest
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError
 from launch import compare
-from launch.compare import CompareConfig, run_comparison
+from launch import store as components
+from launch.compare import CompareConfig, run_comparison, seed_layouts
 from launch.report import SECTIONS, bayes_optimal, md_table, per_epoch, write_report
 
 TINY_MODEL = ["--model.embedding_dim", "8", "--model.num_layers", "1", "--eval.max_batches", "2"]
@@ -56,8 +57,12 @@ def test_report_from_run_folders(tmp_path):
     md = write_report(tmp_path / "report", runs).read_text()
     for section in SECTIONS:
         assert f"## {section}\n" in md
-    assert "| STORE (SIDs) | 0.7310 |" in md and "| ID baseline | 0.6500 |" in md
-    assert "STORE - ID: AUC +0.0810" in md
+    assert (
+        "| STORE (SIDs) | end of training | 0.7310 |" in md
+        and "| ID baseline | end of training | 0.6500 |" in md
+    )
+    # no predictions in these runs: no paired test, and the report says so
+    assert "No paired test" in md and "test AUC per seed pair: +0.0810 (id / store)" in md
     assert "ID baseline: AUC epoch 1 -> 3: -0.0600 (best at epoch 1)" in md
     assert "STORE (SIDs): AUC epoch 1 -> 3: +0.0400 (best at epoch 3)" in md
     assert "1,234" in md and "Not run." in md  # throughput; scaling section says how to run it
@@ -90,6 +95,37 @@ def test_compare_config_errors_name_the_flag(tiny_data, tmp_path):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), epochs=0).validate()
     with pytest.raises(ConfigError, match="--method"):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), method="kmeans").validate()
+    with pytest.raises(ConfigError, match="--seeds must be >= 1, got 0"):
+        CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), seeds=0).validate()
+    # one layout per output folder: a single-seed run and seed folders do not mix
+    (tmp_path / "single" / "id").mkdir(parents=True)
+    (tmp_path / "single" / "id" / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="--seeds 2: .*single/id holds a single-seed run"):
+        CompareConfig(data=str(tiny_data), out=str(tmp_path / "single"), seeds=2).validate()
+    (tmp_path / "multi" / "store" / "seed3").mkdir(parents=True)
+    (tmp_path / "multi" / "store" / "seed3" / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="--seeds 1: .*multi/store holds seed folders"):
+        CompareConfig(data=str(tiny_data), out=str(tmp_path / "multi")).validate()
+
+
+def test_seed_layouts(tmp_path):
+    one = seed_layouts(CompareConfig(data="d", out=str(tmp_path), seed=5))
+    assert [(s.seed, s.sids, s.runs, s.logs) for s in one] == [
+        (5, tmp_path / "sids", {"id": tmp_path / "id", "store": tmp_path / "store"}, tmp_path / "logs")
+    ]
+    three = seed_layouts(CompareConfig(data="d", out=str(tmp_path), seed=5, seeds=3))
+    assert [s.seed for s in three] == [5, 6, 7]
+    assert three[1].runs == {"id": tmp_path / "id" / "seed6", "store": tmp_path / "store" / "seed6"}
+    assert (three[2].sids, three[2].logs) == (tmp_path / "sids" / "seed7", tmp_path / "logs" / "seed7")
+    shared = seed_layouts(CompareConfig(data="d", out=str(tmp_path), seeds=2, sids="given"))
+    assert [s.sids for s in shared] == [Path("given"), Path("given")]
+
+
+def test_compare_component_passes_seeds():
+    args = components.compare(data="d", out="o", seeds=3, seed=4).roles[0].args
+    assert args[args.index("--seeds") + 1] == "3" and args[args.index("--seed") + 1] == "4"
+    with pytest.raises(ValueError, match="--seeds must be > 0, got 0"):
+        components.compare(data="d", seeds=0)
 
 
 def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, capsys, monkeypatch):
@@ -99,10 +135,11 @@ def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, cap
     monkeypatch.setattr(compare, "run_comparison", lambda cfg: seen.append(cfg) or tmp_path / "report.md")
     argv = ["--data", str(tiny_data), "--out", str(tmp_path / "o"), "--epochs", "2", "--batch-size", "256",
             "--num-sids", "4", "--codebook_size", "32", "--tokenizer-min-steps", "60", "--high-card", "none",
-            "--", "--model.embedding_dim", "16", "--eval.max_batches", "8"]  # fmt: skip
+            "--seeds", "3", "--", "--model.embedding_dim", "16", "--eval.max_batches", "8"]  # fmt: skip
     assert compare.main(argv) == 0
     c = seen[0]
     assert (c.epochs, c.batch_size, c.num_sids, c.codebook_size, c.tokenizer_min_steps) == (2, 256, 4, 32, 60)
+    assert c.seeds == 3
     assert c.high_card == "none" and c.trainer_args == argv[argv.index("--") + 1 :]
 
 
@@ -133,3 +170,45 @@ def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     run_comparison(cfg)
     assert capsys.readouterr().out.count("skipped") == 3
+
+
+@pytest.mark.slow
+def test_comparison_over_two_seeds(tiny_data, tmp_path, capsys):
+    """--seeds 2: tokenizer and both arms per seed in OUT/<arm>/seed<k>, one report over both seeds
+    with the paired test of STORE - ID and its verdict, built from the runs' test predictions."""
+    out = tmp_path / "cmp"
+    argv = ["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--batch-size", "256", "--num-sids", "2",
+            "--codebook-size", "16", "--tokenizer-min-steps", "10", "--seed", "3", "--seeds", "2", "--", *TINY_MODEL]  # fmt: skip
+    assert compare.main(argv) == 0
+    printed = capsys.readouterr().out
+    for seed in (3, 4):
+        for model in ("id", "store"):
+            summary = json.loads((out / model / f"seed{seed}" / "summary.json").read_text())
+            assert (
+                summary["config"]["seed"] == seed and (out / model / f"seed{seed}" / "predictions").is_dir()
+            )
+        meta = json.loads((out / "sids" / f"seed{seed}" / "meta.json").read_text())
+        assert (
+            meta["learned_from"] == f"run {out / 'id' / f'seed{seed}'}"
+        )  # the user's SIDs: that seed's ID run
+    assert not (out / "id" / "summary.json").exists()
+    sig = json.loads((out / "report" / "significance.json").read_text())
+    store = sig["arms"]["store"]
+    assert [d["metric"] for d in store["bootstrap"]] == ["auc", "gauc", "logloss"]
+    assert [d["seed"] for d in store["delong"]] == ["seed 3", "seed 4"]
+    auc = store["bootstrap"][0]
+    runs = {
+        m: [json.loads((out / m / f"seed{s}" / "summary.json").read_text()) for s in (3, 4)]
+        for m in ("id", "store")
+    }
+    for model, key in (
+        ("id", "baseline"),
+        ("store", "arm"),
+    ):  # the test AUC of the predictions = the runs' own
+        assert auc[key] == pytest.approx(sum(r["auc"] for r in runs[model]) / 2, abs=1e-5)
+    assert auc["low"] <= auc["diff"] <= auc["high"]
+    assert auc["verdict"] in ("better", "worse", "no significant difference")
+    assert store["verdict"] in printed
+    md = (out / "report" / "report.md").read_text()
+    assert f"**{store['verdict']}**" in md and "seeds: ID baseline 2 (seed 3, seed 4)" in md
+    assert "One SID table per seed" in md and (out / "report" / "tensorboard" / "store" / "seed4").is_dir()
