@@ -10,7 +10,8 @@ whose summary.json exists is skipped, an interrupted one resumes from its checkp
 can be stopped (``--time-budget``) and restarted. Tables are built only from the runs' outputs;
 missing runs show as "not run".
 
-Table 1: models x AUC / GAUC / logloss (+ tail AUC, samples/s, embedding parameters).
+Table 1: models x AUC / GAUC / logloss (+ tail AUC, samples/s, embedding parameters, forward TFLOPs per
+batch where store.models.flops has an analytical count: STORE / ID and the linear-layer baselines).
 Table 2: tokenizer ablations (OPMQ, RQ-VAE, OPQ), no rotation, vanilla attention; forward TFLOPs per batch.
 Figure 2: validation AUC per epoch (ID vs STORE), and test AUC vs number of SIDs, layers, MoBA sparsity.
 """
@@ -75,6 +76,7 @@ def grid(datasets: list[str]) -> list[Run]:
         ]
         baselines += [Run(ds, m, m) for m in ("dnn", "deepfm", "dcn")]
         more += [Run(ds, m, m) for m in ("autoint", "rankmixer", "onetrans")]
+        more += [Run(ds, m, m) for m in ("fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")]
         sweeps += [
             Run(ds, "store_k2", "store", "opmq_k2", sweep=True),
             Run(ds, "store_k8", "store", "opmq_k8", sweep=True),
@@ -168,24 +170,27 @@ def load(args: argparse.Namespace, ds: str, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, float] | None:
-    """(model forward TFLOPs, attention TFLOPs) per batch of the run's STORE/ID model (analytical)."""
+def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, float | None] | None:
+    """(model forward TFLOPs, attention TFLOPs) per batch of the run's model (analytical; attention None
+    for the linear-layer baselines; None for models without an analytical count)."""
     import torch
 
     from data_pipeline.spec import DatasetSpec
     from store.models.config import ModelConfig
-    from store.models.flops import store_model_flops
+    from store.models.flops import LINEAR_MODELS, linear_model_flops, store_model_flops
     from store.models.zoo import build_model
     from store.sid import SidTable
 
     cfg = summary["config"]
-    if cfg["model"] not in ("store", "id"):
+    if cfg["model"] not in ("store", "id", *LINEAR_MODELS):
         return None
     mc = dict(cfg["model_config"])
     mc["mlp_dims"] = tuple(mc["mlp_dims"])
     spec = DatasetSpec.load(cfg["data"])
     sids = SidTable.load(cfg["sids"], spec) if cfg.get("sids") else None
     model = build_model(cfg["model"], spec, ModelConfig(**mc), sids, device=torch.device("meta"))
+    if cfg["model"] in LINEAR_MODELS:
+        return linear_model_flops(cfg["model"], model, cfg["batch_size"]) / 1e12, None
     report = store_model_flops(model, cfg["batch_size"])
     return report.total_tflops, report.attention_tflops
 
@@ -204,21 +209,30 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
         "autoint": "AutoInt",
         "rankmixer": "RankMixer-like",
         "onetrans": "OneTrans-like",
+        "fm": "FM",
+        "widedeep": "Wide&Deep",
+        "gdcn": "GDCN-P",
+        "masknet": "MaskNet (parallel)",
+        "pepnet": "PEPNet",
+        "ssr": "SSR-S (static filter)",
         "id": "ID baseline (STORE arch., raw item IDs)",
     }
     names["store"] = "STORE (OPMQ SIDs)"
     for name, shown in names.items():
         s = load(args, ds, name)
         if s is None:
-            rows.append([shown, "not run", "", "", "", "", ""])
+            rows.append([shown, "not run", "", "", "", "", "", ""])
             continue
         sps = f"{s['samples_per_s']:,.0f}" if s.get("samples_per_s") else "-"
+        f = flops(args, ds, s)
+        tf = f"{f[0]:.3e}" if f else "-"
         rows.append(
-            [shown, s.get("auc"), s.get("gauc"), s.get("logloss"), s.get("tail_auc"), sps, emb_params(s)]
+            [shown, s.get("auc"), s.get("gauc"), s.get("logloss"), s.get("tail_auc"), sps, emb_params(s), tf]
         )
     if ceiling:
-        rows.append(ceiling_row(ceiling, 3, blank=""))
-    return md_table(["model", "AUC", "GAUC", "logloss", "tail AUC", "samples/s", "embedding params"], rows)
+        rows.append(ceiling_row(ceiling, 4, blank=""))
+    header = ["model", "AUC", "GAUC", "logloss", "tail AUC", "samples/s", "embedding params"]
+    return md_table([*header, "TFLOPs/batch (fwd)"], rows)
 
 
 def table2(args: argparse.Namespace, ds: str) -> str:
@@ -238,7 +252,7 @@ def table2(args: argparse.Namespace, ds: str) -> str:
             continue
         f = flops(args, ds, s)
         sps = f"{s['samples_per_s']:,.0f}" if s.get("samples_per_s") else "-"
-        tf = (f"{f[0]:.3e}", f"{f[1]:.3e}") if f else ("-", "-")
+        tf = (f"{f[0]:.3e}", f"{f[1]:.3e}" if f[1] is not None else "-") if f else ("-", "-")
         rows.append([shown, s.get("auc"), s.get("gauc"), s.get("logloss"), tf[0], tf[1], sps])
     return md_table(
         ["variant", "AUC", "GAUC", "logloss", "TFLOPs/batch (fwd)", "attention TFLOPs/batch", "samples/s"],

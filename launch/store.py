@@ -21,6 +21,7 @@ from torchx.components import dist
 SHARDING = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 """What --sharding accepts (the trainer's --sharding.default)."""
 MODELS = ("store", "id", "dnn", "deepfm", "dcn", "autoint", "rankmixer", "onetrans")
+MODELS += ("fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")
 """The trainer's model zoo (store.models.zoo.MODEL_NAMES, repeated so building an AppDef imports no torch)."""
 METHODS = ("opmq", "rqvae", "opq")
 """The tokenizers (store.sid.METHODS, repeated for the same reason; a test checks both lists agree)."""
@@ -77,7 +78,8 @@ def train(
     Args:
         trainer_args: extra flags passed to ``python -m trainer`` as they are
         data: dataset folder (spec.json, train/, valid/, test/), as the job's hosts see it
-        model: model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer or onetrans
+        model: model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer, onetrans, fm, widedeep,
+            gdcn, masknet, pepnet or ssr
         sids: SID table folder from ``python -m store.tokenizer`` (needed by model store; gives model id
             the same token count)
         high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item),
@@ -177,6 +179,7 @@ def compare(
     sids: str = "",
     high_card: str = "",
     seed: int = 0,
+    seeds: int = 1,
     cpu: int = 2,
     gpu: int = 0,
     memMB: int = 8192,
@@ -206,7 +209,9 @@ def compare(
         codebook_size: C, codewords per codebook
         sids: an existing SID table folder to use instead of tokenizing
         high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item)
-        seed: seed of the tokenizer and of both runs
+        seed: seed of the tokenizer and of both runs (the first seed with seeds > 1)
+        seeds: train each arm this many times (seeds seed, seed+1, ...; tokenizer included): OUT/<arm>/seed<k>/,
+            and the report gives mean +- std and the paired STORE - ID test with its verdict
         cpu: CPUs of the node
         gpu: GPUs of the node
         memMB: memory of the node in MB
@@ -218,7 +223,7 @@ def compare(
     """
     _check("data", bool(data), "is required (a dataset folder)", data)
     _check("method", method in METHODS, f"must be one of {', '.join(METHODS)}", method)
-    for flag, value in (("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc)):
+    for flag, value in (("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc), ("seeds", seeds)):
         _check(flag, value > 0, "must be > 0", value)
     for flag, value in (("num_sids", num_sids), ("codebook_size", codebook_size)):
         _check(flag, value > 0, "must be > 0", value)
@@ -226,7 +231,7 @@ def compare(
         "-m", "launch.compare", "--data", data, "--out", out, "--epochs", str(epochs),
         "--batch-size", str(batch_size), "--nproc", str(nproc), "--max-steps", str(max_steps),
         "--method", method, "--num-sids", str(num_sids), "--codebook-size", str(codebook_size),
-        "--seed", str(seed),
+        "--seed", str(seed), "--seeds", str(seeds),
     ]  # fmt: skip
     if sids:
         args += ["--sids", sids]

@@ -347,6 +347,13 @@ RENAMED = {
     ("autoint", "num_layers"): "autoint_layers",
     ("autoint", "num_heads"): "autoint_heads",
     ("rankmixer", "num_tokens"): "rankmixer_tokens",
+    ("masknet", "mode"): "masknet_mode",
+    ("masknet", "num_blocks"): "masknet_blocks",
+    ("masknet", "block_dim"): "masknet_block_dim",
+    ("ssr", "variant"): "ssr_variant",
+    ("ssr", "num_views"): "ssr_views",
+    ("ssr", "view_dim"): "ssr_view_dim",
+    ("ssr", "num_layers"): "ssr_layers",
 }
 
 

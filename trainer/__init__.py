@@ -1,6 +1,6 @@
 """Distributed trainer: any model of the zoo, one process or many, CPU (gloo) or GPU (nccl).
 
-    python -m trainer --data DIR --model store|id|dnn|deepfm|dcn|autoint|rankmixer|onetrans \\
+    python -m trainer --data DIR --model store|id|dnn|deepfm|dcn|autoint|rankmixer|onetrans|fm|widedeep|gdcn|masknet|pepnet|ssr \\
         [--sids DIR] [--out OUT] [--epochs N] [--batch-size B] [--checkpoint.every N] [--resume] \\
         [--pipeline/--no-pipeline] [--config run.toml] [--optim.* --eval.* --sharding.* --model.* ...]
     torchrun --nproc-per-node 2 -m trainer ...            # several processes

@@ -133,7 +133,8 @@ class TrainConfig:
     data: str = ""
     """Dataset folder (spec.json, train/, valid/, test/)."""
     model: str = "dnn"
-    """Model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer or onetrans."""
+    """Model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer, onetrans, fm, widedeep, gdcn,
+    masknet, pepnet or ssr."""
     sids: str = ""
     """SID table folder (sid_table.parquet + meta.json); required by --model store."""
     drop: str = ""

@@ -63,13 +63,30 @@ class ModelConfig:
 
     # -- baselines -----------------------------------------------------------------------------
     cross_layers: int = 3
-    """DCN-v2: full-rank cross layers."""
+    """DCN-v2: full-rank cross layers; GDCN: gated cross layers."""
     autoint_layers: int = 2
     """AutoInt: self-attention layers over the feature fields."""
     autoint_heads: int = 2
     """AutoInt: heads per self-attention layer; must divide embedding_dim."""
     rankmixer_tokens: int = 4
     """RankMixer: tokens the feature fields are packed into; must divide embedding_dim."""
+
+    masknet_mode: str = "parallel"
+    """MaskNet: "parallel" (every MaskBlock on the embedding, then the mlp_dims MLP) or "serial" (each
+    MaskBlock on the previous one)."""
+    masknet_blocks: int = 3
+    """MaskNet: MaskBlocks."""
+    masknet_block_dim: int = 64
+    """MaskNet: output width of every MaskBlock."""
+    ssr_variant: str = "static"
+    """SSR: the views' filter, "static" (SSR-S, fixed random dimension subsets) or "dynamic" (SSR-D,
+    iterative competitive sparsity)."""
+    ssr_views: int = 4
+    """SSR: views per layer."""
+    ssr_view_dim: int = 32
+    """SSR: dimensions each view keeps and fuses."""
+    ssr_layers: int = 2
+    """SSR: filter-then-fuse layers."""
 
     def validate(self) -> None:
         """Raise ValueError naming the flag (``--model.<field>``) and the rule it breaks."""
@@ -78,7 +95,8 @@ class ModelConfig:
             return ValueError(f"--model.{name} {rule}, got {getattr(self, name)!r}")
 
         positive = ("embedding_dim", "num_heads", "ffn_mult", "moba_block_size", "autoint_heads")
-        positive += ("rankmixer_tokens",)
+        positive += ("rankmixer_tokens", "masknet_blocks", "masknet_block_dim", "ssr_views", "ssr_view_dim")
+        positive += ("ssr_layers",)
         for name in positive:
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
@@ -101,6 +119,10 @@ class ModelConfig:
                 raise bad(name, f"must divide --model.embedding_dim={self.embedding_dim}")
         if self.embedding_dim % self.rankmixer_tokens:
             raise bad("rankmixer_tokens", f"must divide --model.embedding_dim={self.embedding_dim}")
+        if self.masknet_mode not in ("serial", "parallel"):
+            raise bad("masknet_mode", "must be serial or parallel")
+        if self.ssr_variant not in ("static", "dynamic"):
+            raise bad("ssr_variant", "must be static or dynamic")
         parse_feature_groups(self.feature_groups)
 
 

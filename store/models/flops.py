@@ -1,4 +1,5 @@
-"""Analytical forward FLOPs of STORE's transformer (and the whole STORE / ID model) per batch.
+"""Analytical forward FLOPs of STORE's transformer (and the whole STORE / ID model) per batch, and of
+the field baselines whose matmuls are all linear layers (``linear_model_flops``).
 
 A multiply-add counts 2 FLOPs (as ``torch.utils.flop_counter`` does); biases, norms, softmax and
 activations are not counted. Shape letters: B batch, T tokens, D width, H heads, L layers,
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from store.models.attention import num_blocks, num_kept_blocks
+from store.models.layers import TokenwiseLinear
 
 
 @dataclass
@@ -137,3 +139,20 @@ def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None
         other += linear_flops(model.items.split, b)
     report.other = other
     return report
+
+
+# -- field baselines: every matmul is an nn.Linear or a TokenwiseLinear, applied once per row ----------
+LINEAR_MODELS = ("dnn", "deepfm", "fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")
+"""Zoo models whose forward FLOPs are exactly those of their ``nn.Linear`` and ``TokenwiseLinear``
+layers, each applied once per row (tests/test_zoo_more.py checks the count against torch's
+FlopCounterMode). Their FM, gate and mask products are elementwise and SSR's static filter a gather:
+not counted, like the norms and activations above."""
+
+
+def linear_model_flops(name: str, model: nn.Module, batch_size: int) -> int:
+    """Forward FLOPs per batch of ``batch_size`` rows of zoo model ``name`` (one of LINEAR_MODELS; its
+    embedding tables may be on the meta device)."""
+    if name not in LINEAR_MODELS:
+        raise ValueError(f"no analytical FLOPs for model {name!r} (have {LINEAR_MODELS}, store_model_flops)")
+    tokenwise = sum(m.weight.numel() for m in model.modules() if isinstance(m, TokenwiseLinear))
+    return linear_flops(model, batch_size) + 2 * batch_size * tokenwise  # weight (T, in, out): T maps

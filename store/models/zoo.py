@@ -30,6 +30,8 @@ from store.models.config import ModelConfig, parse_feature_groups
 from store.models.dcn import DCN, DCNConfig
 from store.models.deepfm import DeepFM, DeepFMConfig
 from store.models.dnn import DNN, DNNConfig
+from store.models.fm import FM, FMConfig
+from store.models.gdcn import GDCN, GDCNConfig
 from store.models.layers import (
     EMBEDDING_INIT_STD,
     RAW_ITEM_TABLE,
@@ -43,13 +45,18 @@ from store.models.layers import (
     static_features,
     static_table_name,
 )
+from store.models.masknet import MaskNet, MaskNetConfig
 from store.models.onetrans import OneTrans, OneTransConfig
+from store.models.pepnet import PEPNet, PEPNetConfig, PEPNetInputs
 from store.models.rankmixer import RankMixer, RankMixerConfig
 from store.models.rotation import rotation_parameters
+from store.models.ssr import SSR, SSRConfig
 from store.models.store import StoreConfig, StoreInputs, StoreModel, sid_table_name
+from store.models.widedeep import WideDeep, WideDeepConfig
 from store.sid import SidTable, sid_feature_name, sid_sources
 
 MODEL_NAMES = ("store", "id", "dnn", "deepfm", "dcn", "autoint", "rankmixer", "onetrans")
+MODEL_NAMES += ("fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")
 NEEDS_SIDS = {"store"}
 BASELINES = {
     "dnn": DNN,
@@ -58,7 +65,17 @@ BASELINES = {
     "autoint": AutoInt,
     "rankmixer": RankMixer,
     "onetrans": OneTrans,
+    "fm": FM,
+    "widedeep": WideDeep,
+    "gdcn": GDCN,
+    "masknet": MaskNet,
+    "ssr": SSR,
 }
+"""Models built from ``field_inputs(spec)`` alone; "pepnet" also takes its prior fields (``pepnet_inputs``)."""
+ZooConfig = (
+    StoreConfig | DNNConfig | DeepFMConfig | DCNConfig | AutoIntConfig | RankMixerConfig | OneTransConfig
+    | FMConfig | WideDeepConfig | GDCNConfig | MaskNetConfig | PEPNetConfig | SSRConfig
+)  # fmt: skip
 
 __all__ = [
     "MODEL_NAMES",
@@ -90,6 +107,9 @@ def build_model(
         tokens = cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
         inputs = store_inputs(spec, cfg.feature_groups, None, tokens, cfg.embedding_init_std)
         model = StoreModel(inputs, model_config(name, cfg), device)
+    elif name == "pepnet":
+        prior = pepnet_inputs(spec, cfg.feature_groups, cfg.embedding_init_std)
+        model = PEPNet(prior, model_config(name, cfg), device)
     else:
         model = BASELINES[name](field_inputs(spec, cfg.embedding_init_std), model_config(name, cfg), device)
     if device is not None and device.type != "meta":
@@ -119,7 +139,9 @@ def _needs_sids(name: str, sids: SidTable | None) -> SidTable:
 
 
 # -- explicit inputs from the spec --------------------------------------------------------------------
-def static_tables(spec: DatasetSpec, features: list[str], init_std: float = EMBEDDING_INIT_STD) -> list[Table]:
+def static_tables(
+    spec: DatasetSpec, features: list[str], init_std: float = EMBEDDING_INIT_STD
+) -> list[Table]:
     """One table ``t_<f>`` (the feature's vocab rows) per feature of ``features``."""
     return [Table(static_table_name(f), spec.feature(f).vocab_size, (f,), init_std) for f in features]
 
@@ -140,6 +162,25 @@ def field_inputs(spec: DatasetSpec, init_std: float = EMBEDDING_INIT_STD) -> Fie
         item_feature=spec.item_id,
         history=history_inputs(spec),
         num_dense=len(spec.dense),
+    )
+
+
+def pepnet_inputs(
+    spec: DatasetSpec, feature_groups: str = "", init_std: float = EMBEDDING_INIT_STD
+) -> PEPNetInputs:
+    """PEPNet's fields and which are its prior ones (``store.models.pepnet``): the domain prior is the
+    "context" feature group, the personal prior the user-ID feature, the "user" group and the target
+    item; groups from ``feature_groups`` (--model.feature_groups), else the spec's. Features that are
+    not sparse features of the spec are skipped (e.g. a user ID kept only for GAUC)."""
+    groups = parse_feature_groups(feature_groups) or spec.feature_groups
+    unknown = [f for cols in groups.values() for f in cols if f not in spec.sparse_names]
+    if feature_groups and unknown:
+        raise ValueError(f"--model.feature_groups names unknown sparse features {unknown}")
+    personal = [spec.user_id, *groups.get("user", []), spec.item_id]
+    return PEPNetInputs(
+        fields=field_inputs(spec, init_std),
+        domain=tuple(f for f in groups.get("context", []) if f in spec.sparse_names),
+        personal=tuple(dict.fromkeys(f for f in personal if f in spec.sparse_names)),  # unique, in order
     )
 
 
@@ -206,9 +247,7 @@ def resolve_groups(spec: DatasetSpec, feature_groups: str) -> dict[str, list[str
 
 
 # -- each model's own config from the flat --model.* one -----------------------------------------------
-def model_config(
-    name: str, cfg: ModelConfig
-) -> StoreConfig | DNNConfig | DeepFMConfig | DCNConfig | AutoIntConfig | RankMixerConfig | OneTransConfig:
+def model_config(name: str, cfg: ModelConfig) -> ZooConfig:
     """The hyper-parameters model ``name`` takes, read from the trainer-facing ``ModelConfig``."""
     d, mlp_dims, dropout = cfg.embedding_dim, cfg.mlp_dims, cfg.dropout
     if name in ("store", "id"):
@@ -257,6 +296,33 @@ def model_config(
             ffn_mult=cfg.ffn_mult,
             mlp_dims=mlp_dims,
             dropout=dropout,
+        )
+    if name == "fm":
+        return FMConfig(embedding_dim=d)
+    if name == "widedeep":
+        return WideDeepConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout)
+    if name == "gdcn":
+        return GDCNConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout, cross_layers=cfg.cross_layers)
+    if name == "masknet":
+        return MaskNetConfig(
+            embedding_dim=d,
+            mlp_dims=mlp_dims,
+            dropout=dropout,
+            mode=cfg.masknet_mode,
+            num_blocks=cfg.masknet_blocks,
+            block_dim=cfg.masknet_block_dim,
+        )
+    if name == "pepnet":
+        return PEPNetConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout)
+    if name == "ssr":
+        return SSRConfig(
+            embedding_dim=d,
+            mlp_dims=mlp_dims,
+            dropout=dropout,
+            variant=cfg.ssr_variant,
+            num_views=cfg.ssr_views,
+            view_dim=cfg.ssr_view_dim,
+            num_layers=cfg.ssr_layers,
         )
     _check_name(name)
     raise ValueError(f"model {name!r} has no config")  # a name added to MODEL_NAMES only
