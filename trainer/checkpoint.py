@@ -143,7 +143,9 @@ class CheckpointManager:
     """Save / find / load / prune step checkpoints under OUT/checkpoints (or OUT/<subdir>: the trainer
     keeps the best validation's weights in OUT/best). Every rank calls save/load."""
 
-    def __init__(self, out_dir: str | os.PathLike, keep: int, rank: int = 0, subdir: str = CHECKPOINT_DIR) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike, keep: int, rank: int = 0, subdir: str = CHECKPOINT_DIR
+    ) -> None:
         self.root = Path(out_dir) / subdir
         self.keep = keep
         self.rank = rank
