@@ -11,6 +11,7 @@ without an item column no tail-item AUC (``buckets=None`` or empty).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,31 +86,33 @@ def gauc(users: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tup
 
 
 # -- item popularity -------------------------------------------------------------------------------
+def train_column(root: str | Path, column: str) -> Iterator[np.ndarray]:
+    """One column of the train split, one row group at a time (bounded memory whatever its size)."""
+    for shard in list_shards(split_dir(root, "train")):
+        pf = pq.ParquetFile(shard)
+        for g in range(pf.num_row_groups):
+            yield pf.read_row_group(g, columns=[column]).column(0).to_numpy()
+
+
 def item_counts(root: str | Path, spec: DatasetSpec) -> torch.Tensor:
-    """Impressions per item in the train split (streams the item-ID column one row group at a time).
-    Empty when the dataset has no item column (``spec.item_id == ""``)."""
+    """Impressions per item in the train split. Empty when the dataset has no item column
+    (``spec.item_id == ""``)."""
     if not spec.item_id:
         return torch.zeros(0, dtype=torch.int64)
     num_items = spec.item_table.num_items if spec.item_table else spec.feature(spec.item_id).vocab_size
     counts = np.zeros(num_items, dtype=np.int64)
-    for shard in list_shards(split_dir(root, "train")):
-        pf = pq.ParquetFile(shard)
-        for g in range(pf.num_row_groups):
-            ids = pf.read_row_group(g, columns=[spec.item_id]).column(0).to_numpy()
-            ids = ids[(ids >= 0) & (ids < num_items)]
-            counts += np.bincount(ids, minlength=num_items)
+    for ids in train_column(root, spec.item_id):
+        ids = ids[(ids >= 0) & (ids < num_items)]
+        counts += np.bincount(ids, minlength=num_items)
     return torch.from_numpy(counts)
 
 
 def train_positive_rate(root: str | Path, spec: DatasetSpec) -> float:
-    """Mean label of the train split (streams the label column one row group at a time)."""
+    """Mean label of the train split (0.5 when it is empty)."""
     positives, rows = 0.0, 0
-    for shard in list_shards(split_dir(root, "train")):
-        pf = pq.ParquetFile(shard)
-        for g in range(pf.num_row_groups):
-            labels = pf.read_row_group(g, columns=[spec.label]).column(0).to_numpy()
-            positives += float(labels.sum())
-            rows += len(labels)
+    for labels in train_column(root, spec.label):
+        positives += float(labels.sum())
+        rows += len(labels)
     return positives / rows if rows else 0.5
 
 
