@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from store.models.attention import GATINGS, KERNELS
 from store.models.layers import EMBEDDING_INIT_STD
 
 
@@ -41,8 +42,19 @@ class ModelConfig:
     vanilla_attention: bool = False
     """Use dense attention instead of MoBA (ablation)."""
     moba_gather: bool = False
-    """Run MoBA as an explicit gather of the kept blocks (executes only their FLOPs; slow on CPU) instead of
-    torch's fused attention with the block mask (same result, faster for tens of tokens)."""
+    """Run MoBA through the per-query gather kernel (executes only the kept blocks' FLOPs; slow): the same as
+    --model.moba_kernel gather."""
+    moba_gating: str = "block"
+    """MoBA gate granularity: "block" (each query block of moba_block_size tokens picks its key blocks
+    together, what block-sparse kernels need) or "token" (each query picks its own, the MoBA paper's rule)."""
+    moba_query_block_size: int = 0
+    """Block gating: queries per query block, each block sharing one choice of key blocks (0: moba_block_size).
+    Larger than moba_block_size keeps the key choice fine while the block-sparse kernel runs larger, faster
+    attention calls."""
+    moba_kernel: str = "auto"
+    """MoBA kernel (store/models/attention.py): auto, block_sparse, flex, masked_sdpa or gather. auto: flex
+    on CUDA for blocks of 128s, block_sparse for blocks of >= 16 tokens, else masked_sdpa (token gating:
+    masked_sdpa)."""
     rotation: bool = True
     """Rotate the static-feature block by orthogonal matrices; False feeds one token per group (ablation)."""
     num_rotations: int = 0
@@ -57,6 +69,9 @@ class ModelConfig:
     """Static feature groups 'name=f1,f2;name2=f3' (empty: the spec's feature_groups, else one group)."""
     history_tokens: bool = False
     """Feed each history item as its own token; False pools the history into one token."""
+    history_sid_tokens: bool = False
+    """With history_tokens: one token per SID of each history item (K per item; the ID model splits each item's
+    embedding into K), for a few hundred tokens; False: one per item (its SID embeddings summed)."""
     id_item_tokens: int = 0
     """ID model: tokens each high-cardinality feature's raw-ID embedding is projected into (0: as many as the
     SIDs, else 1)."""
@@ -70,7 +85,6 @@ class ModelConfig:
     """AutoInt: heads per self-attention layer; must divide embedding_dim."""
     rankmixer_tokens: int = 4
     """RankMixer: tokens the feature fields are packed into; must divide embedding_dim."""
-
     masknet_mode: str = "parallel"
     """MaskNet: "parallel" (every MaskBlock on the embedding, then the mlp_dims MLP) or "serial" (each
     MaskBlock on the previous one)."""
@@ -111,6 +125,18 @@ class ModelConfig:
             raise bad("dropout", "must be in [0, 1)")
         if not 0.0 <= self.moba_sparsity < 1.0:
             raise bad("moba_sparsity", "must be in [0, 1)")
+        if self.moba_query_block_size < 0:
+            raise bad("moba_query_block_size", "must be >= 0 (0: --model.moba_block_size)")
+        if self.moba_gating not in GATINGS:
+            raise bad("moba_gating", f"must be one of {', '.join(GATINGS)}")
+        if self.moba_kernel not in KERNELS:
+            raise bad("moba_kernel", f"must be one of {', '.join(KERNELS)}")
+        if self.moba_kernel in ("block_sparse", "flex") and self.moba_gating != "block":
+            raise bad("moba_kernel", "needs --model.moba_gating block (one key set per query block)")
+        if self.moba_gather and self.moba_kernel not in ("auto", "gather"):
+            raise bad("moba_gather", f"conflicts with --model.moba_kernel={self.moba_kernel}")
+        if self.history_sid_tokens and not self.history_tokens:
+            raise bad("history_sid_tokens", "needs --model.history_tokens (one token per history item first)")
         if self.diversity_lambda < 0 or self.orthogonality_weight < 0:
             name = "diversity_lambda" if self.diversity_lambda < 0 else "orthogonality_weight"
             raise bad(name, "must be >= 0")

@@ -7,9 +7,12 @@ f = ffn_mult, P MoBA block size, N = ceil(T / P) blocks, S = kept blocks per que
 
 Per layer:
     projections    QKV and output:             2 * B * T * D * 3D  +  2 * B * T * D * D = 8 B T D^2
-    gating (MoBA)  query . mean key per block: 2 * B * T * N * D
-    attention      QK^T and AV over the J keys each query sees:  2 * (2 * B * T * J * D)
-                   J = T (dense) or J = S * P (MoBA; a padded last block is computed too)
+    gating (MoBA)  block gating, mean query . mean key per (query block, key block):  2 * B * Nq * N * D
+                   token gating, query . mean key per block:                       2 * B * T * N * D
+    attention      QK^T and AV of the Q queries over the J keys each sees:  2 * (2 * B * Q * J * D)
+                   dense: Q = J = T; MoBA: J = S * P (a padded last block is computed too), and
+                   Q = Nq * Pq with block gating (query blocks of Pq tokens, Nq = ceil(T / Pq): the
+                   block-sparse kernel runs whole query blocks), Q = T with token gating
     ffn            two linear maps:            2 * (2 * B * T * D * f D)
 plus the head MLP and, for the whole model, the feature-group MLPs, the rotation
 (2 * B * R * M^2), its projection and the ID model's item projection ("other").
@@ -80,21 +83,31 @@ def transformer_flops(
     block_size: int = 2,
     sparsity: float = 0.5,
     vanilla: bool = False,
+    gating: str = "block",
+    query_block_size: int = 0,
 ) -> FlopsReport:
-    """FLOPs of ``num_layers`` STORE transformer layers (``store.models.attention.TransformerLayer``)."""
+    """FLOPs of ``num_layers`` STORE transformer layers (``store.models.attention.TransformerLayer``);
+    ``gating``: MoBA's "block" (query blocks of ``query_block_size``, 0: ``block_size``) or "token". MoBA is counted as its block-sparse algorithm (the
+    kept blocks only), which the block_sparse, flex and gather kernels execute; masked_sdpa computes
+    the dense scores and masks them."""
     b, t, d, layers = batch_size, num_tokens, dim, num_layers
     if vanilla:
-        keys, gating = t, 0
+        queries, keys, gate = t, t, 0
     else:
         n = num_blocks(t, block_size)
         keys = num_kept_blocks(n, sparsity) * block_size
-        gating = 2 * b * t * n * d
+        if gating == "block":
+            pq = query_block_size or block_size
+            nq = num_blocks(t, pq)
+            queries, gate = nq * pq, 2 * b * nq * n * d
+        else:
+            queries, gate = t, 2 * b * t * n * d
     return FlopsReport(
         batch_size=b,
         num_tokens=t,
         projections=layers * 8 * b * t * d * d,
-        gating=layers * gating,
-        attention_core=layers * 4 * b * t * keys * d,
+        gating=layers * gate,
+        attention_core=layers * 4 * b * queries * keys * d,
         ffn=layers * 4 * ffn_mult * b * t * d * d,
     )
 
@@ -109,17 +122,23 @@ def linear_flops(module: nn.Module, rows: int) -> int:
 def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None = None) -> FlopsReport:
     """Forward FLOPs of a ``StoreModel`` ("store" or "id") per batch of ``batch_size`` rows.
 
-    ``history_len``: history tokens per history feature when ``history_tokens`` is on (default:
-    each feature's max_len, the padded length the model uses).
+    ``history_len``: history items per history feature when ``history_tokens`` is on (default:
+    each feature's max_len, the padded length the model uses); each is K tokens with
+    ``history_sid_tokens``.
     """
     cfg, b = model.cfg, batch_size  # cfg: the model's StoreConfig
     t = model.num_fixed_tokens
+    per_item = model.num_item_tokens if cfg.history_sid_tokens else 1
+    split_items = 0  # ID twin with history_sid_tokens: history items through their table's Linear(D, K*D)
     if cfg.history_tokens:
         for f in model.history:
             length = history_len if history_len is not None else f.max_len
             if length <= 0:
                 raise ValueError(f"history feature {f.name!r} has max_len 0: pass history_len")
-            t += length
+            t += length * per_item
+            if cfg.history_sid_tokens and hasattr(model.items, "split"):
+                split = model.items.split[model.items.table_index[f.name]]
+                split_items += linear_flops(split, b * length)
     report = transformer_flops(
         b,
         t,
@@ -129,9 +148,11 @@ def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None
         cfg.moba_block_size,
         cfg.moba_sparsity,
         cfg.vanilla_attention,
+        cfg.moba_gating,
+        cfg.moba_query_block_size,
     )
     report.head = linear_flops(model.head, b)
-    other = linear_flops(model.group_mlps, b)
+    other = linear_flops(model.group_mlps, b) + split_items
     if model.rotation is not None:
         r, m = model.rotation.rotations.shape[:2]
         other += 2 * b * r * m * m + linear_flops(model.rotation.proj, b * r)

@@ -21,9 +21,19 @@ Tokens, in this order (real tokens first, so padding sits in the last attention 
                 or H*L   history_tokens=True, one token per history item (padded, masked).
                          A history item's embedding is the sum of its K SID embeddings (STORE) or its
                          raw-ID embedding (ID).
+              or H*L*K   history_sid_tokens=True (with history_tokens): one token per SID of every
+                         history item, item after item (STORE: the K SID embeddings themselves; ID:
+                         the item's raw-ID embedding through the item table's Linear(D, K*D)).
 
 then L layers X = LN(Attn(X) + X), X = LN(FFN(X) + X) with MoBA (or dense) attention, and a head
 over [the fixed tokens flattened, the mean of all real tokens].
+
+Long token sets: the paper's setting of many feature tokens is history_tokens + history_sid_tokens.
+With the synthetic data's 50-item histories (``generate --history-len 50``), K = 4 SIDs, the item and
+the user tokenized and 4 rotated blocks, that is T = 2*4 + 4 + 50*4 = 212 tokens. There, with
+``--model.moba_block_size 53`` (4 key blocks), a training step at sparsity 0.5 runs 1.5x the samples/s
+of dense attention on CPU with the same test AUC (benchmarks/bench_moba.py; docs/results.md, "MoBA
+sparsity sweep with a few hundred tokens").
 
 Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one collection for
 the tokenized features (``items.ec``): mean-pooled bags when the history is pooled into one token
@@ -89,7 +99,13 @@ class StoreConfig:
     vanilla_attention: bool
     """Dense attention instead of MoBA."""
     moba_gather: bool
-    """MoBA as an explicit gather of the kept blocks instead of a block mask."""
+    """MoBA through the per-query gather kernel (same as moba_kernel "gather")."""
+    moba_gating: str
+    """MoBA gate granularity: "block" (per query block) or "token" (store.models.attention)."""
+    moba_query_block_size: int
+    """Block gating: queries per query block (0: moba_block_size)."""
+    moba_kernel: str
+    """MoBA kernel: auto, block_sparse, flex, masked_sdpa or gather (store.models.attention.KERNELS)."""
     rotation: bool
     """Rotate the static block into R tokens; False: one token per group."""
     num_rotations: int
@@ -102,6 +118,8 @@ class StoreConfig:
     """Weight of the orthogonality penalty (free R_i only)."""
     history_tokens: bool
     """One token per history item; False pools each history into one token."""
+    history_sid_tokens: bool
+    """With history_tokens: one token per SID of each history item (K per item)."""
 
 
 @dataclass
@@ -184,10 +202,21 @@ class SidTokens(nn.Module):
 
     def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, D) history item embeddings (sum over the K SIDs), valid (B, L)."""
+        per_sid, valid = self._sid_grid(jts, feature)
+        return per_sid.sum(2), valid
+
+    def sid_sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L*K, D): the K SID embeddings of every history item, item after item; valid (B, L*K)."""
+        per_sid, valid = self._sid_grid(jts, feature)  # (B, L, K, D), (B, L)
+        b, length, k, d = per_sid.shape
+        return per_sid.reshape(b, length * k, d), valid.repeat_interleave(k, dim=1)
+
+    def _sid_grid(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, K, D) SID embeddings of the history items, valid (B, L)."""
         parts = self._parts(jts, feature)
         length = sequence_length(self.lengths[feature], parts[0])
         dense = [padded(jt, length) for jt in parts]
-        return torch.stack([d for d, _ in dense], dim=2).sum(2), dense[0][1]
+        return torch.stack([d for d, _ in dense], dim=2), dense[0][1]
 
 
 class RawTokens(nn.Module):
@@ -214,6 +243,7 @@ class RawTokens(nn.Module):
         self.ec = item_collection(tables, dim, pooled, device)
         self.split = nn.ModuleList([nn.Linear(dim, num_tokens * dim) for _ in tables])
         self.index = {f: i for i, f in enumerate(tokenized)}  # tables are in token order
+        self.table_index = {f: i for i, t in enumerate(tables) for f in t.features}  # batch feature -> table
 
     def lookup(self, batch: Batch):
         out = self.ec(batch.sparse)
@@ -232,6 +262,14 @@ class RawTokens(nn.Module):
     def sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
         jt = jts[feature]
         return padded(jt, sequence_length(self.lengths[feature], jt))
+
+    def sid_sequence(self, jts, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L*K, D): every history item's raw-ID embedding through its table's Linear(D, K*D) (the
+        target item's split for item-valued features), item after item; valid (B, L*K)."""
+        seq, valid = self.sequence(jts, feature)  # (B, L, D), (B, L)
+        b, length, d = seq.shape
+        tokens = self.split[self.table_index[feature]](seq).view(b, length * self.num_tokens, d)
+        return tokens, valid.repeat_interleave(self.num_tokens, dim=1)
 
 
 class StoreModel(nn.Module):
@@ -279,7 +317,9 @@ class StoreModel(nn.Module):
             block_size=cfg.moba_block_size,
             sparsity=cfg.moba_sparsity,
             vanilla=cfg.vanilla_attention,
-            gather=cfg.moba_gather,
+            gating=cfg.moba_gating,
+            query_block_size=cfg.moba_query_block_size,
+            kernel="gather" if cfg.moba_gather else cfg.moba_kernel,
         )
         self.encoder = TransformerEncoder(
             cfg.num_layers, d, cfg.num_heads, cfg.ffn_mult, cfg.dropout, **attention
@@ -305,7 +345,8 @@ class StoreModel(nn.Module):
         tokens = [fixed]
         for f in self.history:
             if self.cfg.history_tokens:
-                seq, seq_valid = self.items.sequence(jts, f.name)  # (B, L, D), (B, L)
+                read = self.items.sid_sequence if self.cfg.history_sid_tokens else self.items.sequence
+                seq, seq_valid = read(jts, f.name)  # (B, L or L*K, D), (B, L or L*K)
                 tokens.append(seq)
                 valid.append(seq_valid)
             else:

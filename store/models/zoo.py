@@ -262,12 +262,16 @@ def model_config(name: str, cfg: ModelConfig) -> ZooConfig:
             moba_sparsity=cfg.moba_sparsity,
             vanilla_attention=cfg.vanilla_attention,
             moba_gather=cfg.moba_gather,
+            moba_gating=cfg.moba_gating,
+            moba_query_block_size=cfg.moba_query_block_size,
+            moba_kernel=cfg.moba_kernel,
             rotation=cfg.rotation,
             num_rotations=cfg.num_rotations,
             orthogonal_parametrization=cfg.orthogonal_parametrization,
             diversity_lambda=cfg.diversity_lambda,
             orthogonality_weight=cfg.orthogonality_weight,
             history_tokens=cfg.history_tokens,
+            history_sid_tokens=cfg.history_sid_tokens,
         )
     if name == "dnn":
         return DNNConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout)
