@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from data_pipeline import fs
 from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import ITEMS_DIR, SPLITS, DataError, DatasetSpec, list_shards
 
@@ -145,26 +145,27 @@ def _stats_for(spec: DatasetSpec) -> dict[str, NumberStats | IdStats | ListStats
     return stats
 
 
-def _rows(folder: Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in list_shards(folder))
+def _rows(folder: str) -> int:
+    return sum(fs.parquet_file(p).metadata.num_rows for p in list_shards(folder))
 
 
 def inspect_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS, max_rows: int = 0) -> dict:
-    """Spec, rows per split and per-column stats over ``splits`` (the first max_rows of each; 0: all)."""
-    root = Path(root)
+    """Spec, rows per split and per-column stats over ``splits`` (the first max_rows of each; 0: all).
+    ``root`` may be a path or an object-store URI (shards are streamed, see data_pipeline/fs.py)."""
+    root = fs.location(root)
     spec = DatasetSpec.load(root)
-    rows = {s: _rows(root / s) for s in SPLITS}
+    rows = {s: _rows(fs.join(root, s)) for s in SPLITS}
     report: dict = {"spec": json.loads(spec.to_json()), "rows": rows, "label_mean": {}}
     if spec.item_table is not None:
-        report["item_rows"] = _rows(root / ITEMS_DIR)
+        report["item_rows"] = _rows(fs.join(root, ITEMS_DIR))
     stats = _stats_for(spec)
     for split in splits:
         label = NumberStats()
         seen = 0
-        shards = list_shards(root / split)
+        shards = list_shards(fs.join(root, split))
         with tqdm(total=max_rows or rows[split], desc=f"inspect {split}", unit="row", leave=False) as bar:
             for path in shards:
-                f = pq.ParquetFile(path)
+                f = fs.parquet_file(path)
                 missing = [c for c in stats if c not in f.schema_arrow.names]
                 if missing:
                     raise DataError(f"{path}: missing column(s) {missing} named in the spec")
@@ -239,7 +240,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect", help="print a dataset's spec, row counts and column stats", description=__doc__
     )
-    p.add_argument("dir", help="dataset folder (with spec.json)")
+    p.add_argument("dir", help="dataset folder (with spec.json): a path or a URI (s3://bucket/prefix ...)")
     p.add_argument(
         "--split", choices=[*SPLITS, "all"], default="all", help="splits to compute column stats over"
     )

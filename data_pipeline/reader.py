@@ -17,7 +17,9 @@ Every rank gets the same number of batches, so no rank waits on a collective tha
   a rank whose slice is one row shorter repeats its last row (``valid_rows`` tells how many rows
   are real, so callers drop the padding before computing metrics).
 
-Only the row groups a rank needs are read, one at a time (bounded memory, whatever N is).
+Only the row groups a rank needs are read, one at a time (bounded memory, whatever N is). Shards may
+live in object storage (``root`` a ``s3://`` / ``gs://`` / ``hdfs://`` URI, see ``data_pipeline.fs``):
+a row group is then a few ranged reads of its column chunks, nothing is copied to local disk.
 
 Position and resume
 -------------------
@@ -31,9 +33,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from data_pipeline import fs
 from data_pipeline.batch import Batch
 from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import DataError, DatasetSpec, SparseFeature, list_shards, split_dir
@@ -83,14 +86,14 @@ def map_ids(ids: np.ndarray, vocab_size: int, mode: str, max_id: int | None = No
 # --------------------------------------------------------------------------------------------------
 # Shard index: footers of every shard, checked against the spec
 # --------------------------------------------------------------------------------------------------
-def _open_parquet(path: Path) -> pq.ParquetFile:
+def _open_parquet(path: str) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return fs.parquet_file(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable parquet file, corrupt or truncated ({e})") from None
 
 
-def _check_type(path: Path, col: str, typ: pa.DataType, want: str) -> None:
+def _check_type(path: str, col: str, typ: pa.DataType, want: str) -> None:
     ok = {
         "float": pa.types.is_floating(typ) or pa.types.is_integer(typ),
         "int": pa.types.is_integer(typ),
@@ -105,7 +108,7 @@ def _check_type(path: Path, col: str, typ: pa.DataType, want: str) -> None:
 class ShardIndex:
     """Row groups of one split, from the parquet footers (no data read)."""
 
-    shards: tuple[Path, ...]
+    shards: tuple[str, ...]  # locations: paths or URIs
     rg_shard: np.ndarray  # (G,) shard index of each row group
     rg_index: np.ndarray  # (G,) row-group index inside its shard
     rg_rows: np.ndarray  # (G,) rows in each row group
@@ -115,7 +118,7 @@ class ShardIndex:
         return int(self.rg_rows.sum())
 
     @classmethod
-    def build(cls, folder: Path, spec: DatasetSpec) -> ShardIndex:
+    def build(cls, folder: str, spec: DatasetSpec) -> ShardIndex:
         shards = list_shards(folder)
         kinds = {spec.label: "float", **{c: "float" for c in spec.dense}}
         kinds.update({f.name: "list<int>" if f.multi else "int" for f in spec.sparse})
@@ -286,7 +289,7 @@ class _RowGroupDecoder:
         self._file_idx = -1
         self.nan_repaired = 0
 
-    def _read(self, g: int) -> tuple[Path, pa.Table]:
+    def _read(self, g: int) -> tuple[str, pa.Table]:
         s = int(self.index.rg_shard[g])
         path = self.index.shards[s]
         if s != self._file_idx:
@@ -295,9 +298,11 @@ class _RowGroupDecoder:
         try:
             return path, self._file.read_row_group(int(self.index.rg_index[g]), columns=self.columns)
         except (pa.ArrowException, OSError) as e:
+            if isinstance(e, OSError) and (err := fs.explain(path, e)) is not None:
+                raise err from None  # the store, not the file: credentials, connection
             raise DataError(f"{path}: row group {self.index.rg_index[g]} is unreadable ({e})") from None
 
-    def _ids(self, path: Path, f: SparseFeature | str, arr: np.ndarray, vocab: int | None) -> np.ndarray:
+    def _ids(self, path: str, f: SparseFeature | str, arr: np.ndarray, vocab: int | None) -> np.ndarray:
         name = f if isinstance(f, str) else f.name
         if arr.size and int(arr.min()) < 0:
             raise DataError(f"{path}: column {name!r} has negative IDs (min {int(arr.min())})")
@@ -409,7 +414,7 @@ class ParquetBatchReader:
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | os.PathLike,
         split: str,
         batch_size: int,
         *,
@@ -428,7 +433,7 @@ class ParquetBatchReader:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.root = Path(root)
+        self.root = fs.location(root)
         self.spec = spec or DatasetSpec.load(self.root)
         self.split = split
         self.index = ShardIndex.build(split_dir(self.root, split), self.spec)
@@ -589,7 +594,7 @@ class ParquetBatchReader:
         num_rows = int(state["num_rows"])
         if num_rows != self.index.num_rows:
             raise DataError(
-                f"{self.root / self.split}: reader state was saved for {num_rows} rows, split has "
+                f"{fs.join(self.root, self.split)}: reader state was saved for {num_rows} rows, split has "
                 f"{self.index.num_rows}; the data changed since the checkpoint"
             )
         if int(state["seed"]) != self.seed:
@@ -614,7 +619,7 @@ class ParquetBatchReader:
         perm = self._row_perm(g, int(self.index.rg_rows[g]))
         return {
             "epoch": self.epoch,
-            "shard": self.index.shards[int(self.index.rg_shard[g])].name,
+            "shard": fs.basename(self.index.shards[int(self.index.rg_shard[g])]),
             "row_group": int(self.index.rg_index[g]),
             "offset": a if perm is None else perm.source_row(a),
         }

@@ -1,6 +1,7 @@
 """The dataset spec: what each parquet column is.
 
-A dataset is a folder::
+A dataset is a folder, local or in object storage (``s3://``, ``gs://``, ``hdfs://``: see
+``data_pipeline.fs``)::
 
     DIR/spec.json          this spec
     DIR/train/*.parquet    splits, separated by time (train < valid < test)
@@ -26,16 +27,14 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
+from data_pipeline import fs
+from data_pipeline.errors import DataError as DataError  # defined apart so that fs can raise it too
 
 SPEC_FILE = "spec.json"
 SPLITS = ("train", "valid", "test")
 ITEMS_DIR = "items"
 ID_MAPPINGS = ("mod", "hash")
-
-
-class DataError(ValueError):
-    """Bad input data or spec. The message names the file and, where known, the column."""
 
 
 @dataclass(frozen=True)
@@ -179,9 +178,11 @@ class DatasetSpec:
         }
         if root is not None:
             for split in (*SPLITS, ITEMS_DIR):
-                folder = Path(root) / split
-                if folder.is_dir():
-                    key[split] = sorted((p.name, p.stat().st_size) for p in folder.glob("*.parquet"))
+                folder = fs.join(root, split)
+                entries = fs.list_dir(folder)
+                if entries or fs.is_dir(folder):
+                    files = [e for e in entries if e.is_file and e.base_name.endswith(".parquet")]
+                    key[split] = sorted((e.base_name, e.size) for e in files)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def record(self) -> dict:
@@ -226,11 +227,11 @@ class DatasetSpec:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
-    def save(self, root: str | os.PathLike) -> Path:
+    def save(self, root: str | os.PathLike) -> str:
         """Write DIR/spec.json atomically (after the shards: its fingerprint covers them)."""
         self.validate()
         self.fingerprint = self.content_hash(root)
-        path = Path(root) / SPEC_FILE
+        path = fs.join(root, SPEC_FILE)
         atomic_write_text(path, self.to_json() + "\n")
         return path
 
@@ -254,14 +255,15 @@ class DatasetSpec:
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> DatasetSpec:
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"{root}: dataset folder does not exist")
-        path = root / SPEC_FILE
-        if not path.is_file():
+        """DIR/spec.json of a dataset folder or object-store prefix."""
+        root = fs.location(root)
+        if not fs.is_dir(root):
+            raise fs.missing(root, "dataset folder does not exist")
+        path = fs.join(root, SPEC_FILE)
+        if not fs.is_file(path):
             raise DataError(f"{path}: missing spec file (is {root} a dataset folder?)")
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(fs.read_text(path))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         return cls.from_dict(d, where=str(path))
@@ -281,26 +283,25 @@ def feature_list(flag: str) -> list[str]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp name in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write a whole text file so that readers never see half of it (a local temp name renamed into
+    place; on an object store, one upload). Creates the parent folder."""
+    fs.write_text(path, text)
 
 
-def split_dir(root: str | os.PathLike, split: str) -> Path:
+def split_dir(root: str | os.PathLike, split: str) -> str:
+    """The location of one split's (or the item table's) shards."""
     if split not in SPLITS and split != ITEMS_DIR:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
-    return Path(root) / split
+    return fs.join(root, split)
 
 
-def list_shards(folder: str | os.PathLike) -> list[Path]:
-    """The parquet shards of one split, sorted by name. Clear errors for missing/empty folders."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder does not exist")
-    shards = sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+def list_shards(folder: str | os.PathLike) -> list[str]:
+    """The parquet shards of one split (locations: paths or URIs), sorted by name. Clear errors for
+    missing/empty folders, missing buckets and refused credentials."""
+    if not fs.is_dir(folder):
+        raise fs.missing(folder, "folder does not exist")
+    names = [e.base_name for e in fs.list_dir(folder) if e.is_file]
+    shards = [fs.join(folder, n) for n in names if n.endswith(".parquet") and not n.startswith(".")]
     if not shards:
-        raise DataError(f"{folder}: no .parquet shards in folder")
+        raise DataError(f"{fs.location(folder)}: no .parquet shards in folder")
     return shards

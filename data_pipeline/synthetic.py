@@ -51,8 +51,10 @@ import pyarrow as pa
 import tyro
 from tqdm import tqdm
 
+from data_pipeline import fs
 from data_pipeline.spec import (
     ITEMS_DIR,
+    SPEC_FILE,
     SPLITS,
     DataError,
     DatasetSpec,
@@ -648,8 +650,8 @@ def _to_table(cols: dict, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _write(root: Path, cfg: SyntheticConfig, spec: DatasetSpec, model: HiddenModel, progress: bool) -> None:
-    with ShardWriter(root / ITEMS_DIR, _item_schema(cfg), cfg.rows_per_shard) as w:
+def _write(root: str, cfg: SyntheticConfig, spec: DatasetSpec, model: HiddenModel, progress: bool) -> None:
+    with ShardWriter(fs.join(root, ITEMS_DIR), _item_schema(cfg), cfg.rows_per_shard) as w:
         for t in model.item_chunks():
             w.write(t)
 
@@ -677,7 +679,9 @@ def _write(root: Path, cfg: SyntheticConfig, spec: DatasetSpec, model: HiddenMod
     # Dictionary pages only where they pay off (small vocabularies): ~20% less writing time.
     small = [f.name for f in spec.sparse if not f.multi and f.vocab_size <= 1000]
     writers = [
-        ShardWriter(root / split, schema, cfg.rows_per_shard, use_dictionary=small, write_statistics=False)
+        ShardWriter(
+            fs.join(root, split), schema, cfg.rows_per_shard, use_dictionary=small, write_statistics=False
+        )
         for split in SPLITS
     ]
     bar = tqdm(total=cfg.rows, unit="rows", unit_scale=True, disable=not progress, desc="generate")
@@ -696,7 +700,7 @@ def _write(root: Path, cfg: SyntheticConfig, spec: DatasetSpec, model: HiddenMod
     finally:
         bar.close()
     spec_info = {"config": asdict(cfg), "intercept": model.intercept}
-    atomic_write_text(root / GENERATOR_FILE, json.dumps(spec_info, indent=2) + "\n")
+    atomic_write_text(fs.join(root, GENERATOR_FILE), json.dumps(spec_info, indent=2) + "\n")
     spec.save(root)  # last: a folder with spec.json is complete
 
 
@@ -743,14 +747,21 @@ def generate_dataset(
 
     ``options`` are the other ``SyntheticConfig`` fields (items, users, seed, dense, history_len, ...).
     ``out`` must be absent or empty unless ``overwrite``; the dataset is written to a temp folder
-    beside it and renamed into place when complete, so ``out`` never holds half a dataset.
+    beside it and renamed into place when complete, so ``out`` never holds half a dataset. An
+    object-store ``out`` (``s3://bucket/prefix``) has no rename: the shards are uploaded in place
+    (an old dataset there is removed first, spec.json first) and spec.json, written last, marks the
+    dataset complete.
     """
     try:
         cfg = SyntheticConfig(rows=rows, **options)
     except TypeError as e:
         raise DataError(f"generate: {e}") from None
     cfg.validate()
-    out = Path(os.path.abspath(out))  # normalised: "." or "x/.." must not put the temp folder inside
+    if not fs.is_local(out):
+        return _generate_in_place(fs.location(out), cfg, overwrite, progress)
+    out = Path(
+        os.path.abspath(fs.local_path(out))
+    )  # normalised: "." or "x/.." must not put the temp folder inside
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -763,7 +774,7 @@ def generate_dataset(
     try:
         model = HiddenModel(cfg)
         log.info("hidden model built: intercept %.3f", model.intercept)
-        _write(tmp, cfg, spec, model, progress)
+        _write(str(tmp), cfg, spec, model, progress)
         if out.is_dir():
             # Swap: move the old folder aside first (rename over a non-empty folder is not allowed).
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -782,12 +793,30 @@ def generate_dataset(
     return spec
 
 
+def _generate_in_place(out: str, cfg: SyntheticConfig, overwrite: bool, progress: bool) -> DatasetSpec:
+    """generate_dataset into object storage: written in place, spec.json last."""
+    if fs.is_file(out):
+        raise DataError(f"--out {out}: exists and is not a folder")
+    if fs.list_dir(out):
+        if not overwrite:
+            raise DataError(f"--out {out}: folder is not empty; pass --overwrite to replace it")
+        fs.delete_file(fs.join(out, SPEC_FILE))  # first: a half-replaced prefix is no dataset
+        fs.delete_dir(out)
+    spec = make_spec(cfg)
+    spec.validate()
+    model = HiddenModel(cfg)
+    log.info("hidden model built: intercept %.3f", model.intercept)
+    _write(out, cfg, spec, model, progress)
+    return spec
+
+
 @dataclass
 class GenerateConfig:
     """Write a synthetic CTR dataset from a hidden generative model."""
 
     out: str
-    """Output dataset folder (must be absent or empty)."""
+    """Output dataset folder (must be absent or empty): a path or an object-store URI (s3://bucket/prefix;
+    credentials from the environment, see data_pipeline/fs.py)."""
     dataset: Annotated[SyntheticConfig, tyro.conf.OmitArgPrefixes]
     overwrite: bool = False
     """Replace a non-empty --out folder."""

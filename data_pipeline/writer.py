@@ -1,19 +1,23 @@
-"""Writing parquet shards: bounded memory, atomic (temp name, renamed when the shard is complete)."""
+"""Writing parquet shards: bounded memory, atomic (temp name, renamed when the shard is complete;
+on an object store, one upload per shard: see ``data_pipeline.fs``)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from data_pipeline import fs
 
 
 class ShardWriter:
     """Appends tables to ``folder/part-NNNNN.parquet`` shards of at most ``rows_per_shard`` rows.
 
     Each shard is written under a hidden temp name and renamed when closed, so a crash never leaves
-    a truncated file that looks like a shard; shards already completed are kept.
+    a truncated file that looks like a shard; shards already completed are kept. ``folder`` may be an
+    object-store URI: a shard is then streamed to its key as a multipart upload, which the store
+    makes visible only when the shard is closed.
     """
 
     def __init__(
@@ -27,24 +31,24 @@ class ShardWriter:
     ) -> None:
         if rows_per_shard <= 0 or row_group_size <= 0:
             raise ValueError("rows_per_shard and row_group_size must be > 0")
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = fs.location(folder)
+        fs.makedirs(self.folder)
         self.schema = schema
         self.rows_per_shard = rows_per_shard
         self.row_group_size = row_group_size
         self.compression = compression
         self.parquet_options = parquet_options  # e.g. use_dictionary=[...], write_statistics=False
-        self.shards: list[Path] = []
+        self.shards: list[str] = []
         self.rows_written = 0
         self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
-        self._final: Path | None = None
+        self._tmp: str | None = None
+        self._final: str | None = None
         self._rows_in_shard = 0
 
     def _open(self) -> None:
-        self._final = self.folder / f"part-{len(self.shards):05d}.parquet"
-        self._tmp = self.folder / f".{self._final.name}.tmp-{os.getpid()}"
-        self._writer = pq.ParquetWriter(
+        self._final = fs.join(self.folder, f"part-{len(self.shards):05d}.parquet")
+        self._tmp = fs.staging(self._final)
+        self._writer = fs.parquet_writer(
             self._tmp, self.schema, compression=self.compression, **self.parquet_options
         )
         self._rows_in_shard = 0
@@ -52,8 +56,9 @@ class ShardWriter:
     def _close_shard(self) -> None:
         if self._writer is None:
             return
-        self._writer.close()
-        os.replace(self._tmp, self._final)
+        with fs.guard(self._final):
+            self._writer.close()
+        fs.commit(self._tmp, self._final)
         self.shards.append(self._final)
         self._writer = None
 
@@ -73,7 +78,7 @@ class ShardWriter:
             if self._rows_in_shard >= self.rows_per_shard:
                 self._close_shard()
 
-    def close(self) -> list[Path]:
+    def close(self) -> list[str]:
         self._close_shard()
         return self.shards
 
@@ -81,7 +86,7 @@ class ShardWriter:
         """Drop the shard in progress (its temp file); completed shards stay."""
         if self._writer is not None:
             self._writer.close()
-            self._tmp.unlink(missing_ok=True)
+            fs.delete_file(self._tmp)  # on an object store: the upload the close just completed
             self._writer = None
 
     def __enter__(self) -> ShardWriter:

@@ -98,8 +98,10 @@ def train(
         gpu: GPUs per node (replica)
         memMB: memory per node in MB
         h: a registered named resource (overrides cpu, gpu and memMB)
-        max_retries: scheduler restarts of a failed job; when > 0 the trainer runs with --resume and
-            restarts continue from the newest checkpoint
+        max_retries: restarts of a failed job; when > 0 the trainer runs with --resume and restarts
+            continue from the newest checkpoint: the scheduler restarts the whole job (a lost node),
+            and torchrun restarts the workers of every node (a crashed worker) up to max_retries
+            times (PET_MAX_RESTARTS; the only restarts on local_cwd)
         checkpoint_every: write a checkpoint every N steps (0: only at the end; with max_retries > 0
             and 0 here, every 500 steps)
         tensorboard_dir: write the run's TensorBoard events to TENSORBOARD_DIR/<run name> (a folder
@@ -140,6 +142,7 @@ def train(
         args += ["--sharding.tables", sharding_tables]
     if max_retries > 0:  # a restarted job continues where the last checkpoint left it
         args += ["--resume", "--checkpoint.every", str(checkpoint_every or 500)]
+        env = {"PET_MAX_RESTARTS": str(max_retries), **(env or {})}  # torchrun's --max-restarts
     elif checkpoint_every:
         args += ["--checkpoint.every", str(checkpoint_every)]
     if tensorboard_dir:

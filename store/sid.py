@@ -22,6 +22,8 @@ which is what TorchRec's data-parallel (replicated) EmbeddingCollection needs.
 ``codebook_size`` is the rows of each codebook table. A tokenizer that reserves a code for IDs it has
 no embedding for (``learned`` embeddings of IDs absent from the train split) writes that code as
 ``meta["unseen_code"]`` (= the last row).
+
+SIDS_DIR may be a path or an object-store URI (``s3://bucket/sids``; see ``data_pipeline.fs``).
 """
 
 from __future__ import annotations
@@ -29,13 +31,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from data_pipeline import fs
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
 
@@ -144,10 +145,10 @@ class SidTable:
         return cls(tables=tables, codebook_size=int(size), method=method)
 
     # -- io ------------------------------------------------------------------------------------
-    def save(self, sids_dir: str | os.PathLike) -> Path:
+    def save(self, sids_dir: str | os.PathLike) -> str:
         """Write SIDS_DIR/sid_table.parquet, sids_<feature>.parquet and meta.json (atomically, tables first)."""
-        root = Path(sids_dir)
-        root.mkdir(parents=True, exist_ok=True)
+        root = fs.location(sids_dir)
+        fs.makedirs(root)
         for name, codes in self.tables.items():
             cols = {
                 ("item_id" if name == self.item_feature else "id"): pa.array(range(len(codes)), pa.int64())
@@ -155,9 +156,7 @@ class SidTable:
             for k in range(self.num_sids):
                 cols[f"sid_{k}"] = pa.array(codes[:, k].numpy(), pa.int64())
             file = SID_TABLE_FILE if name == self.item_feature else feature_file(name)
-            tmp = root / f".{file}.tmp-{os.getpid()}"
-            pq.write_table(pa.table(cols), tmp)
-            os.replace(tmp, root / file)
+            fs.write_parquet(fs.join(root, file), pa.table(cols))
         meta = {
             **self.meta,
             "method": self.method,
@@ -174,7 +173,7 @@ class SidTable:
                 for name, codes in self.tables.items()
             },
         }
-        atomic_write_text(root / SID_META_FILE, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(fs.join(root, SID_META_FILE), json.dumps(meta, indent=2) + "\n")
         return root
 
     @classmethod
@@ -183,12 +182,14 @@ class SidTable:
 
         With ``spec``, also check that the table fits the dataset (``check_fits``).
         """
-        root = Path(sids_dir)
-        meta_path = root / SID_META_FILE
-        if not meta_path.is_file():
+        root = fs.location(sids_dir)
+        meta_path = fs.join(root, SID_META_FILE)
+        if not fs.is_file(meta_path):
+            if not fs.is_dir(root):
+                raise fs.missing(root, "SID folder does not exist")
             raise DataError(f"{meta_path}: missing (is {root} a SID folder written by the tokenizer?)")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(fs.read_text(meta_path))
             k, c = int(meta["num_sids"]), int(meta["codebook_size"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise DataError(f"{meta_path}: needs integer num_sids and codebook_size ({e})") from None
@@ -205,11 +206,11 @@ class SidTable:
         tables = {}
         for name, file in files.items():
             id_col = "item_id" if name == item_feature else "id"
-            tables[name] = _read_codes(root / file, id_col, k, c)
+            tables[name] = _read_codes(root, file, id_col, k, c)
         rest = {key: v for key, v in meta.items() if key not in ("method", "num_sids", "codebook_size")}
         sids = cls(tables=tables, codebook_size=c, method=method, item_feature=item_feature, meta=rest)
         if spec is not None:
-            sids.check_fits(spec, where=str(root))
+            sids.check_fits(spec, where=root)
         return sids
 
     def check_fits(self, spec: DatasetSpec, where: str = "SID table") -> None:
@@ -282,12 +283,13 @@ class SidTable:
         return self._by_sid[name]
 
 
-def _read_codes(path: Path, id_col: str, k: int, c: int) -> torch.Tensor:
+def _read_codes(root: str, file: str, id_col: str, k: int, c: int) -> torch.Tensor:
     """One codes file -> [rows, K], rows 0..N-1 each exactly once. DataError naming file and column."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing (is {path.parent} a SID folder written by the tokenizer?)")
+    path = fs.join(root, file)
+    if not fs.is_file(path):
+        raise DataError(f"{path}: missing (is {root} a SID folder written by the tokenizer?)")
     try:
-        table = pq.read_table(path)
+        table = fs.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: not a readable parquet file ({e})") from None
     wanted = [id_col, *(f"sid_{i}" for i in range(k))]

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import tyro
 
-from data_pipeline import cli
+from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
 from store.models.config import ModelConfig
 
@@ -187,7 +187,7 @@ class TrainConfig:
 
         if not self.data:
             raise bad("--data", self.data, "is required (a dataset folder)")
-        if not Path(self.data).is_dir():
+        if not fs.is_dir(self.data):  # a path or an object-store URI (data_pipeline/fs.py)
             raise bad("--data", self.data, "must be an existing dataset folder")
         if self.model not in MODEL_NAMES:
             raise bad("--model", self.model, f"must be one of {', '.join(MODEL_NAMES)}")
@@ -195,7 +195,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--model {self.model} needs --sids DIR (a SID table folder from the tokenizer)"
             )
-        if self.sids and not Path(self.sids).is_dir():
+        if self.sids and not fs.is_dir(self.sids):
             raise bad("--sids", self.sids, "must be an existing SID folder")
         if not self.out:
             raise bad("--out", self.out, "must be a folder path")

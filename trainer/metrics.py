@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+from data_pipeline import fs
 from data_pipeline.spec import DatasetSpec, list_shards, split_dir
 
 
@@ -89,7 +89,7 @@ def gauc(users: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tup
 def train_column(root: str | Path, column: str) -> Iterator[np.ndarray]:
     """One column of the train split, one row group at a time (bounded memory whatever its size)."""
     for shard in list_shards(split_dir(root, "train")):
-        pf = pq.ParquetFile(shard)
+        pf = fs.parquet_file(shard)  # a path or an object-store URI
         for g in range(pf.num_row_groups):
             yield pf.read_row_group(g, columns=[column]).column(0).to_numpy()
 

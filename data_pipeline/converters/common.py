@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from data_pipeline import fs
 from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import ITEMS_DIR, SPEC_FILE, SPLITS, DataError, DatasetSpec
 from data_pipeline.writer import ShardWriter
@@ -35,8 +34,9 @@ class ConvertConfig:
 
     src: Path
     """Folder with the original source files."""
-    out: Path
-    """Dataset folder to write (spec.json, train/valid/test/, items/)."""
+    out: str
+    """Dataset folder to write (spec.json, train/valid/test/, items/): a path or an object-store URI
+    (s3://bucket/prefix, gs://, hdfs://; credentials from the environment, see data_pipeline/fs.py)."""
     rows_per_shard: int = 1_000_000
     """Rows per parquet shard."""
     valid_frac: float = 0.1
@@ -320,30 +320,31 @@ def split_codes(ts: np.ndarray, t_valid: int, t_test: int) -> np.ndarray:
 
 
 # -- output ------------------------------------------------------------------------------------------
-def prepare_out(out: Path, overwrite: bool) -> None:
+def check_out(out: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an --out that is a file, or a non-empty --out without --overwrite (a path or a URI)."""
+    if fs.is_file(out):
+        raise DataError(f"--out {fs.location(out)}: exists and is not a folder")
+    if fs.list_dir(out) and not overwrite:
+        raise DataError(
+            f"--out {fs.location(out)}: folder is not empty (pass --overwrite to replace its dataset)"
+        )
+
+
+def prepare_out(out: str | os.PathLike, overwrite: bool) -> None:
     """Refuse a non-empty --out unless --overwrite; then remove the old dataset, spec.json first.
 
     Called only after the sources were checked, so a bad --src never destroys an existing dataset.
     """
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"--out {out}: folder is not empty (pass --overwrite to replace its dataset)")
-        # spec.json goes first: a folder that is half replaced must not look like a dataset.
-        (out / SPEC_FILE).unlink(missing_ok=True)
-        for d in (*SPLITS, ITEMS_DIR):
-            if (out / d).is_dir():
-                shutil.rmtree(out / d)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, overwrite)
+    # spec.json goes first: a folder that is half replaced must not look like a dataset.
+    fs.delete_file(fs.join(out, SPEC_FILE))
+    for d in (*SPLITS, ITEMS_DIR):
+        fs.delete_dir(fs.join(out, d))
+    fs.makedirs(out)
 
 
-def _write_empty_shard(folder: Path, schema: pa.Schema) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / "part-00000.parquet"
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
-    pq.write_table(schema.empty_table(), tmp)
-    os.replace(tmp, final)
+def _write_empty_shard(folder: str, schema: pa.Schema) -> None:
+    fs.write_parquet(fs.join(folder, "part-00000.parquet"), schema.empty_table())
 
 
 class SplitSink:
@@ -355,11 +356,11 @@ class SplitSink:
     is written.
     """
 
-    def __init__(self, out: Path, schema: pa.Schema, cfg: ConvertConfig) -> None:
+    def __init__(self, out: str | os.PathLike, schema: pa.Schema, cfg: ConvertConfig) -> None:
         self.schema = schema
         self.flush_rows = min(cfg.row_group_size, cfg.rows_per_shard)
         self.writers = [
-            ShardWriter(out / s, schema, cfg.rows_per_shard, row_group_size=cfg.row_group_size)
+            ShardWriter(fs.join(out, s), schema, cfg.rows_per_shard, row_group_size=cfg.row_group_size)
             for s in SPLITS
         ]
         self.pending: list[list[pa.Table]] = [[] for _ in SPLITS]
@@ -403,9 +404,9 @@ class SplitSink:
                 w.abort()
 
 
-def write_items(out: Path, table: pa.Table, cfg: ConvertConfig) -> None:
+def write_items(out: str | os.PathLike, table: pa.Table, cfg: ConvertConfig) -> None:
     """The item table, as shards of DIR/items/."""
-    with ShardWriter(out / ITEMS_DIR, table.schema, cfg.rows_per_shard, cfg.row_group_size) as w:
+    with ShardWriter(fs.join(out, ITEMS_DIR), table.schema, cfg.rows_per_shard, cfg.row_group_size) as w:
         w.write(table)
 
 
@@ -418,7 +419,7 @@ def make_table(columns: dict[str, np.ndarray | pa.Array], schema: pa.Schema) -> 
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def finish(spec: DatasetSpec, out: Path, rows: dict[str, int]) -> DatasetSpec:
+def finish(spec: DatasetSpec, out: str | os.PathLike, rows: dict[str, int]) -> DatasetSpec:
     """Record the row counts and write spec.json: last, so it marks a complete dataset."""
     spec.num_rows = dict(rows)
     spec.save(out)

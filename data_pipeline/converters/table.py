@@ -60,10 +60,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from data_pipeline import fs
 from data_pipeline.converters.common import (
     ConvertConfig,
     Histogram,
     SplitSink,
+    check_out,
     csv_batches,
     finish,
     hash_strings,
@@ -571,12 +573,9 @@ def _check_src_and_out(cfg: ConvertConfig) -> None:
         raise DataError(f"--src {cfg.src}: no such file or folder")
     (replace(cfg, src=cfg.src.parent) if cfg.src.is_file() else cfg).validate()
     out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a folder")
-    if out.resolve() == cfg.src.resolve():
+    if fs.is_local(out) and Path(fs.local_path(out)).resolve() == cfg.src.resolve():
         raise DataError(f"--out {out}: must not be the --src folder")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise DataError(f"--out {out}: folder is not empty (pass --overwrite to replace its dataset)")
+    check_out(out, cfg.overwrite)
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
@@ -669,7 +668,7 @@ def convert(cfg: ConvertConfig, opts: TableOptions | None = None) -> DatasetSpec
         id_mapping="mod",
         item_table=ItemTable(num_items, id_column=opts.item, embedding_column=None) if opts.item else None,
     )
-    spec.validate(str(cfg.out / SPEC_FILE))
+    spec.validate(fs.join(cfg.out, SPEC_FILE))
     fields = [pa.field(spec.label, pa.float32()), *(pa.field(c, pa.float32()) for c in dense)]
     fields += [pa.field(f.name, pa.list_(pa.int64()) if f.multi else pa.int64()) for f in sparse]
     schema = pa.schema([*fields, pa.field(timestamp, pa.int64())])

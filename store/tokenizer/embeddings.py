@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from data_pipeline import fs
 from data_pipeline.spec import ITEMS_DIR, DataError, DatasetSpec, list_shards
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,11 @@ def _ids(column: pa.Array, num_items: int, where: str) -> np.ndarray:
 
 
 def _read_parquet_embeddings(
-    files: list[Path], id_col: str, emb_col: str, dim: int, num_items: int
+    files: list[str], id_col: str, emb_col: str, dim: int, num_items: int
 ) -> Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]:
     def read(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for path in files:
-            pf = pq.ParquetFile(path)
+            pf = fs.parquet_file(path)
             missing = [c for c in (id_col, emb_col) if c not in pf.schema_arrow.names]
             if missing:
                 raise DataError(f"{path}: missing column(s) {missing}")
@@ -165,21 +166,22 @@ def content_embeddings(data_dir: str | os.PathLike, spec: DatasetSpec) -> ItemEm
     it = spec.item_table
     if it is None or not it.embedding_column or it.embedding_dim <= 0:
         raise DataError(
-            f"{Path(data_dir) / 'spec.json'}: --embedding content needs an item table with an embedding "
+            f"{fs.join(data_dir, 'spec.json')}: --embedding content needs an item table with an embedding "
             "column (item_table.embedding_column and embedding_dim > 0); use --embedding text or sasrec"
         )
-    files = list_shards(Path(data_dir) / ITEMS_DIR)
+    files = list_shards(fs.join(data_dir, ITEMS_DIR))
     read = _read_parquet_embeddings(files, it.id_column, it.embedding_column, it.embedding_dim, it.num_items)
     return ItemEmbeddings("content", it.embedding_dim, it.num_items, read)
 
 
 def embeddings_file(path: str | os.PathLike, num_items: int, source: str) -> ItemEmbeddings:
     """A parquet (item_id int64, embedding list<float32>) written by encode_text / store.tokenizer.sasrec."""
-    path = Path(path)
-    if not path.is_file():
+    path = fs.location(path)
+    if not fs.is_file(path):
         raise DataError(f"{path}: embeddings file does not exist")
-    field = pq.read_schema(path).field("embedding")
-    first = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=["embedding"]), None)
+    pf = fs.parquet_file(path)
+    field = pf.schema_arrow.field("embedding")
+    first = next(pf.iter_batches(batch_size=1, columns=["embedding"]), None)
     if first is None or first.num_rows == 0:
         raise DataError(f"{path}: no rows")
     dim = len(first.column(0)[0]) if not pa.types.is_fixed_size_list(field.type) else field.type.list_size
@@ -266,16 +268,16 @@ def text_embeddings(
     it = spec.item_table
     if it is None or not it.text_columns:
         raise DataError(
-            f"{Path(data_dir) / 'spec.json'}: --embedding text needs an item table with text_columns"
+            f"{fs.join(data_dir, 'spec.json')}: --embedding text needs an item table with text_columns"
         )
-    files = list_shards(Path(data_dir) / ITEMS_DIR)
+    files = list_shards(fs.join(data_dir, ITEMS_DIR))
     model = load_minilm()
     cols = [it.id_column, *it.text_columns]
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         bar = tqdm(total=it.num_items, desc="MiniLM text embeddings", unit="item", disable=not progress)
         for path in files:
-            pf = pq.ParquetFile(path)
+            pf = fs.parquet_file(path)
             missing = [c for c in cols if c not in pf.schema_arrow.names]
             if missing:
                 raise DataError(f"{path}: missing text column(s) {missing}")

@@ -32,7 +32,7 @@ import tyro
 from torch import Tensor
 from tqdm import tqdm
 
-from data_pipeline import cli
+from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from store.sid import SidTable
@@ -422,8 +422,8 @@ class TokenizeConfig:
         if self.embedding and self.embedding not in (*SOURCES, LEARNED):
             choices = ", ".join((*SOURCES, LEARNED))
             raise ConfigError(f"--embedding must be one of {choices}, got {self.embedding!r}")
-        if not Path(self.data).is_dir():
-            raise ConfigError(f"--data {self.data}: dataset folder does not exist")
+        if not fs.is_dir(self.data):  # a path or an object-store URI
+            raise fs.missing(self.data, "dataset folder does not exist", flag="--data")
         if self.from_run and not Path(self.from_run).is_dir():
             raise ConfigError(f"--from-run {self.from_run}: folder does not exist")
         self.fit.validate()
