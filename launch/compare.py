@@ -19,7 +19,9 @@ first, then the tokenizer reading the rows it learned (``--from-run OUT/id``), t
 embeddings come from that seed's ID run): OUT/sids/seed<k>, OUT/id/seed<k>, OUT/store/seed<k>,
 OUT/logs/seed<k>/. With one seed (the default) the folders are OUT/sids, OUT/id and OUT/store.
 
-Logs of every stage go to OUT/logs/; the console shows one line per stage.
+The dataset (``--data``) and an existing SID table (``--sids``) may be in object storage (``s3://``,
+``gs://``, ``hdfs://``, ...: data_pipeline/fs.py); OUT is a local folder. Logs of every stage go to
+OUT/logs/; the console shows one line per stage.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Annotated
 
 import tyro
 
-from data_pipeline import cli
+from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError
 
@@ -47,9 +49,9 @@ class CompareConfig:
     """One ID-vs-SID comparison."""
 
     data: str
-    """Dataset folder (spec.json, train/, valid/, test/, items/)."""
+    """Dataset folder (spec.json, train/, valid/, test/, items/): a path or a URI (s3://, gs://, hdfs://, ...)."""
     out: str
-    """Output folder: sids/, id/, store/, logs/ (each with seed<k>/ inside when --seeds > 1), report/."""
+    """Local output folder: sids/, id/, store/, logs/ (each with seed<k>/ inside when --seeds > 1), report/."""
     epochs: int = 3
     """Training epochs of each model."""
     batch_size: int = 512
@@ -71,7 +73,7 @@ class CompareConfig:
     tokenizer_min_steps: int = 500
     """At least this many tokenizer training steps (--min-steps of store.tokenizer)."""
     sids: str = ""
-    """An existing SID table folder to use instead of tokenizing."""
+    """An existing SID table folder (a path or a URI) to use instead of tokenizing."""
     seed: int = 0
     """Seed of the tokenizer and of both runs (the first seed with --seeds)."""
     seeds: int = 1
@@ -83,10 +85,19 @@ class CompareConfig:
 
     def validate(self) -> None:
         """ConfigError naming the flag, the value and the rule."""
-        if not Path(self.data, "spec.json").is_file():
+        # the dataset may be in object storage: a missing bucket or key, refused credentials or an
+        # unreachable store are StorageErrors (a ConfigError) naming the URI
+        if not fs.is_dir(self.data):
+            raise fs.missing(self.data, "dataset folder does not exist", flag="--data")
+        if not fs.is_file(fs.join(self.data, "spec.json")):
             raise ConfigError(f"--data {self.data}: not a dataset folder (no spec.json)")
         if not self.out:
             raise ConfigError("--out is required (an output folder)")
+        if not fs.is_local(self.out):
+            raise ConfigError(
+                f"--out {self.out}: must be a local folder (runs, checkpoints and the report are written "
+                "there); the dataset and --sids may be URIs"
+            )
         for flag, value in (
             ("--epochs", self.epochs),
             ("--batch-size", self.batch_size),
@@ -107,7 +118,7 @@ class CompareConfig:
 
         if self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.sids and not Path(self.sids, "meta.json").is_file():
+        if self.sids and not fs.is_file(fs.join(self.sids, "meta.json")):
             raise ConfigError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
         from store.tokenizer.embeddings import LEARNED, SOURCES
 
@@ -118,7 +129,7 @@ class CompareConfig:
         if self.scaling and not Path(self.scaling).is_dir():
             raise ConfigError(f"--scaling {self.scaling}: folder does not exist")
         for model in MODELS:  # one layout per OUT: a single run or seed folders, not both
-            arm = Path(self.out, model)
+            arm = Path(fs.local_path(self.out), model)
             if self.seeds > 1 and (arm / "summary.json").is_file():
                 raise ConfigError(
                     f"--seeds {self.seeds}: {arm} holds a single-seed run; give another --out for seed folders"
@@ -134,7 +145,8 @@ class SeedLayout:
     """The folders of one seed of a comparison."""
 
     seed: int
-    sids: Path
+    sids: str
+    """The SID table folder: OUT/sids[/seed<k>], or --sids as given (a path or a URI)."""
     runs: dict[str, Path]
     """{model: run folder}."""
     logs: Path
@@ -143,11 +155,11 @@ class SeedLayout:
 def seed_layouts(cfg: CompareConfig) -> list[SeedLayout]:
     """One SeedLayout per seed: OUT/<what> with one seed, OUT/<what>/seed<k> with several (--sids: that
     table for every seed)."""
-    out = Path(cfg.out)
+    out = Path(fs.local_path(cfg.out))
     layouts = []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         sub = Path(f"seed{seed}") if cfg.seeds > 1 else Path()
-        sids = Path(cfg.sids) if cfg.sids else out / "sids" / sub
+        sids = cfg.sids or str(out / "sids" / sub)  # not Path(cfg.sids): it would fold s3:// into s3:/
         runs = {model: out / model / sub for model in MODELS}
         layouts.append(SeedLayout(seed, sids, runs, out / "logs" / sub))
     return layouts
@@ -175,7 +187,7 @@ def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
     print(f"   done in {time.perf_counter() - t0:.0f} s (log: {log_path})", flush=True)
 
 
-def tokenize_command(cfg: CompareConfig, out: Path, from_run: Path | None = None) -> list[str]:
+def tokenize_command(cfg: CompareConfig, out: str | Path, from_run: Path | None = None) -> list[str]:
     cmd = [
         sys.executable, "-m", "store.tokenizer", "--data", cfg.data, "--out", str(out),
         "--method", cfg.method, "--num-sids", str(cfg.num_sids), "--codebook-size", str(cfg.codebook_size),
@@ -207,7 +219,7 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def train_args(cfg: CompareConfig, model: str, sids: Path, out: Path) -> list[str]:
+def train_args(cfg: CompareConfig, model: str, sids: str | Path, out: Path) -> list[str]:
     """The trainer flags of one run; identical for both models except --model, --out and what
     sets the token count (STORE: the SID table; ID: K tokens per high-cardinality feature)."""
     tokens = ["--sids", str(sids)] if model == "store" else ["--model.id_item_tokens", str(cfg.num_sids)]
@@ -228,7 +240,7 @@ def run_comparison(cfg: CompareConfig) -> Path:
     from launch.report import write_report
 
     cfg.validate()
-    out = Path(cfg.out)
+    out = Path(fs.local_path(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     layouts = seed_layouts(cfg)
     first = not cfg.sids and learned_first(cfg)
@@ -248,7 +260,7 @@ def run_comparison(cfg: CompareConfig) -> Path:
                 source = f"learned from {lay.runs['id']}" if first else (cfg.embedding or "default sources")
                 if cfg.sids:
                     print(f"{at} SIDs: using {lay.sids}", flush=True)
-                elif (lay.sids / "meta.json").is_file():
+                elif fs.is_file(fs.join(lay.sids, "meta.json")):
                     print(f"{at} SIDs: {lay.sids} exists, skipped", flush=True)
                 else:
                     print(
@@ -268,7 +280,7 @@ def run_comparison(cfg: CompareConfig) -> Path:
             run_logged(cmd, lay.logs / f"train_{model}.log", f"training {model}")
     print(f"== {n_stages}/{n_stages} report", flush=True)
     runs = {model: [lay.runs[model] for lay in layouts] for model in MODELS}
-    sids = [lay.sids for lay in layouts] if not cfg.sids else Path(cfg.sids)
+    sids = [lay.sids for lay in layouts] if not cfg.sids else cfg.sids
     return write_report(out / "report", runs, sids, scaling=Path(cfg.scaling) if cfg.scaling else None)
 
 

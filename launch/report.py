@@ -5,7 +5,8 @@
 A DIR is one run folder (it holds summary.json) or a folder of run folders (one per seed, e.g.
 ``launch.compare --seeds 3``'s OUT/id); naming an arm several times adds seeds. Every run must be on
 the same dataset (summary.json's dataset fingerprint). ``launch.compare`` writes its report through
-this same code.
+this same code. Run folders and REPORT are local; the dataset the runs name (for the setup line and the
+Bayes-optimal row) and SIDS may be URIs (``s3://``, ``gs://``, ... through data_pipeline/fs.py).
 
 Reads each run's summary.json (test metrics of the best-validation and of the last weights, per-epoch
 validation, throughput, embedding bytes per rank), its test predictions (predictions/test.parquet)
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline import fs
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
 from launch.stats import NO_DIFFERENCE, delong, paired_bootstrap
 
@@ -133,7 +135,6 @@ def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
     """AUC / GAUC / logloss of the true click probability on `split` (synthetic data), else None.
     GAUC is NaN when the dataset has no user column (spec.user_id "")."""
     import numpy as np
-    import pyarrow.parquet as pq
     import torch
 
     from data_pipeline.spec import list_shards, split_dir
@@ -146,7 +147,7 @@ def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
     if not spec.prob:
         return None
     cols = [c for c in (spec.prob, spec.label, spec.user_id) if c]
-    tables = [pq.read_table(p, columns=cols) for p in list_shards(split_dir(data, split))]
+    tables = [fs.read_table(p, columns=cols) for p in list_shards(split_dir(data, split))]
     if not tables:
         return None
     prob = np.concatenate([t[spec.prob].to_numpy() for t in tables]).astype(np.float64)
@@ -252,7 +253,8 @@ def dataset_key(run: Run) -> tuple[str, str]:
     record = run.summary.get("dataset") or {}
     if record.get("fingerprint"):
         return "fingerprint", str(record["fingerprint"])
-    return "data folder", str(Path(run.summary.get("config", {}).get("data", "?")).resolve())
+    data = run.summary.get("config", {}).get("data", "?")
+    return "data folder", str(Path(fs.local_path(data)).resolve()) if fs.is_local(data) else data
 
 
 def load_runs(runs: Mapping[str, str | Path | Sequence[str | Path]]) -> dict[str, list[Run]]:
@@ -566,13 +568,17 @@ def embedding_dim(summaries: Mapping[str, Sequence[dict]]) -> int | None:
     return None
 
 
-def section_tokenizer(sids: Path | None, dim: int | None = None) -> str:
+def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
     """The tokenizer's figures per tokenized feature, and each feature's embedding size in both arms
-    (``dim``: the runs' embedding width, for bytes; fp32 tables)."""
-    meta_path = Path(sids) / "meta.json" if sids else None
-    if meta_path is None or not meta_path.is_file():
+    (``sids``: the SID folder, a path or a URI; ``dim``: the runs' embedding width, for bytes; fp32
+    tables). StorageError when the store holding ``sids`` cannot be read."""
+    meta_path = fs.join(sids, "meta.json") if sids else None
+    if meta_path is None or not fs.is_file(meta_path):
         return "No tokenizer meta.json (`python -m store.tokenizer --data DIR --out SIDS` writes it)."
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(fs.read_text(meta_path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{meta_path}: not valid JSON ({e})") from None
     features = meta.get("features") or {meta.get("item_feature", "item_id"): meta}  # older tables: item only
     codewords = meta.get("codewords", meta.get("codebook_size"))
     head = (
@@ -874,7 +880,7 @@ def write_report(
     """Write OUT/report.md (+ significance.json, plot, tensorboard links); returns the markdown path.
 
     runs: {arm: run folder, folder of seed run folders, or a list of those} (`load_runs`); sids: the
-    SID table folder, or one per seed (the first one's statistics are shown); baseline: the arm the
+    SID table folder (a path or a URI), or one per seed (the first one's statistics are shown); baseline: the arm the
     others are tested against (default: id when present, else the first arm)."""
     arms = load_runs(runs)
     baseline = baseline or (BASELINE if BASELINE in arms else next(iter(arms)))
@@ -890,7 +896,8 @@ def write_report(
     plot_epochs(summaries, out / PLOT)
     linked = link_tensorboard(tensorboard_names(arms), out / "tensorboard")
     scaling = Path(scaling) if scaling else None
-    sid_dirs = [Path(sids)] if isinstance(sids, str | Path) else [Path(s) for s in sids or []]
+    # locations, not Path: Path("s3://b/sids") would be s3:/b/sids
+    sid_dirs = [fs.location(sids)] if isinstance(sids, str | Path) else [fs.location(s) for s in sids or []]
     tokenizer = section_tokenizer(sid_dirs[0] if sid_dirs else None, embedding_dim(summaries))
     if len(sid_dirs) > 1:
         tokenizer += (
@@ -957,7 +964,9 @@ def main(argv: list[str] | None = None) -> int:
         "--run", action="append", required=True, metavar="NAME=DIR",
         help="an arm's run folder, or a folder of its seeds' run folders (repeat; a NAME again adds seeds)",
     )  # fmt: skip
-    p.add_argument("--sids", default="", help="SID table folder (for the tokenizer statistics)")
+    p.add_argument(
+        "--sids", default="", help="SID table folder, a path or a URI (for the tokenizer statistics)"
+    )
     p.add_argument("--scaling", default="", help="bench_scaling.py output folder")
     p.add_argument(
         "--baseline", default="", help="the arm the others are tested against (default: id, else the first)"

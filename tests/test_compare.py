@@ -97,6 +97,10 @@ def test_compare_config_errors_name_the_flag(tiny_data, tmp_path):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), method="kmeans").validate()
     with pytest.raises(ConfigError, match="--seeds must be >= 1, got 0"):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), seeds=0).validate()
+    with pytest.raises(ConfigError, match="--out s3://b/cmp: must be a local folder"):
+        CompareConfig(data=str(tiny_data), out="s3://b/cmp").validate()
+    with pytest.raises(ConfigError, match=f"--data {tmp_path / 'absent'}: dataset folder does not exist"):
+        CompareConfig(data=str(tmp_path / "absent"), out=str(tmp_path / "o")).validate()
     # one layout per output folder: a single-seed run and seed folders do not mix
     (tmp_path / "single" / "id").mkdir(parents=True)
     (tmp_path / "single" / "id" / "summary.json").write_text("{}")
@@ -111,14 +115,17 @@ def test_compare_config_errors_name_the_flag(tiny_data, tmp_path):
 def test_seed_layouts(tmp_path):
     one = seed_layouts(CompareConfig(data="d", out=str(tmp_path), seed=5))
     assert [(s.seed, s.sids, s.runs, s.logs) for s in one] == [
-        (5, tmp_path / "sids", {"id": tmp_path / "id", "store": tmp_path / "store"}, tmp_path / "logs")
+        (5, str(tmp_path / "sids"), {"id": tmp_path / "id", "store": tmp_path / "store"}, tmp_path / "logs")
     ]
     three = seed_layouts(CompareConfig(data="d", out=str(tmp_path), seed=5, seeds=3))
     assert [s.seed for s in three] == [5, 6, 7]
     assert three[1].runs == {"id": tmp_path / "id" / "seed6", "store": tmp_path / "store" / "seed6"}
-    assert (three[2].sids, three[2].logs) == (tmp_path / "sids" / "seed7", tmp_path / "logs" / "seed7")
+    assert (three[2].sids, three[2].logs) == (str(tmp_path / "sids" / "seed7"), tmp_path / "logs" / "seed7")
     shared = seed_layouts(CompareConfig(data="d", out=str(tmp_path), seeds=2, sids="given"))
-    assert [s.sids for s in shared] == [Path("given"), Path("given")]
+    assert [s.sids for s in shared] == ["given", "given"]
+    # a SID table in object storage keeps its URI (Path would fold s3:// into s3:/)
+    remote = seed_layouts(CompareConfig(data="s3://b/d", out=str(tmp_path), sids="s3://b/sids"))
+    assert remote[0].sids == "s3://b/sids"
 
 
 def test_compare_component_passes_seeds():

@@ -236,6 +236,91 @@ def test_tokenize_and_train_from_s3_give_the_local_results(s3):
     assert summaries["s3"]["dataset"]["fingerprint"] == summaries["local"]["dataset"]["fingerprint"]
 
 
+COMPARE = ["--epochs", "1", "--batch-size", "128", "--num-sids", "2", "--codebook-size", "8",
+           "--tokenizer-min-steps", "10", "--high-card", "none", "--max-steps", "8", "--",
+           "--model.embedding_dim", "8", "--model.num_layers", "1", "--eval.max_batches", "2",
+           "--logging.tensorboard", "false"]  # fmt: skip
+"""A tiny comparison: the item's content SIDs, then 8 steps of each arm."""
+
+
+def tokenizer_section(report_md: str) -> str:
+    return report_md.split("## Tokenizer")[1].split("## Plots")[0]
+
+
+@pytest.mark.slow
+def test_compare_and_report_from_s3_give_the_local_results(s3, capsys):
+    """launch.compare reads the dataset only from s3:// (tokenizer, both runs, the report's setup line
+    and Bayes-optimal row) and gets the SID codes and test metrics of the local copy; launch.report
+    reads a SID folder from s3:// too."""
+    import pyarrow.parquet as pq
+
+    from launch import report
+
+    outs = {}
+    for name, data in (("s3", f"s3://{BUCKET}/syn"), ("local", str(s3.local))):
+        outs[name] = s3.work / f"cmp_{name}"
+        r = run(s3, "-m", "launch.compare", "--data", data, "--out", str(outs[name]), *COMPARE)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        _no_secret(s3, r.stdout, r.stderr, *(p.read_text() for p in outs[name].rglob("*.log")))
+    assert pq.read_table(outs["s3"] / "sids" / "sid_table.parquet").equals(
+        pq.read_table(outs["local"] / "sids" / "sid_table.parquet")
+    )
+    for model in ("id", "store"):
+        remote, local = (json.loads((outs[n] / model / "summary.json").read_text()) for n in ("s3", "local"))
+        assert remote["config"]["data"] == f"s3://{BUCKET}/syn" and remote["steps"] == local["steps"] == 8
+        for key in ("auc", "gauc", "logloss", "tail_auc"):
+            assert remote[key] == local[key], (model, key)
+    md = {n: (outs[n] / "report" / "report.md").read_text() for n in outs}
+    assert f"- data: `s3://{BUCKET}/syn` (synthetic; rows train 1,600, valid 200, test 200)" in md["s3"]
+    ceiling = [line for line in md["s3"].splitlines() if line.startswith("| Bayes-optimal")]
+    assert ceiling and ceiling[0] in md["local"]  # the true click probability, read from the bucket
+
+    # the report from local run folders with the SID table in the bucket: the same tokenizer section
+    s3.upload(outs["local"] / "sids", "cmp_sids")
+    argv = ["--run", f"id={outs['s3'] / 'id'}", "--run", f"store={outs['s3'] / 'store'}",
+            "--sids", f"s3://{BUCKET}/cmp_sids", "--out", str(s3.work / "report_s3_sids")]  # fmt: skip
+    assert report.main(argv) == 0, capsys.readouterr().err
+    tokenizer = tokenizer_section((s3.work / "report_s3_sids" / "report.md").read_text())
+    assert f"From `s3://{BUCKET}/cmp_sids/meta.json`: method opmq, K = 2" in tokenizer
+    assert "| item_id | content |" in tokenizer
+    # past the "From `<where>`" line, the figures are those of the local report
+    assert tokenizer.split("\n\n", 2)[2] == tokenizer_section(md["local"]).split("\n\n", 2)[2]
+
+
+@pytest.mark.parametrize(
+    "case, uri, message",
+    [
+        ("missing bucket", "s3://no-such-bucket/syn", "bucket 'no-such-bucket' does not exist"),
+        ("missing key", f"s3://{BUCKET}/no-such-dataset", "dataset folder does not exist (no such key"),
+    ],
+)
+def test_compare_and_report_store_errors_exit_2_naming_the_uri(s3, tmp_path, capsys, case, uri, message):
+    from launch import compare, report
+
+    assert compare.main(["--data", uri, "--out", str(tmp_path / "cmp"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{uri}: {message}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "cmp").exists()  # refused before anything is written
+    # --sids in the store, with the dataset local
+    sids = uri.replace("/syn", "/sids").replace("no-such-dataset", "no-such-sids")
+    argv = ["--data", str(s3.local), "--sids", sids, "--out", str(tmp_path / "cmp")]
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err
+    assert sids in err and "Traceback" not in err, err
+    # launch.report from local run folders that name the dataset: a SID folder in a missing bucket
+    # is an error, not a silently empty section
+    if case == "missing bucket":
+        for arm in ("id", "store"):
+            (tmp_path / arm).mkdir()
+            summary = {"auc": 0.7, "config": {"data": str(s3.local), "epochs": 1}}
+            (tmp_path / arm / "summary.json").write_text(json.dumps(summary))
+        argv = ["--run", f"id={tmp_path / 'id'}", "--run", f"store={tmp_path / 'store'}", "--sids", sids,
+                "--out", str(tmp_path / "report")]  # fmt: skip
+        assert report.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"error: {sids}" in err and message in err and "Traceback" not in err, err
+
+
 # -- writing -------------------------------------------------------------------------------------------
 def test_generate_and_convert_write_to_s3(s3, tmp_path):
     """Output URIs: the generator's shards are the uploaded local ones byte for byte (same fingerprint);
