@@ -15,7 +15,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DataError, DatasetSpec, ItemTable, SparseFeature
-from store.sid import SidTable, sid_feature_names
+from store.sid import SidTable, code_dtype, sid_feature_names, sid_features
 
 NUM_ITEMS = 50
 
@@ -132,6 +132,9 @@ def _break(tmp_path, what: str):
     elif what == "bad_method":
         meta["method"] = "kmeans"
         (tmp_path / "meta.json").write_text(json.dumps(meta))
+    elif what == "code_wraps_in_int16":  # 65539 would read as 3 once narrowed to int16
+        wraps = pa.array([2**16 + 3] * NUM_ITEMS, pa.int64())
+        pq.write_table(table.set_column(2, "sid_1", wraps), tmp_path / "sid_table.parquet")
 
 
 @pytest.mark.parametrize(
@@ -142,11 +145,14 @@ def _break(tmp_path, what: str):
         ("code_out_of_range", "codebook_size=4"),
         ("duplicate_items", "'item_id' must hold each of"),
         ("bad_method", "method must be one of"),
+        ("code_wraps_in_int16", r"sid_\* values must lie in \[0, codebook_size=8\)"),
     ],
 )
 def test_load_rejects_malformed_folders(tmp_path, what, message):
     _break(tmp_path, what)
-    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    if what != "code_wraps_in_int16":
+        message = message.replace("[", r"\[").replace("]", r"\]")
+    with pytest.raises(DataError, match=message):
         SidTable.load(tmp_path)
 
 
@@ -154,3 +160,71 @@ def test_load_rejects_a_table_that_does_not_cover_the_dataset(tmp_path):
     SidTable.from_codes(torch.zeros(NUM_ITEMS - 1, 2, dtype=torch.long), 4).save(tmp_path)
     with pytest.raises(DataError, match=f"covers {NUM_ITEMS - 1} items but dataset 'tiny' has {NUM_ITEMS}"):
         SidTable.load(tmp_path, spec=tiny_spec())
+
+
+def held_tensors(obj) -> list[torch.Tensor]:
+    """Every tensor a SidTable holds, in any field (dicts included)."""
+    found, todo = [], list(vars(obj).values())
+    while todo:
+        v = todo.pop()
+        if isinstance(v, torch.Tensor):
+            found.append(v)
+        elif isinstance(v, dict):
+            todo += v.values()
+    return found
+
+
+def two_feature_codes() -> tuple[DatasetSpec, torch.Tensor, torch.Tensor]:
+    """A spec tokenizing the item and ctx_hour, and int64 codes in [0, 8) for both ([rows, 3])."""
+    g = torch.Generator().manual_seed(4)
+    spec = tiny_spec().with_high_cardinality(["ctx_hour"])
+    return spec, torch.randint(0, 8, (NUM_ITEMS, 3), generator=g), torch.randint(0, 8, (24, 3), generator=g)
+
+
+def test_codes_are_held_once_in_the_narrowest_dtype(tmp_path):
+    """One [K, rows] copy per feature, int16 up to 32,767 codewords, else int32: ``tables`` views it,
+    ``codes_by_sid`` hands it out; on disk the columns stay int64 and load back narrow."""
+    assert [code_dtype(c) for c in (8, 32767, 32768, 2**31 - 1, 2**31)] == [
+        torch.int16, torch.int16, torch.int32, torch.int32, torch.int64,
+    ]  # fmt: skip
+    spec, item, hour = two_feature_codes()
+    for codebook_size, dtype, width in ((8, torch.int16, 2), (40_000, torch.int32, 4)):
+        built = SidTable.from_codes(item, codebook_size, features={"ctx_hour": hour})
+        built.save(tmp_path / str(codebook_size))
+        on_disk = pq.read_table(tmp_path / str(codebook_size) / "sid_table.parquet")
+        assert on_disk.schema.field("sid_0").type == pa.int64()  # old readers keep working
+        loaded = SidTable.load(tmp_path / str(codebook_size), spec)
+        for sids in (built, loaded):
+            storages = {
+                t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held_tensors(sids)
+            }
+            assert len(storages) == 2  # one per feature: no [rows, K] copy beside the [K, rows] one
+            assert sum(storages.values()) == sids.nbytes == (NUM_ITEMS + 24) * 3 * width
+            by_sid = sids.codes_by_sid(spec)
+            for f, codes in (("item_id", item), ("ctx_hour", hour)):
+                assert by_sid[f].dtype == dtype and by_sid[f].is_contiguous()
+                assert by_sid[f].shape == (3, len(codes)) and torch.equal(by_sid[f].long(), codes.t())
+                assert sids.tables[f].shape == codes.shape and torch.equal(sids.tables[f].long(), codes)
+                assert sids.tables[f].data_ptr() == by_sid[f].data_ptr()
+    # 10M items, K = 4, C = 64: 80 MB (it was 640 MB: int64 [rows, K] plus an int64 transposed copy)
+    assert SidTable.from_codes(torch.zeros(1_000_000, 4, dtype=torch.long), 64).nbytes == 8_000_000
+
+
+def test_transform_output_is_bit_identical_to_int64_codes():
+    """The narrow codes give the batch that int64 codes gave: same keys, int64 values, same lengths."""
+    spec, item, hour = two_feature_codes()
+    sids = SidTable.from_codes(item, 8, features={"ctx_hour": hour})
+    batch = tiny_batch(spec, rows=64, seed=3)
+    out = sids.transform(batch, spec).sid
+    before = sid_features(
+        batch.sparse, spec, {"item_id": item.t().contiguous(), "ctx_hour": hour.t().contiguous()}
+    )
+    assert out.keys() == before.keys() == sid_feature_names(spec, 3)
+    assert out.values().dtype == before.values().dtype == torch.int64
+    assert out.lengths().dtype == before.lengths().dtype
+    assert torch.equal(out.values(), before.values()) and torch.equal(out.lengths(), before.lengths())
+    raw = batch.sparse.to_dict()
+    for key, jt in out.to_dict().items():  # and each key holds its ID's k-th code
+        f, k = key.rsplit("_sid", 1)
+        codes = hour if f == "ctx_hour" else item
+        assert torch.equal(jt.values(), codes[raw[f].values(), int(k)]) and jt.values().dtype == torch.int64
