@@ -1,4 +1,5 @@
-"""Metrics against scikit-learn on fixed examples, and the cross-rank gather with two gloo processes."""
+"""Metrics against scikit-learn on fixed examples, the train split's click rate and item popularity
+(one pass, also from a URI), and the cross-rank gather with two gloo processes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import torch
 import torch.multiprocessing as mp
 from sklearn.metrics import log_loss, roc_auc_score
 
-from trainer.metrics import auc, evaluate_predictions, gauc, logloss, popularity_buckets
+from data_pipeline.spec import DataError, DatasetSpec
+from trainer.metrics import (
+    auc,
+    evaluate_predictions,
+    gauc,
+    logloss,
+    popularity_buckets,
+    train_split_stats,
+)
 
 
 def sklearn_gauc(users, scores, labels):
@@ -63,6 +72,53 @@ def test_popularity_buckets_and_tail_auc():
     assert out["tail_auc"] == pytest.approx(want)
     assert out["auc"] == pytest.approx(roc_auc_score(labels.numpy(), logits.numpy()))
     assert len(out["bucket_auc"]) == 5 and out["bucket_rows"] == [4, 2, 0, 0, 2]
+
+
+def test_train_split_stats_read_each_row_group_once(tmp_path, monkeypatch):
+    """The positive rate and impressions per item of the train split in one pass (each row group read
+    once, label and item together), equal to counting the whole split at once; the same from an
+    fsspec memory:// copy of the dataset; a shard without the item column is named."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from data_pipeline.synthetic import generate_dataset
+
+    gen = {"items": 200, "users": 50, "seed": 2, "rows_per_shard": 400, "progress": False}
+    spec = generate_dataset(tmp_path / "syn", 1500, **gen)
+    shards = sorted((tmp_path / "syn" / "train").glob("*.parquet"))
+    pq.write_table(pq.read_table(shards[0]), shards[0], row_group_size=70)  # several row groups
+    groups = sum(pq.ParquetFile(p).num_row_groups for p in shards)
+    assert len(shards) > 1 and groups > len(shards) + 3
+
+    reads = []
+    original = pq.ParquetFile.read_row_group
+
+    def counting(self, i, columns=None, **kw):
+        reads.append(tuple(columns))
+        return original(self, i, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    stats = train_split_stats(tmp_path / "syn", spec)
+    assert reads == [(spec.label, spec.item_id)] * groups
+
+    whole = pq.read_table(shards, columns=[spec.label, spec.item_id])
+    labels, items = whole[spec.label].to_numpy(), whole[spec.item_id].to_numpy()
+    assert stats.rows == len(labels) == spec.num_rows["train"]
+    assert stats.positive_rate == pytest.approx(labels.mean(), abs=1e-12)
+    assert stats.item_counts.dtype == torch.int64 and stats.item_counts.shape == (200,)
+    assert stats.item_counts.tolist() == np.bincount(items, minlength=200).tolist()
+
+    generate_dataset("memory://metrics-test/syn", 1500, **gen)
+    remote = train_split_stats("memory://metrics-test/syn", DatasetSpec.load("memory://metrics-test/syn"))
+    local = train_split_stats(tmp_path / "syn", spec)  # the rewritten shard: same rows
+    assert remote.positive_rate == local.positive_rate and torch.equal(remote.item_counts, local.item_counts)
+
+    shutil.copytree(tmp_path / "syn", tmp_path / "broken")
+    broken = tmp_path / "broken" / "train" / shards[1].name
+    pq.write_table(pq.read_table(broken).drop([spec.item_id]), broken)
+    with pytest.raises(DataError, match=f"{broken}: no column '{spec.item_id}'"):
+        train_split_stats(tmp_path / "broken", spec)
 
 
 # -- across ranks (two gloo processes) -------------------------------------------------------------

@@ -23,15 +23,16 @@ from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DatasetSpec
 from trainer import distributed as D
 from trainer.logging import RunLogger, write_json
-from trainer.metrics import evaluate_predictions, item_counts, popularity_buckets
+from trainer.metrics import evaluate_predictions, popularity_buckets
 
 log = logging.getLogger(__name__)
 
 
 def item_popularity_buckets(
-    data: str | Path, spec: DatasetSpec, num_buckets: int, env: D.DistEnv
+    counts: torch.Tensor | None, spec: DatasetSpec, num_buckets: int, env: D.DistEnv
 ) -> torch.Tensor | None:
-    """Popularity bucket per item from the train split (`popularity_buckets`): rank 0 counts, every
+    """Popularity bucket per item from the train split (`popularity_buckets`): ``counts`` are rank 0's
+    impressions per item (`trainer.metrics.train_split_stats`; ignored on the other ranks), every
     rank receives them. None without an item column (no tail-item AUC)."""
     if not spec.item_id:
         if env.is_main:
@@ -39,9 +40,8 @@ def item_popularity_buckets(
         return None
     num_items = spec.item_table.num_items if spec.item_table else None
     num_items = num_items or spec.feature(spec.item_id).vocab_size
-    counts = torch.zeros(num_items, dtype=torch.int64)
-    if env.is_main:
-        counts = item_counts(data, spec)
+    if not env.is_main:
+        counts = torch.zeros(num_items, dtype=torch.int64)
     counts = D.broadcast_from_main(counts, env.device)
     return popularity_buckets(counts, num_buckets)
 

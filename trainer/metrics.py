@@ -11,7 +11,7 @@ without an item column no tail-item AUC (``buckets=None`` or empty).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from data_pipeline import fs
-from data_pipeline.spec import DatasetSpec, list_shards, split_dir
+from data_pipeline.spec import DataError, DatasetSpec, list_shards, split_dir
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -85,35 +85,57 @@ def gauc(users: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tup
     return float((user_auc * weights).sum() / weights.sum()), int(both.sum())
 
 
-# -- item popularity -------------------------------------------------------------------------------
-def train_column(root: str | Path, column: str) -> Iterator[np.ndarray]:
-    """One column of the train split, one row group at a time (bounded memory whatever its size)."""
+# -- the train split's click rate and item popularity ----------------------------------------------
+@dataclass
+class TrainSplitStats:
+    """What the trainer needs from the whole train split before it starts (`train_split_stats`)."""
+
+    positive_rate: float
+    """Mean label (0.5 when the split is empty): the output bias starts there."""
+    item_counts: torch.Tensor
+    """(num_items,) int64 impressions per item (popularity buckets, tail-item AUC); empty when the
+    dataset has no item column (``spec.item_id == ""``)."""
+    rows: int
+
+
+def train_split_stats(root: str | Path, spec: DatasetSpec) -> TrainSplitStats:
+    """The train split's positive rate and impressions per item in one pass: the label and item
+    columns of one row group at a time (bounded memory whatever the split's size), from a path or an
+    object-store URI. Item IDs outside [0, num_items) are not counted. DataError naming the shard
+    when it lacks one of the columns."""
+    columns = [spec.label, *([spec.item_id] if spec.item_id else [])]
+    num_items = 0
+    if spec.item_id:
+        num_items = spec.item_table.num_items if spec.item_table else spec.feature(spec.item_id).vocab_size
+    counts = np.zeros(num_items, dtype=np.int64)
+    positives, rows = 0.0, 0
     for shard in list_shards(split_dir(root, "train")):
-        pf = fs.parquet_file(shard)  # a path or an object-store URI
+        pf = fs.parquet_file(shard)
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise DataError(f"{shard}: no column {', '.join(map(repr, missing))} (named by spec.json)")
         for g in range(pf.num_row_groups):
-            yield pf.read_row_group(g, columns=[column]).column(0).to_numpy()
+            group = pf.read_row_group(g, columns=columns)
+            labels = group.column(spec.label).to_numpy()
+            positives += float(labels.sum())
+            rows += len(labels)
+            if spec.item_id:
+                ids = group.column(spec.item_id).to_numpy()
+                ids = ids[(ids >= 0) & (ids < num_items)]
+                counts += np.bincount(ids, minlength=num_items)
+    return TrainSplitStats(
+        positive_rate=positives / rows if rows else 0.5, item_counts=torch.from_numpy(counts), rows=rows
+    )
 
 
 def item_counts(root: str | Path, spec: DatasetSpec) -> torch.Tensor:
-    """Impressions per item in the train split. Empty when the dataset has no item column
-    (``spec.item_id == ""``)."""
-    if not spec.item_id:
-        return torch.zeros(0, dtype=torch.int64)
-    num_items = spec.item_table.num_items if spec.item_table else spec.feature(spec.item_id).vocab_size
-    counts = np.zeros(num_items, dtype=np.int64)
-    for ids in train_column(root, spec.item_id):
-        ids = ids[(ids >= 0) & (ids < num_items)]
-        counts += np.bincount(ids, minlength=num_items)
-    return torch.from_numpy(counts)
+    """Impressions per item in the train split (`train_split_stats`); empty without an item column."""
+    return train_split_stats(root, spec).item_counts
 
 
 def train_positive_rate(root: str | Path, spec: DatasetSpec) -> float:
-    """Mean label of the train split (0.5 when it is empty)."""
-    positives, rows = 0.0, 0
-    for labels in train_column(root, spec.label):
-        positives += float(labels.sum())
-        rows += len(labels)
-    return positives / rows if rows else 0.5
+    """Mean label of the train split, 0.5 when it is empty (`train_split_stats`)."""
+    return train_split_stats(root, spec).positive_rate
 
 
 def popularity_buckets(counts: torch.Tensor, num_buckets: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ from trainer.checkpoint import BEST_DIR, CheckpointError, CheckpointManager, rng
 from trainer.config import ConfigError, TrainConfig
 from trainer.evaluate import EvalHistory, evaluate_split, item_popularity_buckets, write_predictions
 from trainer.logging import RunLogger
-from trainer.metrics import train_positive_rate
+from trainer.metrics import train_split_stats
 from trainer.optim import (
     build_optimizer,
     init_dense_state,
@@ -209,8 +209,10 @@ class Trainer:
 
         # Model on the meta device for the tables: DMP materialises only this rank's shards.
         model = build_model(cfg.model, self.spec, cfg.model_config, self.sids, device=torch.device("meta"))
+        # one pass over the train split on rank 0: its click rate now, its item popularity below
+        train_stats = train_split_stats(cfg.data, self.spec) if env.is_main else None
         rate = torch.tensor(
-            [train_positive_rate(cfg.data, self.spec) if env.is_main else 0.0], dtype=torch.float64
+            [train_stats.positive_rate if train_stats is not None else 0.0], dtype=torch.float64
         )
         self.positive_rate = float(D.broadcast_from_main(rate, env.device)[0])
         init_output_bias(model, self.positive_rate)  # start at the train click rate, not at p = 0.5
@@ -257,7 +259,8 @@ class Trainer:
             tensorboard=cfg.logging.tensorboard,
             tensorboard_dir=cfg.logging.tensorboard_dir,
         )
-        self.buckets = item_popularity_buckets(cfg.data, self.spec, cfg.eval.popularity_buckets, env)
+        counts = train_stats.item_counts if train_stats is not None else None
+        self.buckets = item_popularity_buckets(counts, self.spec, cfg.eval.popularity_buckets, env)
         if not self.spec.user_id and env.is_main:
             log.info("the dataset has no user column: no GAUC")
         self.evals = EvalHistory(self.logger, self.out / "metrics.json", write=env.is_main)
