@@ -1,7 +1,8 @@
 """Does STORE keep what the raw IDs carry? ID vs STORE vs a model without the item, over seeds.
 
     python benchmarks/sid_vs_id.py --data ml=DIR --data syn=DIR2 --seeds 0,1,2 --out runs/sid_vs_id \\
-        [--epochs 3] [--batch-size 1024] [--num-sids 4] [--codebook-size 64] [-- TRAINER FLAGS]
+        [--epochs 3] [--batch-size 1024] [--num-sids 4] [--codebook-size 64] [--min-count 50]
+        [-- TRAINER FLAGS]
 
 Per dataset and seed (every run resumable: one whose summary.json exists is skipped):
 
@@ -49,7 +50,8 @@ def run_seed(name: str, data: str, seed: int, args: argparse.Namespace, extra: l
     out = Path(args.out) / name / f"seed{seed}"
     cfg = CompareConfig(
         data=data, out=str(out), epochs=args.epochs, batch_size=args.batch_size, num_sids=args.num_sids,
-        codebook_size=args.codebook_size, tokenizer_min_steps=args.tokenizer_min_steps, seed=seed,
+        codebook_size=args.codebook_size, tokenizer_min_steps=args.tokenizer_min_steps,
+        tokenizer_min_count=args.min_count, seed=seed,
         trainer_args=extra,
     )  # fmt: skip
     print(f"# {name} seed {seed}: ID vs STORE", flush=True)
@@ -132,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-sids", type=int, default=4)
     p.add_argument("--codebook-size", type=int, default=64)
     p.add_argument("--tokenizer-min-steps", type=int, default=500)
+    p.add_argument(
+        "--min-count",
+        type=int,
+        default=CompareConfig.tokenizer_min_count,
+        help="learned embeddings: IDs seen fewer times get the reserved code",
+    )
     args = p.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -72,6 +72,9 @@ class CompareConfig:
     """High-cardinality features overriding the spec's, for the tokenizer and both runs."""
     tokenizer_min_steps: int = 500
     """At least this many tokenizer training steps (--min-steps of store.tokenizer)."""
+    tokenizer_min_count: int = 50
+    """Learned embeddings: IDs seen fewer times in the train split get the reserved code (--min-count of
+    store.tokenizer, whose default this is)."""
     sids: str = ""
     """An existing SID table folder (a path or a URI) to use instead of tokenizing."""
     seed: int = 0
@@ -105,6 +108,7 @@ class CompareConfig:
             ("--num-sids", self.num_sids),
             ("--codebook-size", self.codebook_size),
             ("--seeds", self.seeds),
+            ("--tokenizer-min-count", self.tokenizer_min_count),
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
@@ -191,7 +195,8 @@ def tokenize_command(cfg: CompareConfig, out: str | Path, from_run: Path | None 
     cmd = [
         sys.executable, "-m", "store.tokenizer", "--data", cfg.data, "--out", str(out),
         "--method", cfg.method, "--num-sids", str(cfg.num_sids), "--codebook-size", str(cfg.codebook_size),
-        "--min-steps", str(cfg.tokenizer_min_steps), "--seed", str(cfg.seed), "--no-progress",
+        "--min-steps", str(cfg.tokenizer_min_steps), "--min-count", str(cfg.tokenizer_min_count),
+        "--seed", str(cfg.seed), "--no-progress",
         "--high-card", cfg.high_card,
     ]  # fmt: skip
     if cfg.embedding:

@@ -41,7 +41,10 @@ def syn_sids(syn, tmp_path_factory) -> Path:
     """The tokenizer with no source flag: every feature learned by its own short FM."""
     out = tmp_path_factory.mktemp("hc") / "sids"
     argv = ["--data", str(syn), "--out", str(out), "--num-sids", "2", "--codebook-size", "8"]
-    assert tokenize_main([*argv, "--min-steps", "30", "--fm-epochs", "1", "--no-progress"]) == 0
+    assert (
+        tokenize_main([*argv, "--min-steps", "30", "--fm-epochs", "1", "--min-count", "3", "--no-progress"])
+        == 0
+    )
     return out
 
 
@@ -73,10 +76,14 @@ def test_tokenizer_default_learns_every_feature_and_reserves_a_code(syn, syn_sid
     for f in ("hc_id_0", "user_id"):
         codes = sids.tables[f]
         assert codes.shape == (spec.feature(f).vocab_size, 2)
-        unseen = counts[f] == 0
-        # exactly the rows absent from the train split carry the reserved code, in every position
+        unseen = counts[f] < 3  # --min-count 3
+        # exactly the rows absent from the train split or seen fewer than 3 times carry the reserved
+        # code, in every position; meta.json counts both kinds
         assert torch.equal((codes == 8).all(1), unseen)
-        assert meta["features"][f]["unseen_rows"] == int(unseen.sum()) > 0
+        m = meta["features"][f]
+        assert m["unseen_rows"] == int(unseen.sum()) > 0 and m["min_count"] == 3
+        assert m["absent_rows"] == int((counts[f] == 0).sum()) > 0
+        assert m["rare_rows"] == int(((counts[f] > 0) & (counts[f] < 3)).sum()) > 0
         assert int(codes[~unseen].max()) < 8
     params = meta["embedding_params"]["hc_id_0"]
     assert params == {"sid": 2 * 9, "raw_id": 5000}

@@ -12,9 +12,13 @@ exist only for items that carry them). Two ways to get the rows:
   in this process. Its embedding of an ID is ``[v_id, w_id]`` (the D-wide factor and the first-order
   weight), so the popularity/CTR an ID carries survives quantization.
 
-``train_counts`` counts how often each row of each feature occurs in the train split: a row that never
-occurs has an untrained (random) embedding, so the tokenizer gives it a reserved code instead of SIDs
-(``meta.json``: ``unseen_code`` and per feature ``unseen_rows``).
+``train_counts`` counts how often each row of each feature occurs in the train split. A row that never
+occurs has an untrained (random) embedding, and a row seen only a few times has one that mostly
+encodes the labels of those few training rows: quantized, such a row's SIDs would hand STORE its
+training labels (train logloss falls far below the ID model's within one epoch while validation
+AUC drops below the model without the feature). So the tokenizer gives every row seen fewer than
+``--min-count`` times (default 50) one reserved code instead of SIDs (``meta.json``: ``unseen_code``
+and per feature ``absent_rows``, ``rare_rows``, ``unseen_rows`` = their sum, ``min_count``).
 """
 
 from __future__ import annotations

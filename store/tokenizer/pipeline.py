@@ -337,10 +337,24 @@ def open_feature_source(
     """The embeddings of one tokenized feature and the code for rows without one (None: every row
     must have one)."""
     if source == LEARNED:
-        seen = (counts[feature] > 0).nonzero().flatten()
+        seen = (counts[feature] >= max(1, args.min_count)).nonzero().flatten()
         return ItemEmbeddings.from_rows(learned_rows[feature], seen, LEARNED), args.codebook_size
     sas_cfg = replace(args.sasrec, seed=args.seed)
     return open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=args.progress), None
+
+
+def reserved_rows(count: Tensor | None, min_count: int, untokenized: int, unseen_code: int | None) -> dict:
+    """meta.json's account of the rows that got the reserved code: ``absent_rows`` (never in the train
+    split), ``rare_rows`` (seen fewer than ``min_count`` times) and their sum ``unseen_rows``."""
+    if unseen_code is None or count is None:
+        return {"unseen_rows": 0}
+    absent = int((count == 0).sum())
+    return {
+        "min_count": min_count,
+        "absent_rows": absent,
+        "rare_rows": untokenized - absent,
+        "unseen_rows": untokenized,
+    }
 
 
 def tokenizer_dir(spec: DatasetSpec, feature: str) -> str:
@@ -372,6 +386,11 @@ class TokenizeConfig:
     instead of training a small FM on the train split."""
     high_card: str = ""
     """High-cardinality features 'f1,f2' to tokenize, overriding the spec's ('none': only the item)."""
+    min_count: int = 50
+    """learned: IDs seen fewer than this many times in the train split share the reserved code with the
+    absent ones. A rare ID's learned row mostly encodes the labels of its few training rows, so its SIDs
+    would leak them into STORE's training (docs/results_any_table.md: 1 and 10 fall below the no-item model
+    on the synthetic data, 20-100 beat the ID arm; 1 to 50 tie on MovieLens)."""
     fm_dim: int = learned.FMConfig.dim
     """learned (no --from-run): FM factor width."""
     fm_epochs: int = learned.FMConfig.epochs
@@ -413,6 +432,8 @@ class TokenizeConfig:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
         if self.encode_batch_size < 1:
             raise ConfigError(f"--encode-batch-size must be >= 1, got {self.encode_batch_size}")
+        if self.min_count < 1:
+            raise ConfigError(f"--min-count must be >= 1, got {self.min_count}")
         if self.threads < 0:
             raise ConfigError(f"--threads must be >= 0, got {self.threads}")
         if self.expert_hidden < 0:
@@ -476,11 +497,20 @@ def run(args: TokenizeConfig) -> dict:
         if len(x) == 0:
             if unseen_code is None:
                 raise DataError(f"{args.data}: no embeddings found for feature {f!r} (--embedding {source})")
-            log.warning("%s: no ID occurs in the train split; every row gets the reserved code", f)
+            log.warning(
+                "%s: no ID occurs %d+ times in the train split (--min-count); every row gets the reserved code",
+                f,
+                args.min_count,
+            )
             codes = torch.full((rows, args.num_sids), unseen_code, dtype=torch.long)
             tables[f], per_feature[f] = (
                 codes,
-                {"embedding_source": source, "rows": rows, "items_tokenized": 0},
+                {
+                    "embedding_source": source,
+                    "rows": rows,
+                    "items_tokenized": 0,
+                    **reserved_rows(counts.get(f), args.min_count, rows, unseen_code),
+                },
             )
             continue
         t1 = time.perf_counter()
@@ -501,7 +531,7 @@ def run(args: TokenizeConfig) -> dict:
             "reseeded_codewords": tok.reseeded,
             "recon_error_rel": recon,
             **stats,
-            "unseen_rows": rows - stats["items_tokenized"] if unseen_code is not None else 0,
+            **reserved_rows(counts.get(f), args.min_count, rows - stats["items_tokenized"], unseen_code),
         }
     codebook_rows = args.codebook_size + (1 if unseen else 0)
     K = args.num_sids
@@ -551,7 +581,12 @@ def report(meta: dict) -> str:
         util, ppl = np.array(m["utilisation"]), np.array(m["perplexity"])
         lines += [
             f"  covered              {m['items_tokenized']} / {m['rows']} ({100 * m['coverage']:.2f}%)"
-            + (f", {m['unseen_rows']} unseen -> reserved code" if m.get("unseen_rows") else ""),
+            + (f", {m['unseen_rows']} -> reserved code" if m.get("unseen_rows") else "")
+            + (
+                f" ({m['absent_rows']} absent from train, {m['rare_rows']} seen < {m['min_count']} times)"
+                if m.get("rare_rows")
+                else ""
+            ),
             f"  recon error (rel.)   {m['recon_error_rel']:.4f}  (on {m['train_items']} training IDs)",
             f"  utilisation          mean {util.mean():.3f}  min {util.min():.3f}",
             f"  perplexity           mean {ppl.mean():.1f}  min {ppl.min():.1f}  (max {C})",
