@@ -587,8 +587,8 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
     )
     if "unseen_code" in meta:
         head += (
-            f", plus one reserved code for IDs absent from the train split (learned from "
-            f"{meta.get('learned_from')})"
+            f", plus one reserved code for IDs absent from the train split or seen there fewer than "
+            f"{meta.get('min_count', 1)} times (learned from {meta.get('learned_from')})"
         )
     rows = []
     for f, m in features.items():

@@ -20,7 +20,7 @@ features (``Batch.sparse``): the SID codebook collection then receives exactly t
 which is what TorchRec's data-parallel (replicated) EmbeddingCollection needs.
 
 ``codebook_size`` is the rows of each codebook table. A tokenizer that reserves a code for IDs it has
-no embedding for (``learned`` embeddings of IDs absent from the train split) writes that code as
+no embedding for (``learned`` IDs absent from the train split or rarer there than ``--min-count``) writes that code as
 ``meta["unseen_code"]`` (= the last row).
 
 In memory each feature's codes are held once, SID-major ([K, rows] contiguous: the layout the batch

@@ -552,6 +552,7 @@ def run(args: TokenizeConfig) -> dict:
     }
     if unseen:
         meta["unseen_code"] = args.codebook_size
+        meta["min_count"] = args.min_count
     if spec.item_id:  # the item's figures at the top level, as before per-feature SIDs
         meta |= {k: v for k, v in per_feature[spec.item_id].items() if k not in ("rows", "tokenizer")}
         meta["num_items"] = per_feature[spec.item_id]["rows"]
@@ -565,7 +566,8 @@ def report(meta: dict) -> str:
     """The console summary: one block per tokenized feature."""
     C = meta.get("codewords", meta["codebook_size"])
     lines = [f"method {meta['method']}  K={meta['num_sids']}  C={C}" + (
-        f"  (+1 reserved code for IDs absent from the train split, learned from {meta['learned_from']})"
+        f"  (+1 reserved code for IDs seen < {meta.get('min_count', 1)} times in the train split, "
+        f"learned from {meta['learned_from']})"
         if "unseen_code" in meta else ""
     )]  # fmt: skip
     for f, m in meta["features"].items():
