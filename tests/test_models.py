@@ -350,6 +350,7 @@ RENAMED = {
     ("masknet", "mode"): "masknet_mode",
     ("masknet", "num_blocks"): "masknet_blocks",
     ("masknet", "block_dim"): "masknet_block_dim",
+    ("masknet", "dropout"): "masknet_dropout",
     ("ssr", "variant"): "ssr_variant",
     ("ssr", "num_views"): "ssr_views",
     ("ssr", "view_dim"): "ssr_view_dim",

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from data_pipeline.spec import SparseFeature
 from store.models.config import ModelConfig
 from store.models.flops import LINEAR_MODELS, linear_model_flops
+from store.models.fm import HISTORY_TABLE
 from store.models.gdcn import GatedCrossLayer
 from store.models.layers import FIRST_ORDER_WIDTH, output_bias
 from store.models.pepnet import GATE_SCALE
@@ -107,6 +108,44 @@ def test_fm_is_bias_plus_first_order_plus_dense_linear_plus_pairwise_products_of
         rows = [pooled[k] for k in model.fields.first_order_keys]
     assert all(r.shape[1] == FIRST_ORDER_WIDTH for r in rows)
     torch.testing.assert_close(first, sum(r.mean(1) for r in rows))
+
+
+def test_fm_first_order_weights_start_at_zero_and_learn():
+    """w_dense starts at exactly 0 (nn.Linear's +-1/sqrt(n) start stayed where it was, store/models/fm.py)
+    and the per-ID weights at the tables' small init; the dense weights still learn."""
+    model = _build("fm", {"embedding_init_std": 1e-4})
+    assert torch.equal(model.dense.weight, torch.zeros_like(model.dense.weight))
+    batch = tiny_batch(tiny_spec(), rows=8)
+    with torch.no_grad():
+        _, first = model.fields(batch)
+    assert first.abs().max() < 1e-3
+    loss = F.binary_cross_entropy_with_logits(model(batch).logits, batch.labels)
+    loss.backward()
+    assert model.dense.weight.grad.abs().min() > 0
+
+
+def test_fm_history_items_have_factors_of_their_own():
+    """The history is its own group of one-hot columns (store/models/fm.py), not the target item's table."""
+    model = _build("fm").eval()
+    configs = {c.name: c for c in model.fields.ebc.embedding_bag_configs()}
+    assert configs["t_item"].feature_names == ["item_id"]
+    assert configs[HISTORY_TABLE].feature_names == ["hist_items"]
+    assert configs[HISTORY_TABLE + "_w"].feature_names == ["hist_items"]
+    assert configs[HISTORY_TABLE].num_embeddings == configs["t_item"].num_embeddings
+    batch = tiny_batch(tiny_spec(), rows=6)
+    hist = model.fields.keys.index(f"hist_items@{HISTORY_TABLE}")
+    with torch.no_grad():
+        before, _ = model.fields(batch)
+        model.fields.ebc.embedding_bags["t_item"].weight.add_(1.0)  # the target item's factors only
+        after, _ = model.fields(batch)
+    assert torch.equal(after[:, hist], before[:, hist])
+    assert not torch.equal(after, before)
+    assert build_model("dnn", tiny_spec(), ModelConfig(), None).fields.ebc.embedding_bag_configs()[
+        -1
+    ].feature_names == [
+        "item_id",
+        "hist_items",
+    ]  # the other baselines keep one shared item table
 
 
 def test_wide_and_deep_is_the_first_order_term_plus_the_deep_mlp():
@@ -243,6 +282,8 @@ def test_competitive_sparsity_matches_its_iteration_and_leaves_exact_zeros():
         ({"masknet_mode": "stacked"}, "--model.masknet_mode"),
         ({"masknet_blocks": 0}, "--model.masknet_blocks"),
         ({"masknet_block_dim": 0}, "--model.masknet_block_dim"),
+        ({"masknet_dropout": 1.0}, "--model.masknet_dropout"),
+        ({"masknet_dropout": -0.1}, "--model.masknet_dropout"),
         ({"ssr_variant": "topk"}, "--model.ssr_variant"),
         ({"ssr_views": 0}, "--model.ssr_views"),
         ({"ssr_view_dim": -1}, "--model.ssr_view_dim"),

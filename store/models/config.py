@@ -23,7 +23,7 @@ class ModelConfig:
     mlp_dims: tuple[int, ...] = (64, 32)
     """Hidden sizes of the prediction head (and of the deep towers of DNN / DeepFM / DCN)."""
     dropout: float = 0.0
-    """Dropout probability in MLPs and attention sublayers."""
+    """Dropout probability in MLPs and attention sublayers (MaskNet has its own: --model.masknet_dropout)."""
     embedding_init_std: float = EMBEDDING_INIT_STD
     """Standard deviation of every embedding table's start (uniform law; raw-ID tables and SID codebooks
     alike)."""
@@ -92,6 +92,9 @@ class ModelConfig:
     """MaskNet: MaskBlocks."""
     masknet_block_dim: int = 64
     """MaskNet: output width of every MaskBlock."""
+    masknet_dropout: float = 0.2
+    """MaskNet: dropout after every MaskBlock and in its MLP (its own default: at 0 the model, 34x DNN's
+    dense parameters, overfits; store/models/masknet.py)."""
     ssr_variant: str = "static"
     """SSR: the views' filter, "static" (SSR-S, fixed random dimension subsets) or "dynamic" (SSR-D,
     iterative competitive sparsity)."""
@@ -121,8 +124,9 @@ class ModelConfig:
             raise bad("mlp_dims", "must be a non-empty list of positive sizes")
         if not self.embedding_init_std > 0:
             raise bad("embedding_init_std", "must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise bad("dropout", "must be in [0, 1)")
+        for name in ("dropout", "masknet_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(name, "must be in [0, 1)")
         if not 0.0 <= self.moba_sparsity < 1.0:
             raise bad("moba_sparsity", "must be in [0, 1)")
         if self.moba_query_block_size < 0:

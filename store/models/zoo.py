@@ -311,7 +311,7 @@ def model_config(name: str, cfg: ModelConfig) -> ZooConfig:
         return MaskNetConfig(
             embedding_dim=d,
             mlp_dims=mlp_dims,
-            dropout=dropout,
+            dropout=cfg.masknet_dropout,
             mode=cfg.masknet_mode,
             num_blocks=cfg.masknet_blocks,
             block_dim=cfg.masknet_block_dim,
