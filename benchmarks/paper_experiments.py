@@ -2,6 +2,8 @@
 
     python benchmarks/paper_experiments.py --out runs/paper            # run (resumable), then tables
     python benchmarks/paper_experiments.py --out runs/paper --tables-only --write-doc docs/results.md
+    python benchmarks/paper_experiments.py --out runs/t1 --seeds 2 --section table1 --only dnn,fm,gdcn \
+        --write-doc docs/results.md                                   # Table 1 alone, mean +- std of 2 seeds
 
 Datasets: MovieLens-100K (../shared/data/ml-100k, converted) and a synthetic set (``--syn-rows``),
 whose true click probability gives the Bayes-optimal AUC as the ceiling. Runs go one after another
@@ -10,8 +12,16 @@ whose summary.json exists is skipped, an interrupted one resumes from its checkp
 can be stopped (``--time-budget``) and restarted. Tables are built only from the runs' outputs;
 missing runs show as "not run".
 
-Table 1: models x AUC / GAUC / logloss (+ tail AUC, samples/s, embedding parameters, forward TFLOPs per
-batch where store.models.flops has an analytical count: STORE / ID and the linear-layer baselines).
+``--seeds N`` trains every run with seeds 0 .. N-1 (folder OUT/<dataset>/runs/<name>/seed<k>/; one seed:
+OUT/<dataset>/runs/<name>/, as before) and every table cell is the mean +- sample standard deviation
+over the seeds that finished (the value alone for one seed; "k/N seeds" marks a row some seeds of
+which are missing). The SID tables are tokenized once per dataset, with seed 0. ``--section table1``
+builds and writes Table 1 alone, into its own block of the document (``<!-- BEGIN GENERATED TABLE 1
+-->`` ... ``<!-- END GENERATED TABLE 1 -->``).
+
+Table 1: models x test AUC / GAUC / logloss with the best validation epoch's weights (+ tail AUC, samples/s,
+embedding parameters, forward FLOPs per batch: analytical from store.models.flops for STORE / ID and the
+linear-layer baselines, torch's FlopCounterMode on one batch of the test split for the others).
 Table 2: tokenizer ablations (OPMQ, RQ-VAE, OPQ), no rotation, vanilla attention; forward TFLOPs per batch.
 Figure 2: validation AUC per epoch (ID vs STORE), and test AUC vs number of SIDs, layers, MoBA sparsity.
 """
@@ -27,12 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.compare import run_logged, trainer_command
-from launch.report import bayes_optimal, ceiling_row, fmt, md_table, per_epoch
+from launch.report import bayes_optimal, ceiling_row, fmt, md_table, per_epoch, spread
 
 REPO = Path(__file__).resolve().parents[1]
 
 SHARED = REPO.parent / "shared" / "data"
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+SECTIONS = {
+    "all": (BEGIN, END),
+    "table1": ("<!-- BEGIN GENERATED TABLE 1 -->", "<!-- END GENERATED TABLE 1 -->"),
+}
+"""--section -> the markers of the document block it fills."""
 
 
 @dataclass
@@ -137,42 +152,68 @@ def prepare_sids(args: argparse.Namespace, ds: str, tok: str) -> Path | None:
     return out
 
 
-def run_dir(args: argparse.Namespace, run: Run) -> Path:
-    return Path(args.out) / run.dataset / "runs" / run.name
+def seed_dir(args: argparse.Namespace, ds: str, name: str, seed: int) -> Path:
+    """OUT/<ds>/runs/<name>/ with one seed (--seeds 1), else OUT/<ds>/runs/<name>/seed<k>/."""
+    base = Path(args.out) / ds / "runs" / name
+    return base if args.seeds == 1 else base / f"seed{seed}"
 
 
-def execute(args: argparse.Namespace, run: Run) -> None:
-    out = run_dir(args, run)
+def run_dir(args: argparse.Namespace, run: Run, seed: int = 0) -> Path:
+    return seed_dir(args, run.dataset, run.name, seed)
+
+
+def execute(args: argparse.Namespace, run: Run, seed: int = 0) -> None:
+    out = run_dir(args, run, seed)
     if (out / "summary.json").is_file():
         return
     data = prepare_data(args, run.dataset)
-    sids = prepare_sids(args, run.dataset, run.tok)
+    needs_sids = run.model in ("store", "id")  # the baselines read raw IDs: no tokenizer run for them
+    sids = prepare_sids(args, run.dataset, run.tok) if needs_sids else None
     epochs = args.sweep_epochs if run.sweep else args.epochs
     flags = [
         "--data", str(data), "--model", run.model, "--out", str(out), "--epochs", str(epochs),
-        "--batch-size", str(args.batch_size), "--seed", "0", "--resume", "--logging.progress", "false",
+        "--batch-size", str(args.batch_size), "--seed", str(seed), "--resume", "--logging.progress", "false",
     ]  # fmt: skip
-    if run.model in ("store", "id"):
+    if needs_sids:
         flags += ["--sids", str(sids)]
+    tag = run.name if args.seeds == 1 else f"{run.name}_seed{seed}"
     if args.max_steps:
         flags += ["--max-steps", str(args.max_steps)]
-    print(f"== train {run.dataset}/{run.name} ({run.model}, {epochs} epochs)", flush=True)
+    print(f"== train {run.dataset}/{tag} ({run.model}, {epochs} epochs, seed {seed})", flush=True)
     run_logged(
         trainer_command(1, flags + run.flags + args.trainer_args),
-        Path(args.out) / run.dataset / "logs" / f"train_{run.name}.log",
-        f"training {run.dataset}/{run.name}",
+        Path(args.out) / run.dataset / "logs" / f"train_{tag}.log",
+        f"training {run.dataset}/{tag}",
     )
 
 
 # -- tables ----------------------------------------------------------------------------------------
+def load_seeds(args: argparse.Namespace, ds: str, name: str) -> list[dict]:
+    """The summaries of run ``name``'s finished seeds (0 .. --seeds - 1), in seed order."""
+    paths = [seed_dir(args, ds, name, k) / "summary.json" for k in range(args.seeds)]
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
 def load(args: argparse.Namespace, ds: str, name: str) -> dict | None:
-    path = Path(args.out) / ds / "runs" / name / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The first finished seed's summary (the per-epoch table, the sweeps and the figure read one run)."""
+    runs = load_seeds(args, ds, name)
+    return runs[0] if runs else None
+
+
+def cell(summaries: list[dict], key: str, one=fmt) -> str:
+    """Mean +- sd of ``key`` over the seeds' summaries (the value alone for one seed)."""
+    return spread([s.get(key) for s in summaries], one)
+
+
+def seeds_note(args: argparse.Namespace, summaries: list[dict]) -> str:
+    """The row label's suffix " (k/N seeds)" when some of its seeds are missing, else ""."""
+    return "" if len(summaries) == args.seeds else f" ({len(summaries)}/{args.seeds} seeds)"
 
 
 def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, float | None] | None:
-    """(model forward TFLOPs, attention TFLOPs) per batch of the run's model (analytical; attention None
-    for the linear-layer baselines; None for models without an analytical count)."""
+    """(model forward TFLOPs, attention TFLOPs) per batch of the run's model. Analytical for STORE / ID
+    and the linear-layer baselines (attention None for the latter); for the other baselines torch's
+    FlopCounterMode over one forward of a test batch of that size (``counted_flops``)."""
     import torch
 
     from data_pipeline.spec import DatasetSpec
@@ -182,17 +223,35 @@ def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, floa
     from store.sid import SidTable
 
     cfg = summary["config"]
-    if cfg["model"] not in ("store", "id", *LINEAR_MODELS):
-        return None
     mc = dict(cfg["model_config"])
     mc["mlp_dims"] = tuple(mc["mlp_dims"])
     spec = DatasetSpec.load(cfg["data"])
+    if cfg["model"] not in ("store", "id", *LINEAR_MODELS):
+        return counted_flops(cfg, spec, ModelConfig(**mc)) / 1e12, None
     sids = SidTable.load(cfg["sids"], spec) if cfg.get("sids") else None
     model = build_model(cfg["model"], spec, ModelConfig(**mc), sids, device=torch.device("meta"))
     if cfg["model"] in LINEAR_MODELS:
         return linear_model_flops(cfg["model"], model, cfg["batch_size"]) / 1e12, None
     report = store_model_flops(model, cfg["batch_size"])
     return report.total_tflops, report.attention_tflops
+
+
+def counted_flops(cfg: dict, spec, model_config) -> int:
+    """Forward FLOPs of the run's (untrained) baseline on the first test batch of its batch size, as
+    torch's FlopCounterMode counts them (matmuls and attention; a multiply-add is 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from data_pipeline.reader import ParquetBatchReader
+    from store.models.zoo import build_model
+
+    model = build_model(cfg["model"], spec, model_config, None, device=torch.device("cpu")).eval()
+    reader = ParquetBatchReader(cfg["data"], "test", cfg["batch_size"], spec=spec, shuffle=False)
+    batch = next(iter(reader))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(batch)
+    return counter.get_total_flops()
 
 
 def emb_params(s: dict) -> int | None:
@@ -219,20 +278,20 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
     }
     names["store"] = "STORE (OPMQ SIDs)"
     for name, shown in names.items():
-        s = load(args, ds, name)
-        if s is None:
+        runs = load_seeds(args, ds, name)
+        if not runs:
             rows.append([shown, "not run", "", "", "", "", "", ""])
             continue
-        sps = f"{s['samples_per_s']:,.0f}" if s.get("samples_per_s") else "-"
+        s = runs[0]
+        sps = spread([r.get("samples_per_s") for r in runs], lambda v: f"{v:,.0f}")
         f = flops(args, ds, s)
-        tf = f"{f[0]:.3e}" if f else "-"
-        rows.append(
-            [shown, s.get("auc"), s.get("gauc"), s.get("logloss"), s.get("tail_auc"), sps, emb_params(s), tf]
-        )
+        mflops = f"{f[0] * 1e6:,.4g}" if f else "-"  # TFLOPs -> MFLOPs
+        metrics = [cell(runs, k) for k in ("auc", "gauc", "logloss", "tail_auc")]
+        rows.append([shown + seeds_note(args, runs), *metrics, sps, emb_params(s), mflops])
     if ceiling:
         rows.append(ceiling_row(ceiling, 4, blank=""))
     header = ["model", "AUC", "GAUC", "logloss", "tail AUC", "samples/s", "embedding params"]
-    return md_table([*header, "TFLOPs/batch (fwd)"], rows)
+    return md_table([*header, "MFLOPs/batch (fwd)"], rows)
 
 
 def table2(args: argparse.Namespace, ds: str) -> str:
@@ -246,14 +305,15 @@ def table2(args: argparse.Namespace, ds: str) -> str:
     ]
     rows = []
     for name, shown in variants:
-        s = load(args, ds, name)
-        if s is None:
+        runs = load_seeds(args, ds, name)
+        if not runs:
             rows.append([shown, "not run", "", "", "", "", ""])
             continue
-        f = flops(args, ds, s)
-        sps = f"{s['samples_per_s']:,.0f}" if s.get("samples_per_s") else "-"
+        f = flops(args, ds, runs[0])
+        sps = spread([r.get("samples_per_s") for r in runs], lambda v: f"{v:,.0f}")
         tf = (f"{f[0]:.3e}", f"{f[1]:.3e}" if f[1] is not None else "-") if f else ("-", "-")
-        rows.append([shown, s.get("auc"), s.get("gauc"), s.get("logloss"), tf[0], tf[1], sps])
+        metrics = [cell(runs, k) for k in ("auc", "gauc", "logloss")]
+        rows.append([shown + seeds_note(args, runs), *metrics, tf[0], tf[1], sps])
     return md_table(
         ["variant", "AUC", "GAUC", "logloss", "TFLOPs/batch (fwd)", "attention TFLOPs/batch", "samples/s"],
         rows,
@@ -272,12 +332,15 @@ def sweep_table(args: argparse.Namespace, ds: str) -> str:
     rows = []
     for sweep, points in SWEEPS.items():
         for name, x in points:
-            s = load(args, ds, name)
-            if s is None:
+            runs = load_seeds(args, ds, name)
+            if not runs:
                 rows.append([sweep, x, "not run", "", "", ""])
                 continue
-            ep1 = per_epoch(s)[0].get("auc") if per_epoch(s) else None
-            rows.append([sweep, x, s["config"]["epochs"], ep1, s.get("auc"), s.get("gauc")])
+            ep1 = spread([per_epoch(s)[0].get("auc") if per_epoch(s) else None for s in runs])
+            epochs = runs[0]["config"]["epochs"]
+            rows.append(
+                [sweep + seeds_note(args, runs), x, epochs, ep1, cell(runs, "auc"), cell(runs, "gauc")]
+            )
     return md_table(["sweep", "value", "epochs", "valid AUC after epoch 1", "test AUC", "test GAUC"], rows)
 
 
@@ -333,7 +396,7 @@ def figure2(args: argparse.Namespace, ds: str, ceiling: dict | None, path: Path)
 
 
 def tables(args: argparse.Namespace, figures_dir: Path) -> str:
-    parts = []
+    parts = [seeds_line(args)]
     for ds in args.datasets:
         data = Path(args.out) / ds / "data"
         ceiling = bayes_optimal(data) if (data / "spec.json").is_file() else None
@@ -344,7 +407,9 @@ def tables(args: argparse.Namespace, figures_dir: Path) -> str:
                 f"Bayes-optimal ceiling on the test split ({ceiling['rows']:,} rows): AUC {fmt(ceiling['auc'])}, "
                 f"GAUC {fmt(ceiling['gauc'])}, logloss {fmt(ceiling['logloss'])}.\n"
             )
-        parts += [f"**Table 1 ({ds})**: test split, end of training.\n", table1(args, ds, ceiling), ""]
+        parts += [f"**Table 1 ({ds})**: {TABLE1_CAPTION}\n", table1(args, ds, ceiling), ""]
+        if args.section == "table1":
+            continue
         parts += [f"**Table 2 ({ds})**: ablations (forward FLOPs of the whole model per batch of "
                   f"{args.batch_size}, analytical, store.models.flops).\n", table2(args, ds), ""]  # fmt: skip
         parts += [f"**Figure 2 ({ds})**, validation per epoch:\n", epoch_table(args, ds), ""]
@@ -356,15 +421,33 @@ def tables(args: argparse.Namespace, figures_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def write_doc(doc: Path, generated: str) -> None:
+TABLE1_CAPTION = (
+    "test split, scored with the best validation epoch's weights. MFLOPs: forward, per batch of the runs' "
+    "batch size; analytical (store.models.flops) for STORE, ID and the linear-layer baselines, torch's "
+    "FlopCounterMode on one test batch for DCN-v2, AutoInt, RankMixer and OneTrans; both count matmuls "
+    "(and attention), not element-wise products."
+)
+
+
+def seeds_line(args: argparse.Namespace) -> str:
+    if args.seeds == 1:
+        return "One seed (0) per run.\n"
+    return (
+        f"Seeds 0-{args.seeds - 1}: every metric is the mean ± sample standard deviation over the seeds "
+        "(one value: all seeds equal).\n"
+    )
+
+
+def write_doc(doc: Path, generated: str, section: str = "all") -> None:
     from data_pipeline.spec import atomic_write_text
 
-    text = doc.read_text() if doc.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"error: {doc} has no {BEGIN} ... {END} block to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(doc, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+    begin, end = SECTIONS[section]
+    text = doc.read_text() if doc.is_file() else f"# Results\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        raise SystemExit(f"error: {doc} has no {begin} ... {end} block to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(doc, f"{head}{begin}\n{generated}\n{end}{tail}")
 
 
 def main() -> int:
@@ -381,6 +464,10 @@ def main() -> int:
     p.add_argument("--codebook-size", type=int, default=64, help="C of every tokenization")
     p.add_argument("--tokenizer-min-steps", type=int, default=500, help="tokenizer training steps")
     p.add_argument("--only", default="", help="comma-separated run names to train (default: all)")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="train every run with seeds 0 .. N-1; tables: mean ± std"
+    )
+    p.add_argument("--section", default="all", choices=sorted(SECTIONS), help="tables to build and write")
     p.add_argument("--time-budget", type=float, default=0, help="stop starting runs after this many minutes")
     p.add_argument("--tables-only", action="store_true", help="train nothing; print the tables")
     p.add_argument("--write-doc", default="", help="fill the generated block of this markdown file")
@@ -389,6 +476,8 @@ def main() -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     args.trainer_args = extra
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in args.datasets if d not in ("syn", "ml100k")]
     if bad:
@@ -399,23 +488,26 @@ def main() -> int:
         runs = [r for r in runs if r.name in wanted]
     if args.list:
         for r in runs:
-            done = "done" if (run_dir(args, r) / "summary.json").is_file() else "todo"
-            print(f"{done:5} {r.dataset:7} {r.name:18} {r.model:7} {r.tok:9} {' '.join(r.flags)}")
+            done = sum((run_dir(args, r, k) / "summary.json").is_file() for k in range(args.seeds))
+            state = "done" if done == args.seeds else f"{done}/{args.seeds}" if done else "todo"
+            print(f"{state:5} {r.dataset:7} {r.name:18} {r.model:7} {r.tok:9} {' '.join(r.flags)}")
         return 0
     t0 = time.time()
     if not args.tables_only:
         for run in runs:
-            if args.time_budget and time.time() - t0 > 60 * args.time_budget:
-                print(f"== time budget of {args.time_budget} min reached; stopping (rerun to continue)")
-                break
-            try:
-                execute(args, run)
-            except RuntimeError as e:  # one failed run does not stop the grid
-                print(f"!! {e}", flush=True)
+            for seed in range(args.seeds):
+                if args.time_budget and time.time() - t0 > 60 * args.time_budget:
+                    break
+                try:
+                    execute(args, run, seed)
+                except RuntimeError as e:  # one failed run does not stop the grid
+                    print(f"!! {e}", flush=True)
+        if args.time_budget and time.time() - t0 > 60 * args.time_budget:
+            print(f"== time budget of {args.time_budget} min reached; stopping (rerun to continue)")
     doc = Path(args.write_doc) if args.write_doc else None
     generated = tables(args, doc.parent if doc else Path(args.out))
     if doc:
-        write_doc(doc, generated)
+        write_doc(doc, generated, args.section)
         print(f"wrote {doc}")
     else:
         print(generated)
