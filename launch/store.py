@@ -77,7 +77,8 @@ def train(
 
     Args:
         trainer_args: extra flags passed to ``python -m trainer`` as they are
-        data: dataset folder (spec.json, train/, valid/, test/), as the job's hosts see it
+        data: dataset folder or object-store URI (s3://bucket/syn, gs://...; spec.json, train/, valid/,
+            test/), as the job's hosts see it
         model: model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer, onetrans, fm, widedeep,
             gdcn, masknet, pepnet or ssr
         sids: SID table folder from ``python -m store.tokenizer`` (needed by model store; gives model id
@@ -116,7 +117,7 @@ def train(
     _check("model", model in MODELS, f"must be one of {', '.join(MODELS)}", model)
     _check("sharding", sharding in SHARDING, f"must be one of {', '.join(SHARDING)}", sharding)
     _check("device", device in ("auto", "cpu", "cuda"), "must be one of auto, cpu, cuda", device)
-    _check("data", bool(data), "is required (a dataset folder)", data)
+    _check("data", bool(data), "is required (a dataset folder or s3:// / gs:// URI)", data)
     _check("sids", model != "store" or bool(sids), "is required by --model store (a SID table folder)", sids)
     for flag, value in (("epochs", epochs), ("batch_size", batch_size)):
         _check(flag, value > 0, "must be > 0", value)
@@ -201,7 +202,7 @@ def compare(
 
     Args:
         trainer_args: extra flags for both trainer runs (e.g. --model.num_layers 3)
-        data: dataset folder
+        data: dataset folder or object-store URI (s3://..., gs://...)
         out: output folder (sids/, id/, store/, report/)
         epochs: training epochs of each model (the per-epoch table shows the one-epoch effect)
         batch_size: rows per batch per process
@@ -224,7 +225,7 @@ def compare(
         venv: a virtualenv whose bin/ goes first on PATH (local schedulers: .venv of this checkout)
         env: environment variables, e.g. OMP_NUM_THREADS=4
     """
-    _check("data", bool(data), "is required (a dataset folder)", data)
+    _check("data", bool(data), "is required (a dataset folder or s3:// / gs:// URI)", data)
     _check("method", method in METHODS, f"must be one of {', '.join(METHODS)}", method)
     for flag, value in (("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc), ("seeds", seeds)):
         _check(flag, value > 0, "must be > 0", value)
