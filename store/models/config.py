@@ -92,7 +92,7 @@ class ModelConfig:
     """MaskNet: MaskBlocks."""
     masknet_block_dim: int = 64
     """MaskNet: output width of every MaskBlock."""
-    masknet_dropout: float = 0.2
+    masknet_dropout: float = 0.5
     """MaskNet: dropout after every MaskBlock and in its MLP (its own default: at 0 the model, 34x DNN's
     dense parameters, overfits; store/models/masknet.py)."""
     ssr_variant: str = "static"
