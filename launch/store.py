@@ -102,7 +102,8 @@ def train(
         max_retries: restarts of a failed job; when > 0 the trainer runs with --resume and restarts
             continue from the newest checkpoint: the scheduler restarts the whole job (a lost node),
             and torchrun restarts the workers of every node (a crashed worker) up to max_retries
-            times (PET_MAX_RESTARTS; the only restarts on local_cwd)
+            times (PET_MAX_RESTARTS; the only restarts on local_cwd; with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1,
+            so that a multi-node restart cannot hang, pytorch/pytorch#135712)
         checkpoint_every: write a checkpoint every N steps (0: only at the end; with max_retries > 0
             and 0 here, every 500 steps)
         tensorboard_dir: write the run's TensorBoard events to TENSORBOARD_DIR/<run name> (a folder
@@ -143,7 +144,15 @@ def train(
         args += ["--sharding.tables", sharding_tables]
     if max_retries > 0:  # a restarted job continues where the last checkpoint left it
         args += ["--resume", "--checkpoint.every", str(checkpoint_every or 500)]
-        env = {"PET_MAX_RESTARTS": str(max_retries), **(env or {})}  # torchrun's --max-restarts
+        env = {
+            "PET_MAX_RESTARTS": str(max_retries),  # torchrun's --max-restarts
+            # A fresh TCP store per rendezvous round for the workers, not one shared with the agent: the
+            # shared store keys each restart by TORCHELASTIC_RESTART_COUNT, which differs across nodes when
+            # one node's worker crashed and the others were only restarted for it (pytorch/pytorch#135712),
+            # and the restarted workers then wait for each other in init_process_group forever.
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+            **(env or {}),
+        }
     elif checkpoint_every:
         args += ["--checkpoint.every", str(checkpoint_every)]
     if tensorboard_dir:

@@ -59,6 +59,9 @@ def test_train_appdef_multi_node_gpu_with_retries_and_extra_flags():
     cmd = cmd_of(app)
     assert role.num_replicas == 4 and role.resource.gpu == 8 and role.resource.memMB == 512_000
     assert role.max_retries == 3 and role.env["NCCL_DEBUG"] == "INFO"
+    assert role.env["PET_MAX_RESTARTS"] == "3"
+    # restarted workers get a fresh store per round (a shared one can hang multi-node restarts)
+    assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
     assert "--nnodes 4" in cmd and "--nproc_per_node 8" in cmd
     assert "--resume --checkpoint.every 500" in cmd  # restarts continue from the newest checkpoint
     assert "--sharding.default row_wise" in cmd and "--sharding.tables t_item=row_wise" in cmd
