@@ -1,12 +1,14 @@
 """STORE with a few hundred tokens: MoBA sparsity sweep, FLOPs and measured training-step time, one run.
 
-    python benchmarks/bench_moba.py [--history-len 50 --num-sids 4 --dim 16 --heads 2 --block 53]
-        [--query-block 0 --batch-size 256 --repeats 7 --sparsities 0,0.25,0.5,0.75 --kernel auto]
+    python benchmarks/bench_moba.py [--history-len 50 --num-sids 8 --dim 16 --heads 2 --block 106]
+        [--query-block 0 --batch-size 128 --repeats 7 --sparsities 0,0.25,0.5,0.75 --kernel auto]
+    python benchmarks/bench_moba.py --num-sids 4 --block 53 --batch-size 256   # T = 212
 
 The configuration (docs/results.md, "MoBA sparsity sweep"): STORE with one token per history item
 and per SID (``--model.history_tokens true --model.history_sid_tokens true``) on synthetic data
 whose histories are up to --history-len items: T = 2 tokenized features (item, user) x K SIDs + K
-rotated blocks + history_len x K history tokens (212 for 50 x 4; key blocks of 53 make N = 4).
+rotated blocks + history_len x K history tokens (424 for 50 x 8, the default; key blocks of 106 make
+N = 4; 212 for 50 x 4 with blocks of 53).
 
 Generates a small synthetic dataset (--rows) and a random SID table in a temp folder, reads
 --batches batches into memory (so no data loading is timed), then times training steps (forward,
@@ -39,17 +41,17 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=20_000)
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--history-len", type=int, default=50)
-    p.add_argument("--num-sids", type=int, default=4)
+    p.add_argument("--num-sids", type=int, default=8)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--dim", type=int, default=16, help="--model.embedding_dim")
     p.add_argument("--heads", type=int, default=2, help="--model.num_heads")
     p.add_argument("--layers", type=int, default=2, help="--model.num_layers")
-    p.add_argument("--block", type=int, default=53, help="--model.moba_block_size")
+    p.add_argument("--block", type=int, default=106, help="--model.moba_block_size")
     p.add_argument("--query-block", type=int, default=0, help="--model.moba_query_block_size")
     p.add_argument("--kernel", default="auto", help="--model.moba_kernel")
     p.add_argument("--gating", default="block", help="--model.moba_gating")
     p.add_argument("--sparsities", default="0,0.25,0.5,0.75")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--batches", type=int, default=4, help="distinct batches cycled through")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)

@@ -24,9 +24,9 @@ S blocks, chosen by a gate: the dot product of the query with the block's mean k
 Why block gating is the default: sparsity is only worth having when it saves time, and only block
 gating lets a kernel skip the unchosen blocks (per token, every query needs its own gather, or the
 dense masked product). It is also what MoBA's own and FlexAttention's block-sparse kernels compute.
-What it gives up is that queries of one block cannot pick different blocks. On the 212-token STORE
-configuration, sparsity 0.5 with block gating kept test AUC within 0.001 of dense attention
-(docs/results.md, "MoBA sparsity sweep with a few hundred tokens").
+What it gives up is that queries of one block cannot pick different blocks. On the 424-token STORE
+configuration, sparsity 0.5 with block gating kept test AUC within 0.001 of dense attention (mean of
+2 seeds; docs/results.md, "MoBA sparsity sweep with a few hundred tokens").
 
 Attention here is non-causal over a token set (SID tokens, rotated feature blocks, history), so,
 unlike causal MoBA, the query's own block is NOT forced into its selection: there is no future to
@@ -115,8 +115,13 @@ def _valid_blocked(key_valid: torch.Tensor | None, b: int, t: int, block_size: i
     return F.pad(key_valid, (0, n * block_size - t), value=False).view(b, n, block_size)
 
 
-def _block_means(x: torch.Tensor, valid: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(B, H, T, E) -> (B, H, N, E): the mean of each block's valid tokens (0 for none)."""
+def _block_means(
+    x: torch.Tensor, valid: torch.Tensor, block_size: int, all_valid: bool = False
+) -> torch.Tensor:
+    """(B, H, T, E) -> (B, H, N, E): the mean of each block's valid tokens (0 for none). ``all_valid``:
+    every token is real and T = N * P (no mask to apply)."""
+    if all_valid:
+        return _blocked(x, block_size).mean(3)
     count = valid.sum(-1).clamp(min=1)[:, None, :, None].to(x.dtype)  # (B, 1, N, 1)
     return (_blocked(x, block_size) * valid[:, None, :, :, None]).sum(3) / count
 
@@ -155,8 +160,11 @@ def moba_select_query_blocks(
     b, _, t, _ = k.shape
     pq = query_block_size or block_size
     valid = _valid_blocked(key_valid, b, t, block_size, k.device)  # (B, N, P)
-    mean_query = _block_means(q, _valid_blocked(key_valid, b, t, pq, k.device), pq)  # (B, H, Nq, E)
-    gate = mean_query @ _block_means(k, valid, block_size).transpose(-1, -2)  # (B, H, Nq, N)
+    real = key_valid is None  # every token real: plain means where the blocks tile T exactly
+    query_valid = _valid_blocked(key_valid, b, t, pq, k.device)
+    mean_query = _block_means(q, query_valid, pq, real and t % pq == 0)  # (B, H, Nq, E)
+    mean_key = _block_means(k, valid, block_size, real and t % block_size == 0)  # (B, H, N, E)
+    gate = mean_query @ mean_key.transpose(-1, -2)  # (B, H, Nq, N)
     gate = gate.masked_fill((valid.sum(-1) == 0)[:, None, None, :], float("-inf"))
     return gate.topk(kept, dim=-1).indices
 
@@ -192,25 +200,26 @@ def moba_block_sparse(
     p, s = block_size, block_idx.shape[-1]
     pq = query_block_size or p
     n, nq = num_blocks(t, p), num_blocks(t, pq)
-    k_blocks = _blocked(k, p).reshape(b * h * n, p * e)  # one row per (batch, head, key block)
-    v_blocks = _blocked(v, p).reshape(b * h * n, p * e)
-    first = torch.arange(b * h, device=q.device).view(b, h, 1, 1) * n
-    rows = first + block_idx  # (B, H, Nq, S): rows of k_blocks each query block attends to
     bias, bias_rows = None, None  # additive key mask (B*N, P), 0 or -inf; None when every key is real
     if key_valid is not None or n * p != t:
         valid = _valid_blocked(key_valid, b, t, p, q.device).reshape(b * n, p)
         bias = torch.zeros(b * n, p, dtype=q.dtype, device=q.device).masked_fill(~valid, float("-inf"))
         bias_rows = torch.arange(b, device=q.device).view(b, 1, 1, 1) * n + block_idx  # rows of bias
+    rows = torch.arange(b * h, device=q.device).view(b, h, 1, 1) * n + block_idx  # (B, H, Nq, S)
     if FUSED_CPU and q.device.type == "cpu" and dropout_p == 0.0:
 
         def per_query_block(x):  # (B, H, Nq, S) -> (B*Nq, H*S)
             return None if x is None else x.permute(0, 2, 1, 3).reshape(b * nq, h * s)
 
-        q_tokens = _token_major(q, nq * pq)  # (B, Nq*Pq, H, E)
+        # q, k and v go in token-major ((B, T, H, E) views where the projection made them so), and the
+        # gradients come back token-major, as dense SDPA's do: no transposing copies around the call.
         out = _BlockSparseCPU.apply(
-            q_tokens, k_blocks, v_blocks, per_query_block(rows), bias, per_query_block(bias_rows)
-        )  # (B, Nq*Pq, H, E)
+            _token_major(q, nq * pq), _token_major(k, n * p), _token_major(v, n * p),
+            per_query_block(rows), bias, per_query_block(bias_rows), p,
+        )  # fmt: skip  # (B, Nq*Pq, H, E)
         return out[:, :t].transpose(1, 2)
+    k_blocks = _blocked(k, p).reshape(b * h * n, p * e)  # one row per (batch, head, key block)
+    v_blocks = _blocked(v, p).reshape(b * h * n, p * e)
     # Plain autograd: the M query blocks as a batch of heads, each with its S gathered blocks.
     m = b * h * nq
     keys = k_blocks.index_select(0, rows.reshape(-1)).view(m, 1, s * p, e)
@@ -234,22 +243,25 @@ def _token_major(x: torch.Tensor, length: int) -> torch.Tensor:
 class _BlockSparseCPU(torch.autograd.Function):
     """Block-sparse attention on CPU through torch's fused flash-attention kernels, chunk by chunk.
 
-    forward(q (B, Nq*Pq, H, E) token-major (tokens one stride apart), k_blocks, v_blocks (B*H*N,
-    P*E), rows (B*Nq, H*S): the key blocks of each query block and head, bias (B*N, P) additive key
-    mask or None, bias_rows (B*Nq, H*S) or None: its rows) -> (B, Nq*Pq, H, E) contiguous.
+    forward(q (B, Nq*Pq, H, E), k, v (B, N*P, H, E), all token-major (tokens one stride apart), rows
+    (B*Nq, H*S): the (batch, head, key block) rows of each query block and head, bias (B*N, P) additive
+    key mask or None, bias_rows (B*Nq, H*S) or None: its rows, p: P) -> (B, Nq*Pq, H, E) contiguous.
 
-    The B*Nq query blocks are the batch of a flash call, the H heads its heads (queries are a view
-    of q, the output is written token-major): each (query block, head) attends to its S*P gathered
-    keys. Per chunk of query blocks the gathered keys stay in cache; backward re-gathers them, runs
-    the flash backward with the saved output and log-sum-exp, and adds the key/value gradients back
-    with index_add_.
+    Keys and values are copied once into (B*H*N, P*E) block rows. The B*Nq query blocks are the batch
+    of a flash call, the H heads its heads (queries are a view of q, the output is written
+    token-major): each (query block, head) attends to its S*P gathered keys, chunk by chunk of query
+    blocks; per chunk the gathered keys stay in cache. The backward re-gathers them, runs the flash
+    backward with the saved output and log-sum-exp, adds the key/value gradients back into block rows
+    with index_add_, and returns them token-major (one copy each), like dense SDPA's: the QKV
+    projection's gradient then needs no strided copy.
     """
 
     @staticmethod
-    def forward(ctx, q, k_blocks, v_blocks, rows, bias, bias_rows):
+    def forward(ctx, q, k, v, rows, bias, bias_rows, p):
         b, tq, h, e = q.shape
         m = rows.shape[0]
         pq = tq * b // m
+        k_blocks, v_blocks = _block_rows(k, p), _block_rows(v, p)  # (B*H*N, P*E)
         step = _chunk_rows(rows.shape[1] * k_blocks.shape[1] * k_blocks.element_size())
         q4 = q.view(m, pq, h, e).transpose(1, 2)  # (B*Nq, H, Pq, E): a view
         out = torch.empty(m, pq, h, e, dtype=q.dtype)
@@ -261,6 +273,7 @@ class _BlockSparseCPU(torch.autograd.Function):
             out[c] = o.transpose(1, 2)
             lse_parts.append(lse)
         lse = torch.cat(lse_parts)  # (B*Nq, H, Pq)
+        ctx.p = p
         ctx.save_for_backward(q, k_blocks, v_blocks, rows, bias, bias_rows, out, lse)
         return out.view(b, tq, h, e)
 
@@ -270,6 +283,7 @@ class _BlockSparseCPU(torch.autograd.Function):
         b, tq, h, e = q.shape
         m, pq = out.shape[:2]
         row_width = k_blocks.shape[1]  # P*E
+        n = k_blocks.shape[0] // (b * h)
         step = _chunk_rows(rows.shape[1] * row_width * k_blocks.element_size())
         q4, out4 = q.view(m, pq, h, e).transpose(1, 2), out.transpose(1, 2)
         grad_out = grad_out.contiguous().view(m, pq, h, e).transpose(1, 2)
@@ -286,7 +300,20 @@ class _BlockSparseCPU(torch.autograd.Function):
             flat = rows[c].reshape(-1)
             grad_k.index_add_(0, flat, gk.contiguous().view(-1, row_width))  # (C, H, S*P, E) -> block rows
             grad_v.index_add_(0, flat, gv.contiguous().view(-1, row_width))
-        return grad_q, grad_k, grad_v, None, None, None
+        p = ctx.p
+        grad_k, grad_v = _token_rows(grad_k, b, h, n, p), _token_rows(grad_v, b, h, n, p)  # token-major
+        return grad_q, grad_k, grad_v, None, None, None, None
+
+
+def _block_rows(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, N*P, H, E) token-major -> (B*H*N, P*E) contiguous: one row per (batch, head, key block)."""
+    b, t, h, e = x.shape
+    return x.view(b, t // p, p, h, e).permute(0, 3, 1, 2, 4).reshape(b * h * (t // p), p * e)
+
+
+def _token_rows(rows: torch.Tensor, b: int, h: int, n: int, p: int) -> torch.Tensor:
+    """The inverse of ``_block_rows``: (B*H*N, P*E) -> (B, N*P, H, E) contiguous."""
+    return rows.view(b, h, n, p, -1).permute(0, 2, 3, 1, 4).reshape(b, n * p, h, -1)
 
 
 if FUSED_CPU:

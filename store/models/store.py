@@ -29,11 +29,11 @@ then L layers X = LN(Attn(X) + X), X = LN(FFN(X) + X) with MoBA (or dense) atten
 over [the fixed tokens flattened, the mean of all real tokens].
 
 Long token sets: the paper's setting of many feature tokens is history_tokens + history_sid_tokens.
-With the synthetic data's 50-item histories (``generate --history-len 50``), K = 4 SIDs, the item and
-the user tokenized and 4 rotated blocks, that is T = 2*4 + 4 + 50*4 = 212 tokens. There, with
-``--model.moba_block_size 53`` (4 key blocks), a training step at sparsity 0.5 runs 1.5x the samples/s
-of dense attention on CPU with the same test AUC (benchmarks/bench_moba.py; docs/results.md, "MoBA
-sparsity sweep with a few hundred tokens").
+With the synthetic data's 50-item histories (``generate --history-len 50``), K = 8 SIDs, the item and
+the user tokenized and 8 rotated blocks, that is T = 2*8 + 8 + 50*8 = 424 tokens (K = 4: 212). There,
+with ``--model.moba_block_size 106`` (4 key blocks), a CPU training step at sparsity 0.5 runs 1.28x
+(one VM) to 1.51x (another) the samples/s of dense attention, with test AUC within 0.001 of it
+(benchmarks/bench_moba.py; docs/results.md, "MoBA sparsity sweep with a few hundred tokens").
 
 Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one collection for
 the tokenized features (``items.ec``): mean-pooled bags when the history is pooled into one token
