@@ -572,9 +572,11 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
     """The tokenizer's figures per tokenized feature, and each feature's embedding size in both arms
     (``sids``: the SID folder, a path or a URI; ``dim``: the runs' embedding width, for bytes; fp32
     tables). StorageError when the store holding ``sids`` cannot be read."""
-    meta_path = fs.join(sids, "meta.json") if sids else None
-    if meta_path is None or not fs.is_file(meta_path):
-        return "No tokenizer meta.json (`python -m store.tokenizer --data DIR --out SIDS` writes it)."
+    if not sids:
+        return "No SID table was given (`--sids SIDS`, the folder `python -m store.tokenizer` wrote)."
+    meta_path = fs.join(sids, "meta.json")
+    if not fs.is_file(meta_path):
+        return f"No tokenizer meta.json in `{sids}` (`python -m store.tokenizer --data DIR --out SIDS` writes it)."
     try:
         meta = json.loads(fs.read_text(meta_path))
     except json.JSONDecodeError as e:

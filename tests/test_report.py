@@ -197,3 +197,9 @@ def test_find_runs_orders_seeds_naturally(tmp_path):
         (tmp_path / f"seed{s}" / "summary.json").write_text("{}")
     assert [p.name for p in find_runs(tmp_path)] == ["seed1", "seed2", "seed10"]
     assert find_runs(tmp_path / "seed2") == [tmp_path / "seed2"]
+
+
+def test_tokenizer_section_says_whether_no_sid_table_was_given_or_its_meta_is_missing(tmp_path):
+    assert "No SID table was given" in report.section_tokenizer(None)
+    missing = report.section_tokenizer(tmp_path / "sids")
+    assert "No tokenizer meta.json" in missing and str(tmp_path / "sids") in missing
