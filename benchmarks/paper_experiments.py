@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.compare import run_logged, trainer_command
-from launch.report import bayes_optimal, ceiling_row, fmt, md_table, per_epoch, spread
+from launch.report import bayes_optimal, ceiling_row, count, fmt, md_table, per_epoch, spread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -283,7 +283,7 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
             rows.append([shown, "not run", "", "", "", "", "", ""])
             continue
         s = runs[0]
-        sps = spread([r.get("samples_per_s") for r in runs], lambda v: f"{v:,.0f}")
+        sps = cell(runs, "samples_per_s", count)
         f = flops(args, ds, s)
         mflops = f"{f[0] * 1e6:,.4g}" if f else "-"  # TFLOPs -> MFLOPs
         metrics = [cell(runs, k) for k in ("auc", "gauc", "logloss", "tail_auc")]
@@ -310,7 +310,7 @@ def table2(args: argparse.Namespace, ds: str) -> str:
             rows.append([shown, "not run", "", "", "", "", ""])
             continue
         f = flops(args, ds, runs[0])
-        sps = spread([r.get("samples_per_s") for r in runs], lambda v: f"{v:,.0f}")
+        sps = cell(runs, "samples_per_s", count)
         tf = (f"{f[0]:.3e}", f"{f[1]:.3e}" if f[1] is not None else "-") if f else ("-", "-")
         metrics = [cell(runs, k) for k in ("auc", "gauc", "logloss")]
         rows.append([shown + seeds_note(args, runs), *metrics, tf[0], tf[1], sps])
@@ -494,16 +494,14 @@ def main() -> int:
         return 0
     t0 = time.time()
     if not args.tables_only:
-        for run in runs:
-            for seed in range(args.seeds):
-                if args.time_budget and time.time() - t0 > 60 * args.time_budget:
-                    break
-                try:
-                    execute(args, run, seed)
-                except RuntimeError as e:  # one failed run does not stop the grid
-                    print(f"!! {e}", flush=True)
-        if args.time_budget and time.time() - t0 > 60 * args.time_budget:
-            print(f"== time budget of {args.time_budget} min reached; stopping (rerun to continue)")
+        for run, seed in [(run, seed) for run in runs for seed in range(args.seeds)]:
+            if args.time_budget and time.time() - t0 > 60 * args.time_budget:
+                print(f"== time budget of {args.time_budget} min reached; stopping (rerun to continue)")
+                break
+            try:
+                execute(args, run, seed)
+            except RuntimeError as e:  # one failed run does not stop the grid
+                print(f"!! {e}", flush=True)
     doc = Path(args.write_doc) if args.write_doc else None
     generated = tables(args, doc.parent if doc else Path(args.out))
     if doc:
