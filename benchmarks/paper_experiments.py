@@ -15,7 +15,10 @@ missing runs show as "not run".
 ``--seeds N`` trains every run with seeds 0 .. N-1 (folder OUT/<dataset>/runs/<name>/seed<k>/; one seed:
 OUT/<dataset>/runs/<name>/, as before) and every table cell is the mean +- sample standard deviation
 over the seeds that finished (the value alone for one seed; "k/N seeds" marks a row some seeds of
-which are missing). The SID tables are tokenized once per dataset, with seed 0. ``--section table1``
+which are missing). The SID tables are tokenized once per dataset, with seed 0; where a tokenized
+feature's embeddings are learned (no content, text or history for it: MovieLens' users and items),
+the ID run of seed 0 trains first and the tokenizer quantizes its rows (``--from-run``), the order of
+``launch.compare``. ``--section table1``
 builds and writes Table 1 alone, into its own block of the document (``<!-- BEGIN GENERATED TABLE 1
 -->`` ... ``<!-- END GENERATED TABLE 1 -->``).
 
@@ -61,7 +64,7 @@ class Run:
     model: str
     """Model of the zoo."""
     tok: str = "opmq_k4"
-    """Tokenization key (folder OUT/<dataset>/sids/<tok>)."""
+    """Tokenization key (folder OUT/<dataset>/sids/<tok>); the ID model takes its K as token count."""
     flags: list[str] = field(default_factory=list)
     """Extra trainer flags."""
     sweep: bool = False
@@ -135,19 +138,36 @@ def prepare_data(args: argparse.Namespace, ds: str) -> Path:
     return out
 
 
-def prepare_sids(args: argparse.Namespace, ds: str, tok: str) -> Path | None:
-    if tok == "id":
-        tok = "opmq_k4"  # the ID model only takes the token count from it
+def learned_sources(args: argparse.Namespace, ds: str) -> bool:
+    """True when some tokenized feature of ``ds`` takes its embeddings from the ``learned`` source (every
+    non-item high-cardinality feature, and items without content, text or history): the tokenizer then
+    reads them from the finished ID run (``--from-run``), as ``launch.compare`` does."""
+    from data_pipeline.spec import DatasetSpec
+    from store.tokenizer.embeddings import LEARNED
+    from store.tokenizer.pipeline import feature_sources
+
+    return LEARNED in feature_sources(DatasetSpec.load(Path(args.out) / ds / "data"), None).values()
+
+
+def prepare_sids(args: argparse.Namespace, ds: str, tok: str) -> Path:
     out = Path(args.out) / ds / "sids" / tok
     if (out / "meta.json").is_file():
         return out
     method, k = TOKENIZATIONS[tok]
-    print(f"== tokenize {ds} {tok} -> {out}", flush=True)
     cmd = python() + [
         "-m", "store.tokenizer", "--data", str(Path(args.out) / ds / "data"), "--out", str(out),
         "--method", method, "--num-sids", str(k), "--codebook-size", str(args.codebook_size),
         "--min-steps", str(args.tokenizer_min_steps), "--seed", "0", "--no-progress",
     ]  # fmt: skip
+    source = "default sources"
+    if learned_sources(args, ds):
+        # launch.compare's order: the ID model (seed 0) trains first, the tokenizer quantizes the rows
+        # it learned; every seed's STORE runs read that one table (tokenized once per dataset).
+        id_run = Run(ds, "id", "id")
+        execute(args, id_run, 0)
+        cmd += ["--from-run", str(run_dir(args, id_run, 0))]
+        source = f"learned from {run_dir(args, id_run, 0)}"
+    print(f"== tokenize {ds} {tok} ({source}) -> {out}", flush=True)
     run_logged(cmd, Path(args.out) / ds / "logs" / f"tokenize_{tok}.log", f"tokenizing {ds} {tok}")
     return out
 
@@ -167,15 +187,17 @@ def execute(args: argparse.Namespace, run: Run, seed: int = 0) -> None:
     if (out / "summary.json").is_file():
         return
     data = prepare_data(args, run.dataset)
-    needs_sids = run.model in ("store", "id")  # the baselines read raw IDs: no tokenizer run for them
-    sids = prepare_sids(args, run.dataset, run.tok) if needs_sids else None
+    # STORE reads a SID table; the ID model only takes its token count, K (the baselines read raw IDs)
+    sids = prepare_sids(args, run.dataset, run.tok) if run.model == "store" else None
     epochs = args.sweep_epochs if run.sweep else args.epochs
     flags = [
         "--data", str(data), "--model", run.model, "--out", str(out), "--epochs", str(epochs),
         "--batch-size", str(args.batch_size), "--seed", str(seed), "--resume", "--logging.progress", "false",
     ]  # fmt: skip
-    if needs_sids:
+    if sids is not None:
         flags += ["--sids", str(sids)]
+    elif run.model == "id":
+        flags += ["--model.id_item_tokens", str(TOKENIZATIONS[run.tok][1])]
     tag = run.name if args.seeds == 1 else f"{run.name}_seed{seed}"
     if args.max_steps:
         flags += ["--max-steps", str(args.max_steps)]

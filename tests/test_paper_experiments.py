@@ -1,0 +1,85 @@
+"""benchmarks/paper_experiments.py's run order: where SIDs come from learned embeddings, the ID run
+trains first and the tokenizer reads it (``--from-run``), as launch.compare does."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.synthetic import generate_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def paper():
+    spec = importlib.util.spec_from_file_location(
+        "paper_experiments", REPO / "benchmarks" / "paper_experiments.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["paper_experiments"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(out: Path) -> argparse.Namespace:
+    return argparse.Namespace(
+        out=str(out), seeds=2, epochs=1, sweep_epochs=1, batch_size=64, max_steps=0, codebook_size=8,
+        tokenizer_min_steps=10, trainer_args=[],
+    )  # fmt: skip
+
+
+def _record(monkeypatch, paper) -> list[list[str]]:
+    """Commands paper_experiments would run, in order; each "run" writes the file the next step checks."""
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, log, what):
+        calls.append([str(c) for c in cmd])
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("meta.json" if "store.tokenizer" in cmd else "summary.json")).write_text("{}")
+
+    monkeypatch.setattr(paper, "run_logged", fake_run)
+    return calls
+
+
+def test_learned_sources_put_the_id_run_before_the_tokenizer(tmp_path, monkeypatch, paper):
+    args = _args(tmp_path / "exp")
+    # the synthetic users have no content, text or history: their embeddings are learned
+    generate_dataset(tmp_path / "exp" / "syn" / "data", 600, items=200, users=40, seed=0, progress=False)
+    calls = _record(monkeypatch, paper)
+    paper.execute(args, paper.Run("syn", "store", "store"), seed=1)
+    kinds = ["tokenize" if "store.tokenizer" in c else c[c.index("--model") + 1] for c in calls]
+    assert kinds == ["id", "tokenize", "store"]
+    id_cmd, tok_cmd, store_cmd = calls
+    id_dir = str(paper.run_dir(args, paper.Run("syn", "id", "id"), 0))
+    assert id_cmd[id_cmd.index("--out") + 1] == id_dir and id_cmd[id_cmd.index("--seed") + 1] == "0"
+    assert "--sids" not in id_cmd and id_cmd[id_cmd.index("--model.id_item_tokens") + 1] == "4"
+    assert tok_cmd[tok_cmd.index("--from-run") + 1] == id_dir
+    assert store_cmd[store_cmd.index("--sids") + 1] == tok_cmd[tok_cmd.index("--out") + 1]
+    assert store_cmd[store_cmd.index("--seed") + 1] == "1"
+    # the ID run of seed 0 is not trained twice, and the table is tokenized once
+    calls.clear()
+    paper.execute(args, paper.Run("syn", "id", "id"), seed=0)
+    paper.execute(args, paper.Run("syn", "store", "store"), seed=0)
+    assert [c[c.index("--model") + 1] for c in calls] == ["store"]
+
+
+def test_content_only_sources_tokenize_without_an_id_run(tmp_path, monkeypatch, paper):
+    args = _args(tmp_path / "exp")
+    data = tmp_path / "exp" / "syn" / "data"
+    generate_dataset(data, 600, items=200, users=40, seed=0, progress=False)
+    spec_path = data / "spec.json"
+    # no feature is high-cardinality any more: only the item (content embeddings) is tokenized
+    spec_path.write_text(
+        spec_path.read_text().replace('"high_cardinality": true', '"high_cardinality": false')
+    )
+    assert not paper.learned_sources(args, "syn")  # the item's source is its content
+    calls = _record(monkeypatch, paper)
+    paper.execute(args, paper.Run("syn", "store", "store"), seed=0)
+    assert ["store.tokenizer" in c for c in calls] == [True, False]
+    assert "--from-run" not in calls[0]
