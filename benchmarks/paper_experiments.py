@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.compare import run_logged, trainer_command
+from launch.compare import learned_embeddings, run_logged, trainer_command
 from launch.report import bayes_optimal, ceiling_row, count, fmt, md_table, per_epoch, spread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,17 +138,6 @@ def prepare_data(args: argparse.Namespace, ds: str) -> Path:
     return out
 
 
-def learned_sources(args: argparse.Namespace, ds: str) -> bool:
-    """True when some tokenized feature of ``ds`` takes its embeddings from the ``learned`` source (every
-    non-item high-cardinality feature, and items without content, text or history): the tokenizer then
-    reads them from the finished ID run (``--from-run``), as ``launch.compare`` does."""
-    from data_pipeline.spec import DatasetSpec
-    from store.tokenizer.embeddings import LEARNED
-    from store.tokenizer.pipeline import feature_sources
-
-    return LEARNED in feature_sources(DatasetSpec.load(Path(args.out) / ds / "data"), None).values()
-
-
 def prepare_sids(args: argparse.Namespace, ds: str, tok: str) -> Path:
     out = Path(args.out) / ds / "sids" / tok
     if (out / "meta.json").is_file():
@@ -160,13 +149,14 @@ def prepare_sids(args: argparse.Namespace, ds: str, tok: str) -> Path:
         "--min-steps", str(args.tokenizer_min_steps), "--seed", "0", "--no-progress",
     ]  # fmt: skip
     source = "default sources"
-    if learned_sources(args, ds):
+    if learned_embeddings(Path(args.out) / ds / "data"):
         # launch.compare's order: the ID model (seed 0) trains first, the tokenizer quantizes the rows
         # it learned; every seed's STORE runs read that one table (tokenized once per dataset).
         id_run = Run(ds, "id", "id")
         execute(args, id_run, 0)
-        cmd += ["--from-run", str(run_dir(args, id_run, 0))]
-        source = f"learned from {run_dir(args, id_run, 0)}"
+        id_dir = run_dir(args, id_run, 0)
+        cmd += ["--from-run", str(id_dir)]
+        source = f"learned from {id_dir}"
     print(f"== tokenize {ds} {tok} ({source}) -> {out}", flush=True)
     run_logged(cmd, Path(args.out) / ds / "logs" / f"tokenize_{tok}.log", f"tokenizing {ds} {tok}")
     return out

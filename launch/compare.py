@@ -204,14 +204,16 @@ def tokenize_command(cfg: CompareConfig, out: str | Path, from_run: Path | None 
     return cmd + (["--from-run", str(from_run)] if from_run else [])
 
 
-def learned_first(cfg: CompareConfig) -> bool:
-    """True when some tokenized feature's embeddings are learned (then the ID run comes first)."""
+def learned_embeddings(data: str | Path, high_card: str = "", embedding: str | None = None) -> bool:
+    """True when some feature the tokenizer tokenizes in ``data`` (under ``--high-card``, with
+    ``--embedding`` or the default sources) takes its embeddings from the ``learned`` source: then the
+    ID run comes first and the tokenizer reads the tables it learned (``--from-run``)."""
     from data_pipeline.spec import DatasetSpec, apply_high_card
     from store.tokenizer.embeddings import LEARNED
     from store.tokenizer.pipeline import feature_sources
 
-    spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
-    return LEARNED in feature_sources(spec, cfg.embedding or None).values()
+    spec = apply_high_card(DatasetSpec.load(data), high_card)
+    return LEARNED in feature_sources(spec, embedding or None).values()
 
 
 def trainer_command(nproc: int, args: list[str]) -> list[str]:
@@ -248,7 +250,7 @@ def run_comparison(cfg: CompareConfig) -> Path:
     out = Path(fs.local_path(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     layouts = seed_layouts(cfg)
-    first = not cfg.sids and learned_first(cfg)
+    first = not cfg.sids and learned_embeddings(cfg.data, cfg.high_card, cfg.embedding)
     # (what, model) in order: learned embeddings come from the ID run, so it goes first
     order = [("train", "id"), ("tokenize", ""), ("train", "store")] if first else [
         ("tokenize", ""), ("train", "id"), ("train", "store")

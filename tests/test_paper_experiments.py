@@ -78,7 +78,7 @@ def test_content_only_sources_tokenize_without_an_id_run(tmp_path, monkeypatch, 
     spec_path.write_text(
         spec_path.read_text().replace('"high_cardinality": true', '"high_cardinality": false')
     )
-    assert not paper.learned_sources(args, "syn")  # the item's source is its content
+    assert not paper.learned_embeddings(data)  # the item's source is its content
     calls = _record(monkeypatch, paper)
     paper.execute(args, paper.Run("syn", "store", "store"), seed=0)
     assert ["store.tokenizer" in c for c in calls] == [True, False]
