@@ -40,7 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.compare import learned_embeddings, run_logged, trainer_command
-from launch.report import bayes_optimal, ceiling_row, count, fmt, md_table, per_epoch, spread
+from launch.report import (
+    PREDICTIONS,
+    bayes_optimal,
+    ceiling_row,
+    count,
+    fmt,
+    load_runs,
+    md_table,
+    per_epoch,
+    signed,
+    significance,
+    spread,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,6 +283,34 @@ def emb_params(s: dict) -> int | None:
     return v[0] if v else None
 
 
+TABLE1_BASELINE = "dnn"
+"""The model every Table 1 row's test AUC is tested against."""
+
+
+def versus_baseline(
+    args: argparse.Namespace, ds: str, names: list[str], baseline: str = TABLE1_BASELINE
+) -> dict:
+    """{name: "diff [low, high]"}: each run's seed-mean test AUC minus ``baseline``'s, with the 95 %
+    interval of launch.report's paired bootstrap over the test users (every resample applied to every
+    seed of both). Empty when the baseline has no finished seed; a run whose seeds kept no predictions
+    file is left out (the table shows "-")."""
+    folders = {n: [d for k in range(args.seeds) if ((d := seed_dir(args, ds, n, k)) / "summary.json").is_file()]
+               for n in [baseline, *names]}  # fmt: skip
+    if not folders[baseline]:
+        return {}
+    arms = load_runs({n: f for n, f in folders.items() if f})
+    with_predictions = {n: rs for n, rs in arms.items() if all((r.path / PREDICTIONS).is_file() for r in rs)}
+    if baseline not in with_predictions or len(with_predictions) < 2:
+        return {}
+    result = significance(with_predictions, baseline)
+    out = {}
+    for arm, r in result["arms"].items():
+        d = next(x for x in r["bootstrap"] if x["metric"] == "auc")
+        if math.isfinite(d["diff"]):
+            out[arm] = f"{signed(d['diff'])} [{signed(d['low'])}, {signed(d['high'])}]"
+    return out
+
+
 def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
     rows = []
     names = {
@@ -289,20 +329,34 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
         "id": "ID baseline (STORE arch., raw item IDs)",
     }
     names["store"] = "STORE (OPMQ SIDs)"
+    versus = versus_baseline(args, ds, [n for n in names if n != TABLE1_BASELINE])
     for name, shown in names.items():
         runs = load_seeds(args, ds, name)
         if not runs:
-            rows.append([shown, "not run", "", "", "", "", "", ""])
+            rows.append([shown, "not run", "", "", "", "", "", "", ""])
             continue
         s = runs[0]
         sps = cell(runs, "samples_per_s", count)
         f = flops(args, ds, s)
         mflops = f"{f[0] * 1e6:,.4g}" if f else "-"  # TFLOPs -> MFLOPs
         metrics = [cell(runs, k) for k in ("auc", "gauc", "logloss", "tail_auc")]
-        rows.append([shown + seeds_note(args, runs), *metrics, sps, emb_params(s), mflops])
+        vs = "" if name == TABLE1_BASELINE else versus.get(name, "-")
+        rows.append(
+            [shown + seeds_note(args, runs), metrics[0], vs, *metrics[1:], sps, emb_params(s), mflops]
+        )
     if ceiling:
-        rows.append(ceiling_row(ceiling, 4, blank=""))
-    header = ["model", "AUC", "GAUC", "logloss", "tail AUC", "samples/s", "embedding params"]
+        row = ceiling_row(ceiling, 4, blank="")
+        rows.append([*row[:2], "", *row[2:]])
+    header = [
+        "model",
+        "AUC",
+        "AUC - DNN [95%]",
+        "GAUC",
+        "logloss",
+        "tail AUC",
+        "samples/s",
+        "embedding params",
+    ]
     return md_table([*header, "MFLOPs/batch (fwd)"], rows)
 
 
@@ -434,7 +488,10 @@ def tables(args: argparse.Namespace, figures_dir: Path) -> str:
 
 
 TABLE1_CAPTION = (
-    "test split, scored with the best validation epoch's weights. MFLOPs: forward, per batch of the runs' "
+    "test split, scored with the best validation epoch's weights. AUC - DNN: the difference of the "
+    "seed-mean test AUC from DNN's, with its 95% interval from a paired bootstrap over the test users "
+    "(1,000 resamples, every seed of both models in each; launch.report's significance test). "
+    "MFLOPs: forward, per batch of the runs' "
     "batch size; analytical (store.models.flops) for STORE, ID and the linear-layer baselines, torch's "
     "FlopCounterMode on one test batch for DCN-v2, AutoInt, RankMixer and OneTrans; both count matmuls "
     "(and attention), not element-wise products."

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data_pipeline.synthetic import generate_dataset
@@ -83,3 +84,52 @@ def test_content_only_sources_tokenize_without_an_id_run(tmp_path, monkeypatch, 
     paper.execute(args, paper.Run("syn", "store", "store"), seed=0)
     assert ["store.tokenizer" in c for c in calls] == [True, False]
     assert "--from-run" not in calls[0]
+
+
+def _fake_run(folder: Path, seed: int, labels, logits, users) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "predictions").mkdir(parents=True)
+    (folder / "summary.json").write_text(
+        json.dumps({"dataset": {"fingerprint": "f"}, "config": {"seed": seed}})
+    )
+    table = {"row": np.arange(labels.size), "label": labels, "logit": logits, "user": users}
+    pq.write_table(pa.table(table), folder / "predictions" / "test.parquet")
+
+
+def test_table1_tests_each_model_against_dnn_on_the_test_users(tmp_path, paper):
+    args = _args(tmp_path / "exp")
+    rng = np.random.default_rng(0)
+    n = 4000
+    labels = (rng.random(n) < 0.3).astype(np.float32)
+    users = rng.integers(0, 200, n)
+    signal = labels * 2.0 - 1.0
+    # dnn sees the label through noise, fm through less of it, gdcn through as much (other draws)
+    dnn = [signal + rng.normal(0, 2.0, n) for _ in range(2)]
+    arms = {"dnn": dnn, "fm": [signal + rng.normal(0, 1.0, n) for _ in range(2)],
+            "gdcn": [signal + rng.normal(0, 2.0, n) for _ in range(2)]}  # fmt: skip
+    for name, runs in arms.items():
+        for k, logits in enumerate(runs):
+            _fake_run(paper.seed_dir(args, "syn", name, k), k, labels, logits.astype(np.float32), users)
+    # masknet finished one seed without a predictions file: no interval for it, the others unaffected
+    (paper.seed_dir(args, "syn", "masknet", 0)).mkdir(parents=True)
+    (paper.seed_dir(args, "syn", "masknet", 0) / "summary.json").write_text(
+        '{"dataset": {"fingerprint": "f"}}'
+    )
+    vs = paper.versus_baseline(args, "syn", ["fm", "gdcn", "masknet", "pepnet"])
+    assert set(vs) == {"fm", "gdcn"}
+
+    def parse(text):  # "+0.0123 [+0.0100, +0.0150]"
+        diff, rest = text.split(" [")
+        low, high = rest.rstrip("]").split(", ")
+        return float(diff), float(low), float(high)
+
+    diff, low, high = parse(vs["fm"])
+    assert 0 < low < diff < high  # clearly better than dnn
+    diff, low, high = parse(vs["gdcn"])
+    assert low < 0 < high and abs(diff) < 0.02  # as good as dnn: no significant difference
+    # no finished DNN seed: nothing to test against
+    assert paper.versus_baseline(args, "syn", ["fm"], baseline="widedeep") == {}
