@@ -22,6 +22,10 @@ OUT/logs/seed<k>/. With one seed (the default) the folders are OUT/sids, OUT/id 
 The dataset (``--data``) and an existing SID table (``--sids``) may be in object storage (``s3://``,
 ``gs://``, ``hdfs://``, ...: data_pipeline/fs.py); OUT is a local folder. Logs of every stage go to
 OUT/logs/; the console shows one line per stage.
+
+Exit codes: 0 done; 2 a bad flag, its own or a trainer flag after ``--`` (those are checked as the
+trainer checks them before any stage runs, so nothing is written), bad data, or a stage that exited
+2 (it rejected its input; the error shows its log's last lines); 1 any other stage failure.
 """
 
 from __future__ import annotations
@@ -177,8 +181,17 @@ def python_env() -> dict[str, str]:
     return env
 
 
+class StageFailed(RuntimeError):
+    """A stage's process exited non-zero; ``returncode`` is its exit code (2: it rejected a flag, the
+    config or the data, and its log's last lines, in the message, say which)."""
+
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
 def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
-    """Run `cmd`, output to `log_path`; on failure raise with the log's last lines."""
+    """Run `cmd`, output to `log_path`; on failure raise StageFailed with the log's last lines."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
@@ -187,7 +200,7 @@ def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=python_env())
     if rc != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{what} failed (exit {rc}); log {log_path}:\n{tail}")
+        raise StageFailed(f"{what} failed (exit {rc}); log {log_path}:\n{tail}", rc)
     print(f"   done in {time.perf_counter() - t0:.0f} s (log: {log_path})", flush=True)
 
 
@@ -242,11 +255,31 @@ def train_args(cfg: CompareConfig, model: str, sids: str | Path, out: Path) -> l
     return args + list(cfg.trainer_args)
 
 
+def check_trainer_args(cfg: CompareConfig) -> None:
+    """The trainer flags after '--' parsed and validated as ``python -m trainer`` will (the ID run's
+    command; STORE's differs only in --sids, which does not exist yet), before any stage spends time:
+    ConfigError naming the flag. A flag tyro cannot parse is printed by tyro, as the trainer prints it."""
+    if not cfg.trainer_args:
+        return
+    from trainer.config import parse_args
+
+    try:
+        parse_args(train_args(cfg, "id", "", Path(fs.local_path(cfg.out)) / "id"))
+    except SystemExit as e:  # tyro: unknown flag, missing or mistyped value (already printed)
+        if e.code in (0, None):  # --help among them: the trainer's help was printed
+            raise
+        flags = " ".join(cfg.trainer_args)
+        raise ConfigError(
+            f"the trainer flags after '--' ({flags}) are not python -m trainer's (above)"
+        ) from None
+
+
 def run_comparison(cfg: CompareConfig) -> Path:
     """All stages for every seed, then the report; returns the report's markdown file."""
     from launch.report import write_report
 
     cfg.validate()
+    check_trainer_args(cfg)
     out = Path(fs.local_path(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     layouts = seed_layouts(cfg)
@@ -316,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
+    except RuntimeError as e:  # a stage failed: exit 2 when it rejected its input (its exit code)
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if getattr(e, "returncode", None) == 2 else 1
     print(f"report: {report}")
     for line in verdicts(report.parent):
         print(line)

@@ -150,6 +150,31 @@ def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, cap
     assert c.high_card == "none" and c.trainer_args == argv[argv.index("--") + 1 :]
 
 
+def test_bad_trainer_flags_exit_2_before_any_stage(tiny_data, tmp_path, capsys, monkeypatch):
+    """The flags after '--' are checked as the trainer checks them before the tokenizer or a training
+    run starts; a stage that rejects its input (exit 2) makes the comparison exit 2 too."""
+    stages = []
+    monkeypatch.setattr(compare, "run_logged", lambda cmd, log, what: stages.append(what))
+    out = tmp_path / "o"
+    base = ["--data", str(tiny_data), "--out", str(out), "--"]
+    assert compare.main([*base, "--optim.bogus", "1"]) == 2  # unknown to the trainer (tyro)
+    err = capsys.readouterr().err
+    assert "--optim.bogus" in err and "not python -m trainer's" in err
+    assert compare.main([*base, "--optim.dense_lr", "-1"]) == 2  # the trainer's own rule
+    assert "--optim.dense_lr must be > 0, got -1.0" in capsys.readouterr().err
+    assert stages == [] and not out.exists()  # nothing ran, nothing was written
+
+    def rejects(cmd, log, what):  # a stage that exits 2, as the tokenizer does on bad data
+        raise compare.StageFailed(f"{what} failed (exit 2); log {log}", 2)
+
+    monkeypatch.setattr(compare, "run_logged", rejects)
+    assert compare.main([*base, "--model.embedding_dim", "8"]) == 2
+    monkeypatch.setattr(
+        compare, "run_logged", lambda *a: (_ for _ in ()).throw(compare.StageFailed("boom", 3))
+    )
+    assert compare.main(base[:-1]) == 1  # another failure keeps exit 1
+
+
 @pytest.mark.slow
 def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
     cfg = CompareConfig(
