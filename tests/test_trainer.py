@@ -110,6 +110,25 @@ def test_flag_spellings_of_existing_commands(data, tmp_path):
     assert cfg.table_overrides() == {"t_item": "row_wise"}
 
 
+def test_sparse_lr_defaults_to_the_models_own(data, tmp_path):
+    """Unset, --optim.sparse_lr is the model's default (FM and DeepFM learn their tables slower); a
+    value given on the command line or in a TOML file wins for every model."""
+    from store.models.zoo import MODEL_SPARSE_LR, SPARSE_LR
+
+    def lr(*flags: str) -> float:
+        return parse_args(small_flags(data, tmp_path, *flags)).optim.sparse_lr
+
+    assert lr() == SPARSE_LR == 0.05  # dnn
+    assert lr("--model", "deepfm") == MODEL_SPARSE_LR["deepfm"] == 0.02
+    assert lr("--model", "fm") == 0.02
+    assert lr("--model", "deepfm", "--optim.sparse_lr", "0.05") == 0.05
+    toml = tmp_path / "lr.toml"
+    toml.write_text("[optim]\nsparse_lr = 1\n")  # an int in TOML is a float here
+    assert lr("--config", str(toml), "--model", "fm") == 1.0
+    with pytest.raises(ConfigError, match="--optim.sparse_lr must be > 0, got -1.0"):
+        lr("--optim.sparse_lr", "-1")
+
+
 def test_help_documents_every_flag(capsys):
     import dataclasses
     import re

@@ -42,8 +42,9 @@ class OptimConfig:
 
     sparse: str = "rowwise_adagrad"
     """Embedding optimizer, fused into the backward by TorchRec: rowwise_adagrad, adagrad, adam or sgd."""
-    sparse_lr: float = 0.05
-    """Learning rate of the embedding tables."""
+    sparse_lr: float | None = None
+    """Learning rate of the embedding tables (default: the model's, 0.05; FM and DeepFM 0.02:
+    store.models.zoo.MODEL_SPARSE_LR)."""
     dense: str = "adam"
     """Optimizer of the dense (non-embedding) parameters: adam, adamw or sgd."""
     dense_lr: float = 1e-3
@@ -179,7 +180,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """ConfigError naming the flag, value and rule (model hyper-parameters: ModelConfig.validate)."""
-        from store.models.zoo import MODEL_NAMES, NEEDS_SIDS
+        from store.models.zoo import MODEL_NAMES, NEEDS_SIDS, sparse_lr
         from trainer.distributed import SHARDING_TYPES
 
         def bad(flag: str, value: Any, rule: str) -> ConfigError:
@@ -191,6 +192,8 @@ class TrainConfig:
             raise bad("--data", self.data, "must be an existing dataset folder")
         if self.model not in MODEL_NAMES:
             raise bad("--model", self.model, f"must be one of {', '.join(MODEL_NAMES)}")
+        if self.optim.sparse_lr is None:  # unset: the model's own default, recorded as such in summary.json
+            self.optim.sparse_lr = sparse_lr(self.model)
         if self.model in NEEDS_SIDS and not self.sids:
             raise ConfigError(
                 f"--model {self.model} needs --sids DIR (a SID table folder from the tokenizer)"
@@ -297,6 +300,8 @@ def _typed(where: str, value: Any, default: Any) -> Any:
     """A TOML value checked against the type of the field's default (a list becomes a tuple of ints)."""
     if isinstance(default, tuple) and isinstance(value, list) and all(type(v) is int for v in value):
         return tuple(value)
+    if default is None and type(value) in (int, float):  # an unset float (--optim.sparse_lr)
+        return float(value)
     if isinstance(default, float) and type(value) is int:
         return float(value)
     if type(value) is not type(default):

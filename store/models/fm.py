@@ -8,7 +8,8 @@ Shape letters: B batch, F sparse fields, D embedding width (the factor size k of
 The first-order weights w_i are FieldEmbedder's narrow ``<table>_w`` tables, each weight the mean of
 its row (as in ``store.models.widedeep``: it then learns at ``--optim.sparse_lr``); the dense features enter
 the linear part only, as in DeepFM's FM they are not an FM field (a dense vector has no factor per
-ID). No hyper-parameter of its own: D is ``--model.embedding_dim``.
+ID). No hyper-parameter of its own: D is ``--model.embedding_dim``. Its tables learn at 0.02 by
+default, as DeepFM's, not the shared 0.05 (``store.models.zoo.MODEL_SPARSE_LR``, chosen by validation AUC).
 
 The history items have factors and first-order weights of their own (table ``t_item_hist``, as many
 rows as ``t_item``), not the target item's: in the paper's encoding a history is its own group of
