@@ -212,10 +212,15 @@ def execute(args: argparse.Namespace, run: Run, seed: int = 0) -> None:
 
 
 # -- tables ----------------------------------------------------------------------------------------
+def finished_seeds(args: argparse.Namespace, ds: str, name: str) -> list[Path]:
+    """The folders of run ``name``'s finished seeds (0 .. --seeds - 1: those with a summary.json), in seed order."""
+    folders = [seed_dir(args, ds, name, k) for k in range(args.seeds)]
+    return [d for d in folders if (d / "summary.json").is_file()]
+
+
 def load_seeds(args: argparse.Namespace, ds: str, name: str) -> list[dict]:
-    """The summaries of run ``name``'s finished seeds (0 .. --seeds - 1), in seed order."""
-    paths = [seed_dir(args, ds, name, k) / "summary.json" for k in range(args.seeds)]
-    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+    """The summaries of run ``name``'s finished seeds, in seed order."""
+    return [json.loads((d / "summary.json").read_text()) for d in finished_seeds(args, ds, name)]
 
 
 def load(args: argparse.Namespace, ds: str, name: str) -> dict | None:
@@ -294,8 +299,7 @@ def versus_baseline(
     interval of launch.report's paired bootstrap over the test users (every resample applied to every
     seed of both). Empty when the baseline has no finished seed; a run whose seeds kept no predictions
     file is left out (the table shows "-")."""
-    folders = {n: [d for k in range(args.seeds) if ((d := seed_dir(args, ds, n, k)) / "summary.json").is_file()]
-               for n in [baseline, *names]}  # fmt: skip
+    folders = {n: finished_seeds(args, ds, n) for n in [baseline, *names]}
     if not folders[baseline]:
         return {}
     arms = load_runs({n: f for n, f in folders.items() if f})

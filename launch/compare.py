@@ -349,9 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # a stage failed: exit 2 when it rejected its input (its exit code)
+    except StageFailed as e:  # exit 2 when the stage rejected its input (its own exit code 2)
         print(f"error: {e}", file=sys.stderr)
-        return 2 if getattr(e, "returncode", None) == 2 else 1
+        return 2 if e.returncode == 2 else 1
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"report: {report}")
     for line in verdicts(report.parent):
         print(line)

@@ -300,10 +300,8 @@ def _typed(where: str, value: Any, default: Any) -> Any:
     """A TOML value checked against the type of the field's default (a list becomes a tuple of ints)."""
     if isinstance(default, tuple) and isinstance(value, list) and all(type(v) is int for v in value):
         return tuple(value)
-    if default is None and type(value) in (int, float):  # an unset float (--optim.sparse_lr)
-        return float(value)
-    if isinstance(default, float) and type(value) is int:
-        return float(value)
+    if (default is None or isinstance(default, float)) and type(value) in (int, float):
+        return float(value)  # None: a float left unset by default (--optim.sparse_lr)
     if type(value) is not type(default):
         kind = "a list of ints" if isinstance(default, tuple) else type(default).__name__
         raise ConfigError(f"{where} must be {kind}, got {value!r}")
