@@ -125,6 +125,9 @@ def test_sparse_lr_defaults_to_the_models_own(data, tmp_path):
     toml = tmp_path / "lr.toml"
     toml.write_text("[optim]\nsparse_lr = 1\n")  # an int in TOML is a float here
     assert lr("--config", str(toml), "--model", "fm") == 1.0
+    toml.write_text('[optim]\nsparse_lr = "fast"\n')
+    with pytest.raises(ConfigError, match=r"\[optim\] sparse_lr must be a number, got 'fast'"):
+        lr("--config", str(toml))
     with pytest.raises(ConfigError, match="--optim.sparse_lr must be > 0, got -1.0"):
         lr("--optim.sparse_lr", "-1")
 

@@ -303,7 +303,13 @@ def _typed(where: str, value: Any, default: Any) -> Any:
     if (default is None or isinstance(default, float)) and type(value) in (int, float):
         return float(value)  # None: a float left unset by default (--optim.sparse_lr)
     if type(value) is not type(default):
-        kind = "a list of ints" if isinstance(default, tuple) else type(default).__name__
+        kind = (
+            "a list of ints"
+            if isinstance(default, tuple)
+            else "a number"
+            if default is None
+            else type(default).__name__
+        )
         raise ConfigError(f"{where} must be {kind}, got {value!r}")
     return value
 
