@@ -351,6 +351,8 @@ RENAMED = {
     ("masknet", "num_blocks"): "masknet_blocks",
     ("masknet", "block_dim"): "masknet_block_dim",
     ("masknet", "dropout"): "masknet_dropout",
+    ("masknet", "reduction_ratio"): "masknet_reduction_ratio",
+    ("masknet", "embedding_norm"): "masknet_embedding_norm",
     ("ssr", "variant"): "ssr_variant",
     ("ssr", "num_views"): "ssr_views",
     ("ssr", "view_dim"): "ssr_view_dim",

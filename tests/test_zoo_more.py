@@ -198,6 +198,37 @@ def test_masknet_masks_come_from_the_whole_instance_and_gate_the_blocks(mode):
     torch.testing.assert_close(logits, logits[:1].expand(6))
 
 
+@pytest.mark.parametrize("mode", ["serial", "parallel"])
+@pytest.mark.parametrize("norm", [False, True])
+def test_masknet_blocks_on_the_embedding_read_it_raw_or_layer_normed(mode, norm):
+    model = _build("masknet", {"masknet_mode": mode, "masknet_embedding_norm": norm}).eval()
+    assert (model.field_norm is None) != norm
+    seen = []
+    model.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(args))
+    batch = tiny_batch(tiny_spec(), rows=5)
+    with torch.no_grad():
+        model(batch)
+        fields, _ = model.fields(batch)  # (B, F, D)
+    v_emb, v_in = seen[0]
+    torch.testing.assert_close(v_emb, fields.flatten(1))  # the mask always reads the raw embedding
+    expected = (
+        F.layer_norm(fields, (fields.shape[-1],), model.field_norm.weight, model.field_norm.bias)
+        if norm
+        else fields
+    )
+    torch.testing.assert_close(v_in, expected.flatten(1))
+    assert not torch.allclose(
+        v_in, fields.flatten(1) if norm else F.layer_norm(fields, (fields.shape[-1],)).flatten(1)
+    )
+
+
+def test_masknet_reduction_ratio_sets_the_masks_aggregation_width():
+    model = _build("masknet", {"masknet_reduction_ratio": 0.5, "masknet_block_dim": 8})
+    n = 6 * 16
+    assert all(b.mask.aggregate.out_features == n // 2 for b in model.blocks)
+    assert _build("masknet").blocks[0].mask.aggregate.out_features == 2 * n  # the default r = 2
+
+
 def test_pepnet_prior_fields_come_from_the_user_and_context_groups():
     spec = tiny_spec()
     prior = pepnet_inputs(spec)
@@ -284,6 +315,7 @@ def test_competitive_sparsity_matches_its_iteration_and_leaves_exact_zeros():
         ({"masknet_block_dim": 0}, "--model.masknet_block_dim"),
         ({"masknet_dropout": 1.0}, "--model.masknet_dropout"),
         ({"masknet_dropout": -0.1}, "--model.masknet_dropout"),
+        ({"masknet_reduction_ratio": 0.0}, "--model.masknet_reduction_ratio"),
         ({"ssr_variant": "topk"}, "--model.ssr_variant"),
         ({"ssr_views": 0}, "--model.ssr_views"),
         ({"ssr_view_dim": -1}, "--model.ssr_view_dim"),

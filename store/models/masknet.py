@@ -12,24 +12,30 @@ with r the reduction ratio (aggregation width / projection width). A MaskBlock t
 
     V_out = ReLU(LN(W (V_mask * V_in)))               W (W, M), no bias (LN follows)
 
-where V_in is LN_EMB(V_emb) (a layer norm over each field's D values) for a block on the embedding,
-or the previous block's output for a block on a block.
+where V_in is, for a block on the embedding, V_emb itself (the default) or, with
+``--model.masknet_embedding_norm true``, the paper's LN_EMB(V_emb) (a layer norm over each field's D
+values); for a block on a block, the previous block's output.
 
 - serial (SerMaskNet): ``--model.masknet_blocks`` blocks in a row, the first on the embedding, each
   later one on the previous output; the last output feeds the output layer.
 - parallel (ParaMaskNet): the blocks all on the embedding, side by side; their outputs are
   concatenated and fed to an MLP (``--model.mlp_dims``), then the output layer.
 
-Defaults: parallel, 3 blocks of width 64 (``--model.masknet_block_dim``), r = 2, dropout 0.5
-(``--model.masknet_dropout``, MaskNet's own: ``--model.dropout`` does not reach it). Both layouts are
-the paper's; on MovieLens-100K the serial one scored lower (test AUC 0.700 / 0.701 on seeds 0 / 1,
-parallel 0.708 / 0.704, DNN 0.711 / 0.709, before the recipe's init std 1e-4 and embedding L2 1e-4), so
-the parallel one is the default. The dropout: the parallel model has 496k dense parameters, 34x DNN's,
-and overfits MovieLens-100K without it. It was chosen by the mean best validation AUC of seeds 0 and 1
-(3 epochs, trainer defaults): dropout 0 gives 0.6878 / 0.6911 (test 0.7004 / 0.7013), 0.1 0.6938 /
-0.6953, 0.2 0.6936 / 0.6914, 0.3 0.6917 / 0.6897, 0.5 0.6989 / 0.6932 (test AUC 0.7072 / 0.7088; DNN
-0.7118 / 0.7088). One block instead of three (dropout 0.2) gave validation 0.6954 / 0.6914, blocks of
-width 32 0.6913 / 0.6922 (docs/results.md, Table 1).
+Defaults: parallel, 3 blocks of width 64 (``--model.masknet_block_dim``), r = 2
+(``--model.masknet_reduction_ratio``), dropout 0.5 (``--model.masknet_dropout``, MaskNet's own:
+``--model.dropout`` does not reach it), no LN_EMB. Chosen by the mean best validation AUC over seeds
+0-4 on MovieLens-100K (3 epochs, trainer defaults; docs/results.md, "MaskNet's defaults"):
+
+- LN_EMB is the one lever that matters: without it, validation 0.6969 and test 0.7128 +- 0.0032; with
+  it, 0.6914 and 0.7044 +- 0.0028 (DNN 0.6963 and 0.7110 +- 0.0029). FuxiCTR's MaskNet has the same
+  switch (``emb_layernorm``).
+- With LN_EMB, nothing else moved validation by more than 0.003: one or two blocks, one block of width
+  32 or 128,
+  r = 0.5 or 1, dropout 0.3 or 0.7, no dropout in the MLP: 0.690-0.694. Without it, dropout 0.3 ties
+  0.5 (0.6972), 0.7 is lower (0.6921), and one block scores 0.6952.
+- The serial layout scores lower either way (without LN_EMB: 0.6945, test 0.7093).
+- The dropout: the parallel model has 496k dense parameters, 34x DNN's; with no dropout it overfits
+  (two seeds, with LN_EMB: validation 0.6878 / 0.6911 against 0.6989 / 0.6932 at 0.5).
 """
 
 from __future__ import annotations
@@ -41,9 +47,6 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from store.models.layers import FieldEmbedder, FieldInputs, Head, ModelOutput
-
-REDUCTION_RATIO = 2
-"""r: the mask's aggregation layer is r times wider than the vector it masks."""
 
 
 @dataclass
@@ -62,15 +65,21 @@ class MaskNetConfig:
     """MaskBlocks."""
     block_dim: int
     """W: output width of every MaskBlock."""
+    embedding_norm: bool
+    """Feed the blocks on the embedding LN_EMB(V_emb) (the paper's MaskBlock on feature embedding) instead
+    of V_emb."""
+    reduction_ratio: float
+    """r: each mask's aggregation layer is round(r * M) wide (at least 1), M the width it masks."""
 
 
 class InstanceGuidedMask(nn.Module):
     """forward(v_emb (B, N)) -> mask (B, M): a two-layer MLP, r * M wide in the middle."""
 
-    def __init__(self, in_dim: int, mask_dim: int) -> None:
+    def __init__(self, in_dim: int, mask_dim: int, reduction_ratio: float) -> None:
         super().__init__()
-        self.aggregate = nn.Linear(in_dim, REDUCTION_RATIO * mask_dim)
-        self.project = nn.Linear(REDUCTION_RATIO * mask_dim, mask_dim)
+        hidden = max(1, round(reduction_ratio * mask_dim))
+        self.aggregate = nn.Linear(in_dim, hidden)
+        self.project = nn.Linear(hidden, mask_dim)
 
     def forward(self, v_emb: torch.Tensor) -> torch.Tensor:
         return self.project(torch.relu(self.aggregate(v_emb)))
@@ -79,9 +88,11 @@ class InstanceGuidedMask(nn.Module):
 class MaskBlock(nn.Module):
     """forward(v_emb (B, N), v_in (B, M)) -> (B, W) = Dropout(ReLU(LN(W (mask(v_emb) * v_in))))."""
 
-    def __init__(self, emb_dim: int, in_dim: int, out_dim: int, dropout: float) -> None:
+    def __init__(
+        self, emb_dim: int, in_dim: int, out_dim: int, dropout: float, reduction_ratio: float
+    ) -> None:
         super().__init__()
-        self.mask = InstanceGuidedMask(emb_dim, in_dim)
+        self.mask = InstanceGuidedMask(emb_dim, in_dim, reduction_ratio)
         self.linear = nn.Linear(in_dim, out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
         self.dropout = nn.Dropout(dropout)
@@ -98,19 +109,23 @@ class MaskNet(nn.Module):
         self.fields = FieldEmbedder(inputs, cfg.embedding_dim, device)
         n, w = self.fields.num_fields * cfg.embedding_dim, cfg.block_dim
         self.serial = cfg.mode == "serial"
-        self.field_norm = nn.LayerNorm(cfg.embedding_dim)  # LN_EMB: each field on its own
+        # LN_EMB: a layer norm over each field's D values, on its own
+        self.field_norm = nn.LayerNorm(cfg.embedding_dim) if cfg.embedding_norm else None
         if self.serial:
             ins = [n] + [w] * (cfg.num_blocks - 1)  # a block on the embedding, then blocks on blocks
-            self.blocks = nn.ModuleList(MaskBlock(n, m, w, cfg.dropout) for m in ins)
+            self.blocks = nn.ModuleList(MaskBlock(n, m, w, cfg.dropout, cfg.reduction_ratio) for m in ins)
             self.head = Head(w, (), cfg.dropout)  # the output layer on the last block
         else:
-            self.blocks = nn.ModuleList(MaskBlock(n, n, w, cfg.dropout) for _ in range(cfg.num_blocks))
+            self.blocks = nn.ModuleList(
+                MaskBlock(n, n, w, cfg.dropout, cfg.reduction_ratio) for _ in range(cfg.num_blocks)
+            )
             self.head = Head(cfg.num_blocks * w, cfg.mlp_dims, cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
         fields, _ = self.fields(batch)  # (B, F, D)
         v_emb = fields.flatten(1)  # (B, N): what every mask reads
-        normed = self.field_norm(fields).flatten(1)  # (B, N): what the blocks on the embedding read
+        # what the blocks on the embedding read: LN_EMB(V_emb), or V_emb itself (the default)
+        normed = v_emb if self.field_norm is None else self.field_norm(fields).flatten(1)  # (B, N)
         if self.serial:
             x = normed
             for block in self.blocks:

@@ -329,6 +329,8 @@ def model_config(name: str, cfg: ModelConfig) -> ZooConfig:
             mode=cfg.masknet_mode,
             num_blocks=cfg.masknet_blocks,
             block_dim=cfg.masknet_block_dim,
+            embedding_norm=cfg.masknet_embedding_norm,
+            reduction_ratio=cfg.masknet_reduction_ratio,
         )
     if name == "pepnet":
         return PEPNetConfig(embedding_dim=d, mlp_dims=mlp_dims, dropout=dropout)
