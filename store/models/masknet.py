@@ -31,9 +31,8 @@ Defaults: parallel, 3 blocks of width 64 (``--model.masknet_block_dim``), r = 2
   rows too (2 seeds): test 0.7448 against 0.7418. FuxiCTR's MaskNet has the same switch
   (``emb_layernorm``).
 - With LN_EMB, nothing else moved validation by more than 0.003: one or two blocks, one block of width
-  32 or 128,
-  r = 0.5 or 1, dropout 0.3 or 0.7, no dropout in the MLP: 0.690-0.694. Without it, dropout 0.3 ties
-  0.5 (0.6972), 0.7 is lower (0.6921), and one block scores 0.6952.
+  32 or 128, r = 0.5 or 1, dropout 0.3 or 0.7, no dropout in the MLP: 0.690-0.694. Without it,
+  dropout 0.3 ties 0.5 (0.6972), 0.7 is lower (0.6921), and one block scores 0.6952.
 - The serial layout scores lower either way (without LN_EMB: 0.6945, test 0.7093).
 - The dropout: the parallel model has 496k dense parameters, 34x DNN's; with no dropout it overfits
   (two seeds, with LN_EMB: validation 0.6878 / 0.6911 against 0.6989 / 0.6932 at 0.5).
