@@ -24,7 +24,8 @@ zoo's FM; always for AutoInt, whose output layer counts the fields by their tabl
 hyper-parameter is the library's default.
 
 Every run is resumable: one whose result exists is skipped. Prints a markdown table (mean +-
-standard deviation over the seeds of test AUC, the per-seed figures, ours - library) and writes
+standard deviation over the seeds of test AUC, the per-seed figures, ours - library with Welch's 95%
+interval over the seeds, validation AUC, test GAUC and logloss) and writes
 it with the raw numbers to OUT/reference.md and OUT/reference.json, atomically. The library run
 holds its splits in memory (tables of a few million rows). Needs deepctr-torch
 (``pip install deepctr-torch==0.3.0``; in the dev extra).
@@ -254,25 +255,45 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
+def welch(a: list[float], b: list[float], level: float = 0.95) -> str:
+    """mean(a) - mean(b) with Welch's t interval over the seeds ("" for the interval with one seed)."""
+    diff = statistics.mean(a) - statistics.mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return f"{diff:+.4f}"
+    from scipy.stats import t
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return f"{diff:+.4f}"
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t.ppf(0.5 + level / 2, dof) * (va + vb) ** 0.5
+    return f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]"
+
+
 def table(results: dict[str, dict[str, list[dict]]], seeds: list[int], history: str) -> str:
     lines = [
-        f"| model | ours: test AUC | library: test AUC | ours - library | ours, seeds {','.join(map(str, seeds))} "
-        "| library, per seed | valid AUC, ours / library | test GAUC, ours / library |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | ours: test AUC | library: test AUC | ours - library [95%] | ours, seeds {','.join(map(str, seeds))} "
+        "| library, per seed | valid AUC, ours / library | test GAUC, ours / library "
+        "| test logloss, ours / library |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for model, arms in results.items():
         a = {arm: [r["test"]["auc"] for r in runs] for arm, runs in arms.items()}
         v = {arm: [r["valid"]["auc"] for r in runs] for arm, runs in arms.items()}
         g = {arm: [r["test"]["gauc"] for r in runs] for arm, runs in arms.items()}
-        diff = statistics.mean(a["ours"]) - statistics.mean(a["library"])
+        ll = {arm: [r["test"]["logloss"] for r in runs] for arm, runs in arms.items()}
         lines.append(
-            f"| {LABELS[model]} | {spread(a['ours'])} | {spread(a['library'])} | {diff:+.4f} "
+            f"| {LABELS[model]} | {spread(a['ours'])} | {spread(a['library'])} | {welch(a['ours'], a['library'])} "
             f"| {' '.join(f'{x:.4f}' for x in a['ours'])} | {' '.join(f'{x:.4f}' for x in a['library'])} "
             f"| {statistics.mean(v['ours']):.4f} / {statistics.mean(v['library']):.4f} "
-            f"| {statistics.mean(g['ours']):.4f} / {statistics.mean(g['library']):.4f} |"
+            f"| {statistics.mean(g['ours']):.4f} / {statistics.mean(g['library']):.4f} "
+            f"| {statistics.mean(ll['ours']):.4f} / {statistics.mean(ll['library']):.4f} |"
         )
     lines.append("")
-    lines.append(f"Library list features that refer to the item: `--history {history}`.")
+    lines.append(
+        f"Library list features that refer to the item: `--history {history}`. The interval of ours - library "
+        "is Welch's t interval over the seeds (the two arms' seeds are not paired)."
+    )
     return "\n".join(lines)
 
 

@@ -115,3 +115,13 @@ def test_a_failed_run_is_reported_with_its_log(ref, data, tmp_path, capsys):
     assert "ours fm seed 0 failed" in err and str(out / "ours" / "fm" / "seed0.log") in err
     assert "no-such-flag" in (out / "ours" / "fm" / "seed0.log").read_text()
     assert not (out / "reference.md").exists()
+
+
+def test_welch_interval_is_scipys(ref):
+    from scipy.stats import ttest_ind
+
+    a, b = [0.6977, 0.6980, 0.6977, 0.6924, 0.6961], [0.6922, 0.6900, 0.6892, 0.6909]
+    ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    assert ref.welch(a, b) == f"{diff:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]"
+    assert ref.welch([0.7], [0.6]) == "+0.1000"  # one seed: no interval
