@@ -249,10 +249,9 @@ def run_job(job: tuple[str, str, int], args: argparse.Namespace, extra: list[str
 
 
 def spread(values: list[float]) -> str:
-    if not values:
-        return ""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+    if len(values) < 2:  # one seed: no spread to show
+        return f"{values[0]:.4f}" if values else ""
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def welch(a: list[float], b: list[float], level: float = 0.95) -> str:
