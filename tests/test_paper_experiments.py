@@ -4,27 +4,18 @@ trains first and the tokenizer reads it (``--from-run``), as launch.compare does
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data_pipeline.synthetic import generate_dataset
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.benchmark_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def paper():
-    spec = importlib.util.spec_from_file_location(
-        "paper_experiments", REPO / "benchmarks" / "paper_experiments.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_experiments"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("paper_experiments")
 
 
 def _args(out: Path) -> argparse.Namespace:

@@ -3,10 +3,8 @@ bad flags exit 2."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +14,14 @@ import pytest
 
 from data_pipeline.spec import DatasetSpec, list_shards, split_dir
 from data_pipeline.synthetic import generate_dataset
+from tests.benchmark_module import load_benchmark
 
 pytest.importorskip("deepctr_torch")
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ref():
-    spec = importlib.util.spec_from_file_location(
-        "reference_library", REPO / "benchmarks" / "reference_library.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reference_library"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reference_library")
 
 
 @pytest.fixture(scope="module")
