@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import torch
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
 from launch.compare import split_trainer_args
+from launch.report import spread
 from store.models.config import ModelConfig
 from trainer.metrics import auc, gauc, logloss
 
@@ -171,7 +171,6 @@ def scores(model, x: dict[str, np.ndarray], labels: np.ndarray, users: np.ndarra
 
 def run_library(data: str, model_name: str, seed: int, epochs: int, batch_size: int, history: str) -> dict:
     """Train deepctr-torch's model for ``epochs`` passes; the test scores of the best validation epoch."""
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     spec = DatasetSpec.load(data)
     splits = {s: read_split(data, s, spec) for s in ("train", "valid", "test")}
     widths = {
@@ -248,12 +247,6 @@ def run_job(job: tuple[str, str, int], args: argparse.Namespace, extra: list[str
         raise RuntimeError(f"{arm} {model} seed {seed} failed (exit {rc}); see {log_path}")
 
 
-def spread(values: list[float]) -> str:
-    if len(values) < 2:  # one seed: no spread to show
-        return f"{values[0]:.4f}" if values else ""
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def welch(a: list[float], b: list[float], level: float = 0.95) -> str:
     """mean(a) - mean(b) with Welch's t interval over the seeds ("" for the interval with one seed)."""
     diff = statistics.mean(a) - statistics.mean(b)
@@ -269,6 +262,11 @@ def welch(a: list[float], b: list[float], level: float = 0.95) -> str:
     return f"{diff:+.4f} [{diff - half:+.4f}, {diff + half:+.4f}]"
 
 
+def per_arm(arms: dict[str, list[dict]], split: str, metric: str) -> dict[str, list[float]]:
+    """{arm: [the metric of that split, one per seed]}."""
+    return {arm: [r[split][metric] for r in runs] for arm, runs in arms.items()}
+
+
 def table(results: dict[str, dict[str, list[dict]]], seeds: list[int], history: str) -> str:
     lines = [
         f"| model | ours: test AUC | library: test AUC | ours - library [95%] | ours, seeds {','.join(map(str, seeds))} "
@@ -277,10 +275,8 @@ def table(results: dict[str, dict[str, list[dict]]], seeds: list[int], history: 
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for model, arms in results.items():
-        a = {arm: [r["test"]["auc"] for r in runs] for arm, runs in arms.items()}
-        v = {arm: [r["valid"]["auc"] for r in runs] for arm, runs in arms.items()}
-        g = {arm: [r["test"]["gauc"] for r in runs] for arm, runs in arms.items()}
-        ll = {arm: [r["test"]["logloss"] for r in runs] for arm, runs in arms.items()}
+        a, v = per_arm(arms, "test", "auc"), per_arm(arms, "valid", "auc")
+        g, ll = per_arm(arms, "test", "gauc"), per_arm(arms, "test", "logloss")
         lines.append(
             f"| {LABELS[model]} | {spread(a['ours'])} | {spread(a['library'])} | {welch(a['ours'], a['library'])} "
             f"| {' '.join(f'{x:.4f}' for x in a['ours'])} | {' '.join(f'{x:.4f}' for x in a['library'])} "
