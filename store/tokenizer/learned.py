@@ -16,9 +16,10 @@ exist only for items that carry them). Two ways to get the rows:
 occurs has an untrained (random) embedding, and a row seen only a few times has one that mostly
 encodes the labels of those few training rows: quantized, such a row's SIDs would hand STORE its
 training labels (train logloss falls far below the ID model's within one epoch while validation
-AUC drops below the model without the feature). So the tokenizer gives every row seen fewer than
-``--min-count`` times (default 50) one reserved code instead of SIDs (``meta.json``: ``unseen_code``
-and per feature ``absent_rows``, ``rare_rows``, ``unseen_rows`` = their sum, ``min_count``).
+AUC drops below the model without the feature). Rows never seen get one reserved code; how rows seen
+a few times are tokenized is chosen by validation on the dataset at hand (``store.tokenizer.select``;
+``meta.json``: ``selection``, and per feature ``absent_rows``, ``rare_rows``, ``neighbour_rows``,
+``unseen_rows``, ``min_count``, ``rare``).
 """
 
 from __future__ import annotations
@@ -74,21 +75,32 @@ def table_of(spec: DatasetSpec, feature: str) -> str:
     return RAW_ITEM_TABLE if spec.feature(feature).item_ref else f"t_{feature}"
 
 
-def _train_reader(data_dir: str | os.PathLike, spec: DatasetSpec, batch_size: int, seed: int, shuffle: bool):
+def _train_reader(
+    data_dir: str | os.PathLike,
+    spec: DatasetSpec,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    split: str = "train",
+):
     return ParquetBatchReader(
-        data_dir, "train", batch_size, spec=spec, shuffle=shuffle, drop_remainder=False, seed=seed
+        data_dir, split, batch_size, spec=spec, shuffle=shuffle, drop_remainder=False, seed=seed
     )
 
 
 def train_counts(
-    data_dir: str | os.PathLike, spec: DatasetSpec, features: list[str], progress: bool = True
+    data_dir: str | os.PathLike,
+    spec: DatasetSpec,
+    features: list[str],
+    progress: bool = True,
+    split: str = "train",
 ) -> dict[str, Tensor]:
-    """{feature: LongTensor[rows]}: occurrences of each table row in the train split (an item
+    """{feature: LongTensor[rows]}: occurrences of each table row in a split (default train; an item
     feature counts every item-valued feature's values, as they share the item table)."""
     counts = {f: torch.zeros(spec.table_rows(f), dtype=torch.long) for f in features}
     served = sid_sources(spec)  # the item's count covers every item-valued feature (one shared table)
-    reader = _train_reader(data_dir, spec, 8192, 0, shuffle=False)
-    for batch in tqdm(reader, desc="count train IDs", unit="batch", disable=not progress):
+    reader = _train_reader(data_dir, spec, 8192, 0, shuffle=False, split=split)
+    for batch in tqdm(reader, desc=f"count {split} IDs", unit="batch", disable=not progress):
         jts = batch.sparse.to_dict()
         for f in features:
             for g in served[f]:

@@ -36,10 +36,11 @@ from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from store.sid import SidTable
-from store.tokenizer import learned, sasrec
+from store.tokenizer import learned, sasrec, select
 from store.tokenizer.embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source, open_source
 from store.tokenizer.quantizers import METHODS, SemanticTokenizer, TokenizerConfig, load_tokenizer
 from store.tokenizer.sasrec import SASRecConfig
+from store.tokenizer.select import RARE_MODES, Rule, SelectConfig
 
 __all__ = [
     "FitConfig",
@@ -313,48 +314,83 @@ def feature_sources(spec: DatasetSpec, embedding: str | None) -> dict[str, str]:
 
 def learned_embeddings(
     args: TokenizeConfig, spec: DatasetSpec, features: list[str], progress: bool
-) -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
-    """({feature: [rows, D] rows learned on the train split}, {feature: train counts per row}, origin)."""
+) -> tuple[dict[str, Tensor], str]:
+    """({feature: [rows, D] rows learned on the train split}, origin)."""
     if not features:
-        return {}, {}, ""
+        return {}, ""
     if args.from_run:
-        tables, origin = learned.from_run(args.from_run, spec, features), f"run {args.from_run}"
+        return learned.from_run(args.from_run, spec, features), f"run {args.from_run}"
+    fm = learned.FMConfig(
+        dim=args.fm_dim,
+        epochs=args.fm_epochs,
+        batch_size=args.fm_batch_size,
+        lr=args.fm_lr,
+        seed=args.seed,
+    )
+    return learned.train_fm(args.data, spec, features, fm, progress), "fm (train split)"
+
+
+def rule_embeddings(
+    learned_rows: Tensor, count: Tensor, rule: Rule, factors: Tensor | None
+) -> tuple[ItemEmbeddings, Tensor]:
+    """A learned feature's embeddings under ``rule`` and the mask of its rows that get real SIDs:
+    IDs seen ``min_count``+ times keep their learned row; rarer seen ones get the reserved code, or
+    (``neighbours``) the row their co-occurrence predicts; IDs absent from train get the reserved code."""
+    if rule.rare == "neighbours" and rule.min_count > 1:
+        if factors is None:
+            raise ValueError("neighbours needs co-occurrence factors")
+        table, real = select.neighbour_rows(learned_rows, factors, count, rule.min_count), count >= 1
     else:
-        fm = learned.FMConfig(
-            dim=args.fm_dim,
-            epochs=args.fm_epochs,
-            batch_size=args.fm_batch_size,
-            lr=args.fm_lr,
-            seed=args.seed,
-        )
-        tables, origin = learned.train_fm(args.data, spec, features, fm, progress), "fm (train split)"
-    return tables, learned.train_counts(args.data, spec, features, progress), origin
+        table, real = learned_rows, count >= max(1, rule.min_count)
+    return ItemEmbeddings.from_rows(table, real.nonzero().flatten(), LEARNED), real
 
 
-def open_feature_source(
-    args: TokenizeConfig, spec: DatasetSpec, feature: str, source: str, learned_rows: dict, counts: dict
-) -> tuple[ItemEmbeddings, int | None]:
-    """The embeddings of one tokenized feature and the code for rows without one (None: every row
-    must have one)."""
-    if source == LEARNED:
-        seen = (counts[feature] >= max(1, args.min_count)).nonzero().flatten()
-        return ItemEmbeddings.from_rows(learned_rows[feature], seen, LEARNED), args.codebook_size
-    sas_cfg = replace(args.sasrec, seed=args.seed)
-    return open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=args.progress), None
-
-
-def reserved_rows(count: Tensor | None, min_count: int, untokenized: int, unseen_code: int | None) -> dict:
-    """meta.json's account of the rows that got the reserved code: ``absent_rows`` (never in the train
-    split), ``rare_rows`` (seen fewer than ``min_count`` times) and their sum ``unseen_rows``."""
-    if unseen_code is None or count is None:
-        return {"unseen_rows": 0}
+def reserved_rows(count: Tensor, real: Tensor, rule: Rule) -> dict:
+    """meta.json's account of a learned feature's rows: ``absent_rows`` (never in the train split,
+    the reserved code), ``rare_rows`` (seen 1..min_count-1 times: the reserved code, or with
+    ``rare == neighbours`` their neighbours' SIDs, counted as ``neighbour_rows``) and ``unseen_rows``
+    (every row with the reserved code)."""
     absent = int((count == 0).sum())
+    rare = int(((count >= 1) & (count < max(1, rule.min_count))).sum())
     return {
-        "min_count": min_count,
+        "min_count": rule.min_count,
+        "rare": rule.rare,
         "absent_rows": absent,
-        "rare_rows": untokenized - absent,
-        "unseen_rows": untokenized,
+        "rare_rows": rare,
+        "neighbour_rows": rare if rule.rare == "neighbours" else 0,
+        "unseen_rows": int((~real).sum()),
     }
+
+
+def split_counts(
+    data: str, spec: DatasetSpec, features: list[str], split: str, progress: bool
+) -> dict[str, Tensor]:
+    """{feature: occurrences of each row in the split}; zeros when the dataset has no such split (an
+    item catalog tokenized from its content alone)."""
+    if not fs.is_dir(fs.join(data, split)):
+        return {f: torch.zeros(spec.table_rows(f), dtype=torch.long) for f in features}
+    return learned.train_counts(data, spec, features, progress, split=split)
+
+
+def test_coverage(real: Tensor, train: Tensor, test: Tensor) -> float | None:
+    """Of the test rows whose ID occurs in the train split (the rows the ID arm could learn), the share
+    whose ID has real SIDs (None when no such row)."""
+    known = test * (train > 0)
+    total = int(known.sum())
+    return int((known * real).sum()) / total if total else None
+
+
+def row_collisions(codes: Tensor, real: Tensor, train: Tensor, codebook_size: int) -> float | None:
+    """Of the train rows whose ID has real SIDs, the share whose ID shares its SID tuple with another ID
+    (None when there is no such row)."""
+    ids = real.nonzero().flatten()
+    weight = train[ids].double()
+    if len(ids) == 0 or float(weight.sum()) == 0:
+        return None
+    keys = sid_keys(codes[ids], codebook_size)
+    _, inverse, per_key = torch.unique(keys, return_inverse=True, return_counts=True)
+    shared = per_key[inverse] > 1
+    return float(weight[shared].sum() / weight.sum())
 
 
 def tokenizer_dir(spec: DatasetSpec, feature: str) -> str:
@@ -386,11 +422,18 @@ class TokenizeConfig:
     instead of training a small FM on the train split."""
     high_card: str = ""
     """High-cardinality features 'f1,f2' to tokenize, overriding the spec's ('none': only the item)."""
-    min_count: int = 50
-    """learned: IDs seen fewer than this many times in the train split share the reserved code with the
-    absent ones. A rare ID's learned row mostly encodes the labels of its few training rows, so its SIDs
-    would leak them into STORE's training (docs/results_any_table.md: 1 and 10 fall below the no-item model
-    on the synthetic data, 20-100 beat the ID arm; 1 to 50 tie on MovieLens)."""
+    min_count: int = 0
+    """learned: IDs seen fewer than this many times in the train split get the reserved code (or, with
+    --rare neighbours, their neighbours' SIDs). 0 (default): chosen from the data, by validation
+    (store.tokenizer.select): every candidate rule is scored by a proxy model on the valid split."""
+    rare: str = ""
+    """learned: what IDs under the cut-off get: reserved (the reserved code) or neighbours (the SIDs of
+    the row their co-occurrence predicts). Empty: both are candidates (--min-count 0), else reserved."""
+    disambiguate: bool = False
+    """Add one code per feature that makes the SID tuples of the IDs with real SIDs unique (the most
+    frequent of IDs sharing a tuple gets 0, the next 1, ...): K + 1 codes per ID."""
+    select: SelectConfig = field(default_factory=SelectConfig)
+    """The validation that picks the rule for learned IDs (--min-count 0)."""
     fm_dim: int = learned.FMConfig.dim
     """learned (no --from-run): FM factor width."""
     fm_epochs: int = learned.FMConfig.epochs
@@ -432,8 +475,11 @@ class TokenizeConfig:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
         if self.encode_batch_size < 1:
             raise ConfigError(f"--encode-batch-size must be >= 1, got {self.encode_batch_size}")
-        if self.min_count < 1:
-            raise ConfigError(f"--min-count must be >= 1, got {self.min_count}")
+        if self.min_count < 0:
+            raise ConfigError(f"--min-count must be >= 0 (0: chosen by validation), got {self.min_count}")
+        if self.rare and self.rare not in RARE_MODES:
+            raise ConfigError(f"--rare must be one of {', '.join(RARE_MODES)}, got {self.rare!r}")
+        self.select.validate()
         if self.threads < 0:
             raise ConfigError(f"--threads must be >= 0, got {self.threads}")
         if self.expert_hidden < 0:
@@ -459,7 +505,6 @@ def run(args: TokenizeConfig) -> dict:
     args.validate()
     if args.threads:
         torch.set_num_threads(args.threads)
-    train = replace(args.fit, seed=args.seed)
     spec = apply_high_card(DatasetSpec.load(args.data), args.high_card)
     if not spec.high_cardinality:
         raise DataError(
@@ -472,75 +517,73 @@ def run(args: TokenizeConfig) -> dict:
     progress = args.progress
 
     t0 = time.perf_counter()
-    learned_rows, counts, origin = learned_embeddings(
-        args, spec, [f for f, src in sources.items() if src == LEARNED], progress
-    )
-    tables, per_feature, unseen = {}, {}, False
-    for f, source in sources.items():
-        emb, unseen_code = open_feature_source(args, spec, f, source, learned_rows, counts)
-        unseen |= unseen_code is not None
-        rows = spec.table_rows(f) if source == LEARNED else emb.num_items
-        log.info("%s: embeddings %s, dim %d, %d of %d rows", f, source, emb.dim, emb.num_items, rows)
-        cfg = TokenizerConfig(
-            method=args.method,
-            num_sids=args.num_sids,
-            codebook_size=args.codebook_size,
-            input_dim=emb.dim,
-            latent_dim=args.latent_dim,
-            expert_hidden=args.expert_hidden,
-            hidden_dim=args.hidden_dim,
-            commitment=args.commitment,
-            ortho_weight=args.ortho_weight,
-            opq_rotation=args.rotation,
-        )
-        x = sample_embeddings(emb, args.max_train_items, seed=args.seed)
-        if len(x) == 0:
-            if unseen_code is None:
-                raise DataError(f"{args.data}: no embeddings found for feature {f!r} (--embedding {source})")
-            log.warning(
-                "%s: no ID occurs %d+ times in the train split (--min-count); every row gets the reserved code",
-                f,
-                args.min_count,
+    learned_features = [f for f, src in sources.items() if src == LEARNED]
+    learned_rows, origin = learned_embeddings(args, spec, learned_features, progress)
+    counts = split_counts(args.data, spec, list(sources), "train", progress)
+    test_counts = split_counts(args.data, spec, list(sources), "test", progress)
+    valid_counts = split_counts(args.data, spec, list(sources), "valid", progress)
+    fixed: dict[str, Built] = {}  # features whose embeddings do not depend on the rule: built once
+
+    def build(rule: Rule, sample: select.Sample | None, fitted: dict | None = None) -> dict[str, Built]:
+        """Every feature tokenized under ``rule`` (``fitted``: reuse these features' tokenizers)."""
+        built = {}
+        for f, source in sources.items():
+            if source != LEARNED and f in fixed:
+                built[f] = fixed[f]
+                continue
+            if source == LEARNED:
+                factors = sample.factors.get(f) if sample else None
+                emb, real = rule_embeddings(learned_rows[f], counts[f], rule, factors)
+                rows, unseen_code = spec.table_rows(f), args.codebook_size
+            else:
+                sas_cfg = replace(args.sasrec, seed=args.seed)
+                emb = open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=progress)
+                rows, unseen_code, real = emb.num_items, None, torch.ones(emb.num_items, dtype=torch.bool)
+            tok = (fitted or {}).get(f)
+            built[f] = tokenize_feature(
+                args, spec, f, source, emb, rows, unseen_code, real, counts[f], progress, tok
             )
-            codes = torch.full((rows, args.num_sids), unseen_code, dtype=torch.long)
-            tables[f], per_feature[f] = (
-                codes,
-                {
-                    "embedding_source": source,
-                    "rows": rows,
-                    "items_tokenized": 0,
-                    **reserved_rows(counts.get(f), args.min_count, rows, unseen_code),
-                },
+            built[f].stats["test_coverage"] = test_coverage(real, counts[f], test_counts[f])
+            built[f].stats["valid_coverage"] = test_coverage(real, counts[f], valid_counts[f])
+            if source == LEARNED:
+                built[f].stats |= reserved_rows(counts[f], real, rule)
+            else:
+                built[f].stats["unseen_rows"] = 0
+                fixed[f] = built[f]
+        return built
+
+    forced = not learned_features or args.min_count > 0
+    if forced:
+        rule = Rule(max(1, args.min_count), args.rare or "reserved")
+        sample = None
+        if rule.rare == "neighbours" and rule.min_count > 1:
+            sample = select.load_sample(args.data, spec, learned_features, args.select, args.seed, progress)
+        chosen, selection = build(rule, sample), {"forced": True, "chosen": rule.name, "candidates": []}
+    else:
+        chosen, selection, rule = choose(args, spec, learned_features, build, progress)
+    unseen = any(b.unseen_code is not None for b in chosen.values())
+    for f, b in chosen.items():
+        if b.tokenizer is not None:
+            b.tokenizer.save(out / tokenizer_dir(spec, f))
+        if args.disambiguate:
+            real = (
+                b.codes[:, 0] != b.unseen_code
+                if b.unseen_code is not None
+                else torch.ones(len(b.codes), dtype=torch.bool)
             )
-            continue
-        t1 = time.perf_counter()
-        tok = train_tokenizer(x, cfg, train, progress=progress)
-        train_seconds = time.perf_counter() - t1
-        recon = relative_recon_error(tok, x[:100_000])
-        tok.save(out / tokenizer_dir(spec, f))
-        codes, stats = assign_codes(emb, tok, rows, unseen_code, args.encode_batch_size, progress)
-        tables[f] = codes
-        per_feature[f] = {
-            "embedding_source": source,
-            "embedding_dim": emb.dim,
-            "rows": rows,
-            "tokenizer": tokenizer_dir(spec, f),
-            "train_items": len(x),
-            "train_seconds": train_seconds,
-            "train_loss": tok.history[-1],
-            "reseeded_codewords": tok.reseeded,
-            "recon_error_rel": recon,
-            **stats,
-            **reserved_rows(counts.get(f), args.min_count, rows - stats["items_tokenized"], unseen_code),
-        }
+            b.codes, extra = disambiguate(b.codes, real, counts[f], args.codebook_size)
+            b.stats |= extra
+    per_feature = {f: b.stats for f, b in chosen.items()}
     codebook_rows = args.codebook_size + (1 if unseen else 0)
-    K = args.num_sids
+    K = args.num_sids + (1 if args.disambiguate else 0)
+    cfg = next((b.tokenizer.cfg for b in chosen.values() if b.tokenizer is not None), None)
     meta = {
         "method": args.method,
         "num_sids": K,
+        "disambiguation_code": args.disambiguate,
         "codebook_size": codebook_rows,
         "codewords": args.codebook_size,
-        "tokenizer_config": asdict(cfg),
+        "tokenizer_config": asdict(cfg) if cfg is not None else {},
         "dataset": spec.record(),
         "learned_from": origin,
         # embedding parameters: STORE's codebooks vs the raw-ID tables they replace (fp32)
@@ -548,51 +591,239 @@ def run(args: TokenizeConfig) -> dict:
             f: {"sid": K * codebook_rows, "raw_id": spec.table_rows(f)} for f in per_feature
         },
         "features": per_feature,
+        "selection": selection,
         "total_seconds": time.perf_counter() - t0,
     }
     if unseen:
         meta["unseen_code"] = args.codebook_size
-        meta["min_count"] = args.min_count
+        meta["min_count"] = rule.min_count
+        meta["rare"] = rule.rare
     if spec.item_id:  # the item's figures at the top level, as before per-feature SIDs
         meta |= {k: v for k, v in per_feature[spec.item_id].items() if k not in ("rows", "tokenizer")}
         meta["num_items"] = per_feature[spec.item_id]["rows"]
         meta["tokenizer"] = TOKENIZER_DIR
     item_feature = spec.item_id if spec.item_id else ""
+    tables = {f: b.codes for f, b in chosen.items()}
     SidTable(tables, codebook_rows, args.method, item_feature=item_feature, meta=meta).save(out)
     return json.loads((out / META_FILE).read_text())
 
 
+def disambiguate(codes: Tensor, real: Tensor, count: Tensor, codebook_size: int) -> tuple[Tensor, dict]:
+    """codes [rows, K] -> [rows, K + 1]: an extra code that tells apart the IDs sharing a SID tuple (as
+    TIGER-style tokenizers do): among the IDs with real SIDs and the same tuple, the one seen most often in
+    train gets 0, the next 1, ... (capped at codebook_size - 1; ties by ID). Rows without real SIDs get
+    their reserved code again. Returns the codes and meta.json's figures (the collision rates before and
+    after)."""
+    extra = codes[:, :1].clone()  # rows without real SIDs: the reserved code
+    ids = real.nonzero().flatten()
+    before = collision_stats(sid_keys(codes[ids], codebook_size))[0] if len(ids) else 0.0
+    if len(ids):
+        keys = sid_keys(codes[ids], codebook_size)
+        # sort by (tuple, count desc, id): a stable sort by count desc, then a stable sort by tuple
+        order = torch.argsort(-count[ids], stable=True)
+        order = order[torch.argsort(keys[order], stable=True)]
+        sorted_keys = keys[order]
+        start = torch.ones(len(order), dtype=torch.bool)
+        start[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        group_start = torch.cummax(torch.where(start, torch.arange(len(order)), 0), 0).values
+        rank = torch.arange(len(order)) - group_start
+        extra[ids[order], 0] = rank.clamp(max=codebook_size - 1)
+    out = torch.cat([codes, extra], 1)
+    after = collision_stats(sid_keys(out[ids], codebook_size))[0] if len(ids) else 0.0
+    return out, {"collision_rate_before_disambiguation": before, "collision_rate": after,
+                 "unique_sids": int(torch.unique(sid_keys(out[ids], codebook_size)).numel()),
+                 "collision_rate_rows": row_collisions(out, real, count, codebook_size)}  # fmt: skip
+
+
+@dataclass
+class Built:
+    """One feature tokenized: its codes [rows, K], statistics for meta.json, the fitted tokenizer (None
+    when no ID had an embedding) and the code of rows without one (None: every row has one)."""
+
+    codes: Tensor
+    stats: dict
+    tokenizer: SemanticTokenizer | None
+    unseen_code: int | None
+
+
+def tokenize_feature(
+    args: TokenizeConfig, spec: DatasetSpec, f: str, source: str, emb: ItemEmbeddings, rows: int,
+    unseen_code: int | None, real: Tensor, count: Tensor, progress: bool, tok: SemanticTokenizer | None = None,
+) -> Built:  # fmt: skip
+    """Fit a tokenizer to one feature's embeddings (or reuse ``tok``) and assign every row its codes."""
+    log.info("%s: embeddings %s, dim %d, %d of %d rows", f, source, emb.dim, int(real.sum()), rows)
+    cfg = TokenizerConfig(
+        method=args.method,
+        num_sids=args.num_sids,
+        codebook_size=args.codebook_size,
+        input_dim=emb.dim,
+        latent_dim=args.latent_dim,
+        expert_hidden=args.expert_hidden,
+        hidden_dim=args.hidden_dim,
+        commitment=args.commitment,
+        ortho_weight=args.ortho_weight,
+        opq_rotation=args.rotation,
+    )
+    x = sample_embeddings(emb, args.max_train_items, seed=args.seed)
+    if len(x) == 0:
+        if unseen_code is None:
+            raise DataError(f"{args.data}: no embeddings found for feature {f!r} (--embedding {source})")
+        log.warning("%s: no ID gets real SIDs under this rule; every row gets the reserved code", f)
+        codes = torch.full((rows, args.num_sids), unseen_code, dtype=torch.long)
+        stats = {"embedding_source": source, "rows": rows, "items_tokenized": 0, "coverage": 0.0,
+                 "collision_rate": 0.0, "collision_rate_rows": 0.0, "unique_sids": 0}  # fmt: skip
+        return Built(codes, stats, None, unseen_code)
+    t1 = time.perf_counter()
+    if tok is None:
+        tok = train_tokenizer(x, cfg, replace(args.fit, seed=args.seed), progress=progress)
+    train_seconds = time.perf_counter() - t1
+    recon = relative_recon_error(tok, x[:100_000])
+    codes, stats = assign_codes(emb, tok, rows, unseen_code, args.encode_batch_size, progress)
+    stats = {
+        "embedding_source": source,
+        "embedding_dim": emb.dim,
+        "rows": rows,
+        "tokenizer": tokenizer_dir(spec, f),
+        "train_items": len(x),
+        "train_seconds": train_seconds,
+        "train_loss": tok.history[-1],
+        "reseeded_codewords": tok.reseeded,
+        "recon_error_rel": recon,
+        **stats,
+        "collision_rate_rows": row_collisions(codes, real, count, args.codebook_size),
+    }
+    return Built(codes, stats, tok, unseen_code)
+
+
+def choose(
+    args: TokenizeConfig, spec: DatasetSpec, features: list[str], build, progress: bool
+) -> tuple[dict[str, Built], dict, Rule]:
+    """Every candidate rule built and scored by the proxy on the valid split; the best one wins
+    (``store.tokenizer.select``). Returns its features, meta.json's ``selection`` and the rule."""
+    t0 = time.perf_counter()
+    sample = select.load_sample(args.data, spec, features, args.select, args.seed, progress)
+    raw = select.proxy_auc(sample.train, sample.valid, spec, None, args.select, args.seed)
+    log.info("selection: proxy on raw IDs, valid AUC %.4f", raw)
+    candidates, best, best_auc, best_rule = [], None, -math.inf, None
+    eligible_any = False
+    item_feature = spec.item_id if spec.item_id else ""
+    # one tokenizer per feature, fitted to every seen ID's row, encodes every candidate (the rules differ
+    # in which IDs get which row); the chosen rule's tokenizers are then fitted to its own rows
+    fitted: dict[str, SemanticTokenizer] = {}
+    for rule in select.candidate_rules(args.select.min_counts, args.rare):
+        built = build(rule, sample, fitted)
+        if not fitted:
+            fitted = {f: built[f].tokenizer for f in features if built[f].tokenizer is not None}
+        unseen = any(b.unseen_code is not None for b in built.values())
+        table = SidTable(
+            {f: b.codes for f, b in built.items()}, args.codebook_size + (1 if unseen else 0), args.method,
+            item_feature=item_feature,
+        )  # fmt: skip
+        auc = select.proxy_auc(sample.train, sample.valid, spec, table, args.select, args.seed)
+        # a rule that leaves most of the valid rows' known IDs without real SIDs would make the comparison
+        # "not comparable" (launch.report): it is chosen only when every rule does
+        cover = {f: built[f].stats.get("valid_coverage") for f in features}
+        low = [f for f, c in cover.items() if c is not None and c < select.COVERAGE_FLOOR]
+        log.info(
+            "selection: %s, valid AUC %.4f%s",
+            rule.name,
+            auc,
+            f" (coverage < {select.COVERAGE_FLOOR}: {low})" if low else "",
+        )
+        candidates.append({
+            "name": rule.name, "min_count": rule.min_count, "rare": rule.rare, "valid_auc": auc,
+            "ids_tokenized": {f: built[f].stats["items_tokenized"] for f in features},
+            "test_coverage": {f: built[f].stats.get("test_coverage") for f in features},
+            "collision_rate": {f: built[f].stats.get("collision_rate") for f in features},
+            "valid_coverage": cover,
+            "eligible": not low,
+        })  # fmt: skip
+        better = auc > best_auc  # ties keep the earlier (simpler) rule
+        if (not low and (better or not eligible_any)) or (low and not eligible_any and better):
+            best, best_auc, best_rule = built, auc, rule
+            eligible_any |= not low
+    if best_rule is None:  # every candidate scored NaN (one class in the valid sample): the first rule
+        best_rule = select.candidate_rules(args.select.min_counts, args.rare)[0]
+    if best_rule.min_count > 1:  # fitted to the IDs that get real SIDs under the chosen rule
+        best = build(best_rule, sample)
+    else:
+        best = build(best_rule, sample, fitted)
+    for c in candidates:
+        c["chosen"] = c["name"] == best_rule.name
+    selection = {
+        "forced": False,
+        "metric": "valid AUC of a proxy FM on the SIDs (store.tokenizer.select)",
+        "rule": f"the best valid AUC among the rules whose valid coverage is >= {select.COVERAGE_FLOOR} for every "
+        "feature (any rule when none is)",
+        "train_rows": sum(b.batch_size for b in sample.train),
+        "valid_rows": sum(b.batch_size for b in sample.valid),
+        "raw_id_valid_auc": raw,
+        "candidates": candidates,
+        "chosen": best_rule.name,
+        "seconds": time.perf_counter() - t0,
+    }
+    return best, selection, best_rule
+
+
 def report(meta: dict) -> str:
-    """The console summary: one block per tokenized feature."""
+    """The console summary: the selection, then one block per tokenized feature."""
     C = meta.get("codewords", meta["codebook_size"])
     lines = [f"method {meta['method']}  K={meta['num_sids']}  C={C}" + (
-        f"  (+1 reserved code for IDs seen < {meta.get('min_count', 1)} times in the train split, "
-        f"learned from {meta['learned_from']})"
+        f"  (+1 reserved code for IDs absent from the train split; learned from {meta['learned_from']})"
         if "unseen_code" in meta else ""
     )]  # fmt: skip
+    sel = meta.get("selection") or {}
+    if sel.get("candidates"):
+        lines.append(
+            f"learned IDs: {sel['chosen']}, chosen by the valid AUC of a proxy FM "
+            f"({sel['train_rows']:,} train / {sel['valid_rows']:,} valid rows; raw IDs {sel['raw_id_valid_auc']:.4f}):"
+        )
+        lines += [
+            f"  {'*' if c['chosen'] else ' '} {c['name']:<16} {c['valid_auc']:.4f}" for c in sel["candidates"]
+        ]
+    elif sel.get("chosen") and "unseen_code" in meta:
+        lines.append(f"learned IDs: {sel['chosen']} (forced by --min-count / --rare)")
     for f, m in meta["features"].items():
         params = meta["embedding_params"][f]
         lines.append(f"{f}: embedding {m['embedding_source']}, {m['rows']} rows")
+        if not m.get("items_tokenized"):
+            lines.append(
+                "  NO REAL SIDs: every row has the reserved code (STORE cannot use this feature; "
+                "the comparison's verdict will say not comparable)"
+            )
+            continue
         lines.append(
             f"  embedding params     {params['sid']:,} SID codebook rows vs {params['raw_id']:,} raw-ID rows "
             f"({params['raw_id'] / params['sid']:.1f}x fewer)"
         )
-        if not m.get("items_tokenized"):
-            lines.append("  no ID seen in the train split: every row has the reserved code")
-            continue
         util, ppl = np.array(m["utilisation"]), np.array(m["perplexity"])
+        cov = m.get("test_coverage")
+        rows_coll = m.get("collision_rate_rows")
         lines += [
             f"  covered              {m['items_tokenized']} / {m['rows']} ({100 * m['coverage']:.2f}%)"
             + (f", {m['unseen_rows']} -> reserved code" if m.get("unseen_rows") else "")
             + (
                 f" ({m['absent_rows']} absent from train, {m['rare_rows']} seen < {m['min_count']} times)"
-                if m.get("rare_rows")
+                if m.get("rare_rows") and not m.get("neighbour_rows")
                 else ""
+            )
+            + (
+                f" ({m['neighbour_rows']} seen < {m['min_count']} times have their neighbours' SIDs)"
+                if m.get("neighbour_rows")
+                else ""
+            ),
+            "  test coverage        "
+            + (
+                f"{cov:.3f} of the test rows whose ID occurs in train have real SIDs"
+                if cov is not None
+                else "-"
             ),
             f"  recon error (rel.)   {m['recon_error_rel']:.4f}  (on {m['train_items']} training IDs)",
             f"  utilisation          mean {util.mean():.3f}  min {util.min():.3f}",
             f"  perplexity           mean {ppl.mean():.1f}  min {ppl.min():.1f}  (max {C})",
-            f"  collision rate       {m['collision_rate']:.4f}  ({m['unique_sids']} distinct SID tuples)",
+            f"  collision rate       {m['collision_rate']:.4f} of IDs"
+            + (f", {rows_coll:.4f} of train rows" if rows_coll is not None else "")
+            + f"  ({m['unique_sids']} distinct SID tuples)",
             f"  assign throughput    {m['assign_items_per_s']:,.0f} IDs/s",
         ]
     return "\n".join(lines)
