@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "--min-count",
         type=int,
         default=CompareConfig.tokenizer_min_count,
-        help="learned embeddings: IDs seen fewer times get the reserved code",
+        help="learned embeddings: IDs seen fewer times get the reserved code (0: the tokenizer chooses by validation)",
     )
     args = p.parse_args(argv)
     try:

@@ -11,6 +11,11 @@ Stages (each skipped when its output exists, so an interrupted comparison contin
    mean +- std over seeds and the paired significance tests, significance.json, PNG plots,
    tensorboard/{id,store}).
 
+The console ends with the verdicts and, per tokenized feature, its test coverage (of the test rows whose
+ID occurs in the train split, the share whose ID has real SIDs) and collision rates. A feature with test
+coverage below 0.5 or no real SIDs, a test split of one class or an arm that scored NaN test AUC makes the
+verdict "Not comparable: REASONS." (the report is still written, and the exit code is 0).
+
 When a tokenized feature's embeddings are ``learned`` (every non-item high-cardinality feature, and
 the item when it has no content, text or history), the natural order is used instead: the ID run
 first, then the tokenizer reading the rows it learned (``--from-run OUT/id``), then STORE.
@@ -76,9 +81,12 @@ class CompareConfig:
     """High-cardinality features overriding the spec's, for the tokenizer and both runs."""
     tokenizer_min_steps: int = 500
     """At least this many tokenizer training steps (--min-steps of store.tokenizer)."""
-    tokenizer_min_count: int = 50
+    tokenizer_min_count: int = 0
     """Learned embeddings: IDs seen fewer times in the train split get the reserved code (--min-count of
-    store.tokenizer, whose default this is)."""
+    store.tokenizer). 0 (default): the tokenizer chooses how rare IDs are tokenized by validation."""
+    disambiguate: bool = False
+    """Add a code that makes every tokenized ID's SID tuple unique (K + 1 codes; the ID arm then gets K + 1
+    tokens too): --disambiguate of store.tokenizer."""
     sids: str = ""
     """An existing SID table folder (a path or a URI) to use instead of tokenizing."""
     seed: int = 0
@@ -112,13 +120,13 @@ class CompareConfig:
             ("--num-sids", self.num_sids),
             ("--codebook-size", self.codebook_size),
             ("--seeds", self.seeds),
-            ("--tokenizer-min-count", self.tokenizer_min_count),
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
         for flag, value in (
             ("--max-steps", self.max_steps),
             ("--tokenizer-min-steps", self.tokenizer_min_steps),
+            ("--tokenizer-min-count", self.tokenizer_min_count),
         ):
             if value < 0:
                 raise ConfigError(f"{flag} must be >= 0, got {value}")
@@ -214,6 +222,8 @@ def tokenize_command(cfg: CompareConfig, out: str | Path, from_run: Path | None 
     ]  # fmt: skip
     if cfg.embedding:
         cmd += ["--embedding", cfg.embedding]
+    if cfg.disambiguate:
+        cmd += ["--disambiguate"]
     return cmd + (["--from-run", str(from_run)] if from_run else [])
 
 
@@ -242,7 +252,8 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
 def train_args(cfg: CompareConfig, model: str, sids: str | Path, out: Path) -> list[str]:
     """The trainer flags of one run; identical for both models except --model, --out and what
     sets the token count (STORE: the SID table; ID: K tokens per high-cardinality feature)."""
-    tokens = ["--sids", str(sids)] if model == "store" else ["--model.id_item_tokens", str(cfg.num_sids)]
+    k = cfg.num_sids + (1 if cfg.disambiguate else 0)  # as many tokens per feature as STORE has SIDs
+    tokens = ["--sids", str(sids)] if model == "store" else ["--model.id_item_tokens", str(k)]
     args = [
         "--data", cfg.data, "--model", model, *tokens, "--out", str(out),
         "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed),
@@ -340,7 +351,7 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch.report import verdicts
+    from launch.report import console_lines
 
     argv, extra = split_trainer_args(argv)
     cfg = cli.parse(CompareConfig, argv, prog="python -m launch.compare", description=DESCRIPTION)
@@ -356,9 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"report: {report}")
-    for line in verdicts(report.parent):
-        print(line)
     print(f"tensorboard: tensorboard --logdir {report.parent / 'tensorboard'}")
+    # last: the verdicts, each tokenized feature's test coverage and collision rates, and whether the
+    # arms are comparable at all (not comparable still exits 0: every stage did its work)
+    for line in console_lines(report.parent):
+        print(line)
     return 0
 
 

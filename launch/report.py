@@ -15,8 +15,12 @@ REPORT/auc_vs_epoch.png and REPORT/tensorboard/<arm>[/<seed>] (links to each run
 folder, so ``tensorboard --logdir REPORT/tensorboard`` shows them side by side). Each metric is the
 mean +- standard deviation over an arm's seeds; the "Significance" section tests each arm against the
 baseline (``id``) on the test split: a paired bootstrap over users for AUC, GAUC and logloss, and
-DeLong's test for the AUC of each seed pair (launch/stats.py). Every section is always present; one
-whose inputs are missing says what to run.
+DeLong's test for the AUC of each seed pair (launch/stats.py). The verdict reads "Not comparable:
+REASONS." instead when a tokenized feature's test coverage (of the test rows whose ID occurs in the
+train split, the share whose ID has real SIDs; the worst over the seeds' SID tables) is below 0.5 or
+it has no real SIDs, when the test split has one class, or when an arm scored NaN test AUC; the console
+lines (`console_lines`) add each feature's coverage and collision rates. Every section is always
+present; one whose inputs are missing says what to run.
 """
 
 from __future__ import annotations
@@ -568,6 +572,120 @@ def embedding_dim(summaries: Mapping[str, Sequence[dict]]) -> int | None:
     return None
 
 
+def read_meta(sids: str | Path | None) -> dict | None:
+    """The tokenizer's meta.json in the SID folder ``sids`` (a path or a URI); None without one.
+    DataError when it is not JSON; StorageError when the store holding it cannot be read."""
+    if not sids:
+        return None
+    path = fs.join(sids, "meta.json")
+    if not fs.is_file(path):
+        return None
+    try:
+        return json.loads(fs.read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def sid_features(meta: dict) -> dict[str, dict]:
+    """{tokenized feature: its figures} of a meta.json (older tables: the item's, at the top level)."""
+    return meta.get("features") or {meta.get("item_feature", "item_id"): meta}
+
+
+def has_real_sids(m: dict) -> bool:
+    """Whether some ID of the feature has real SIDs (items_tokenized 0: every row has the reserved code;
+    tables from before that count: assumed)."""
+    return m.get("items_tokenized") != 0
+
+
+def coverage_of(m: dict) -> float | None:
+    """Of the test rows whose ID occurs in the train split, the share whose ID has real SIDs; None when
+    unknown (tables from before the tokenizer measured it, unless no ID has real SIDs: 0) or undefined
+    (no test row's ID occurs in the train split)."""
+    if "test_coverage" in m:
+        v = m["test_coverage"]
+        return float(v) if v is not None else None
+    return None if has_real_sids(m) else 0.0
+
+
+@dataclass
+class FeatureSids:
+    """A tokenized feature over the SID tables of a comparison (one per seed): the worst of each figure."""
+
+    feature: str
+    coverage: float | None
+    """The lowest test coverage (`coverage_of`); None when no table knows it."""
+    collision_rate: float | None
+    """The highest share of tokenized IDs whose SID tuple another ID shares."""
+    collision_rate_rows: float | None
+    """The same weighted by train rows (None in tables from before it was measured)."""
+    real_sids: bool
+    """Every table gives some ID of the feature real SIDs."""
+
+
+def worst_features(metas: Sequence[dict]) -> list[FeatureSids]:
+    """One FeatureSids per tokenized feature of the tables, in the first table's order."""
+    figures: dict[str, list[dict]] = {}
+    for meta in metas:
+        for f, m in sid_features(meta).items():
+            figures.setdefault(f, []).append(m)
+    out = []
+    for f, ms in figures.items():
+        coverage = finite(coverage_of(m) for m in ms)
+        ids = finite(m.get("collision_rate") for m in ms)
+        rows = finite(m.get("collision_rate_rows") for m in ms)
+        out.append(FeatureSids(
+            f, min(coverage, default=None), max(ids, default=None), max(rows, default=None),
+            all(has_real_sids(m) for m in ms),
+        ))  # fmt: skip
+    return out
+
+
+def sid_reasons(metas: Sequence[dict]) -> list[str]:
+    """Why the tables make the arms not comparable, per tokenized feature: test coverage below
+    COVERAGE_FLOOR (the worst over the tables), or no ID with real SIDs."""
+    from store.tokenizer.select import COVERAGE_FLOOR  # the floor the tokenizer's selection keeps to
+
+    reasons = []
+    for f in worst_features(metas):
+        if f.coverage is not None and f.coverage < COVERAGE_FLOOR:
+            reasons.append(
+                f"{f.feature}: {100 * f.coverage:.3g}% of the test rows whose ID occurs in train have real SIDs "
+                f"(coverage {f.coverage:.3f} < {COVERAGE_FLOOR:.2f})"
+            )
+        elif not f.real_sids:
+            reasons.append(f"{f.feature}: no ID has real SIDs (every row has the reserved code)")
+    return reasons
+
+
+def feature_lines(metas: Sequence[dict]) -> list[str]:
+    """One console line per tokenized feature: its test coverage and collision rates (the worst over
+    the tables)."""
+    several = f" (worst of {len(metas)} SID tables)" if len(metas) > 1 else ""
+    lines = []
+    for f in worst_features(metas):
+        line = (
+            f"{f.feature}: coverage {fmt(f.coverage, 2)} (test rows with real SIDs), collision rate "
+            f"{fmt(f.collision_rate)} of IDs / {fmt(f.collision_rate_rows)} of train rows{several}"
+        )
+        lines.append(line + ("" if f.real_sids else "; no real SIDs (every row has the reserved code)"))
+    return lines
+
+
+def section_selection(selection: dict) -> str:
+    """The tokenizer's choice among SID variants (meta["selection"]): one row per candidate, and the
+    proxy on raw IDs as a reference when recorded. Keys it does not know are ignored."""
+    forced = " (forced by a flag)" if selection.get("forced") else ""
+    rows = [[c.get("name", "?"), c.get("valid_auc"), "yes" if c.get("chosen") else ""]
+            for c in selection.get("candidates") or []]  # fmt: skip
+    if not rows:  # forced (--min-count / --rare): nothing was tried
+        return f"SID variant: {selection.get('chosen')}{forced}."
+    if "raw_id_valid_auc" in selection:
+        rows.append(["raw IDs (reference)", selection["raw_id_valid_auc"], ""])
+    metric = selection.get("metric", "valid AUC")
+    head = f"SID variants the tokenizer tried (by {metric}): chosen {selection.get('chosen')}{forced}"
+    return head + ".\n\n" + md_table(["candidate", "valid AUC", "chosen"], rows)
+
+
 def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
     """The tokenizer's figures per tokenized feature, and each feature's embedding size in both arms
     (``sids``: the SID folder, a path or a URI; ``dim``: the runs' embedding width, for bytes; fp32
@@ -575,13 +693,10 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
     if not sids:
         return "No SID table was given (`--sids SIDS`, the folder `python -m store.tokenizer` wrote)."
     meta_path = fs.join(sids, "meta.json")
-    if not fs.is_file(meta_path):
+    meta = read_meta(sids)
+    if meta is None:
         return f"No tokenizer meta.json in `{sids}` (`python -m store.tokenizer --data DIR --out SIDS` writes it)."
-    try:
-        meta = json.loads(fs.read_text(meta_path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{meta_path}: not valid JSON ({e})") from None
-    features = meta.get("features") or {meta.get("item_feature", "item_id"): meta}  # older tables: item only
+    features = sid_features(meta)
     codewords = meta.get("codewords", meta.get("codebook_size"))
     head = (
         f"From `{meta_path}`: method {meta.get('method')}, K = {meta.get('num_sids')} semantic IDs per feature, "
@@ -597,36 +712,50 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
         util, ppl = m.get("utilisation") or [], m.get("perplexity") or []
         rows.append([
             f, m.get("embedding_source"), m.get("rows", meta.get("num_items")), m.get("coverage"),
-            m.get("recon_error_rel"),
+            coverage_of(m), m.get("recon_error_rel"),
             f"{fmt(sum(util) / len(util), 3)} / {fmt(sum(ppl) / len(ppl), 1)}" if util else "-",
-            m.get("collision_rate"), m.get("unique_sids"),
+            m.get("collision_rate"), m.get("collision_rate_rows"), m.get("unique_sids"),
         ])  # fmt: skip
     text = head + ".\n\n" + md_table(
-        ["feature", "embedding", "rows", "coverage", "recon error (rel.)", "utilisation / perplexity",
-         "collision rate", "distinct SID tuples"],
+        ["feature", "embedding", "rows", "IDs tokenized", "test coverage", "recon error (rel.)",
+         "utilisation / perplexity", "collision rate (IDs)", "collision rate (train rows)",
+         "distinct SID tuples"],
         rows,
     )  # fmt: skip
+    from store.tokenizer.select import COVERAGE_FLOOR
+
+    text += (
+        "\n\nIDs tokenized: the share of the feature's IDs with real SIDs. Test coverage: of the test rows "
+        "whose ID occurs in the train split (those the ID arm could learn), the share whose ID has real SIDs "
+        f"('-': not recorded by this tokenizer); below {COVERAGE_FLOOR:.2f} the verdict reads not comparable. "
+        "Collision rate: the share of tokenized IDs (of train rows) whose SID tuple another ID shares."
+    )
+    if meta.get("selection"):
+        text += "\n\n" + section_selection(meta["selection"])
     params = meta.get("embedding_params")
     if params:
         mib = (lambda n: f"{n * dim * 4 / 2**20:,.2f}") if dim else (lambda n: "-")
+        real = {f: has_real_sids(features.get(f, {})) for f in params}
         sizes = [
-            [
-                f,
-                f"{p['raw_id']:,}",
-                mib(p["raw_id"]),
-                f"{p['sid']:,}",
-                mib(p["sid"]),
-                f"{p['raw_id'] / p['sid']:,.0f}x",
-            ]
+            [f, f"{p['raw_id']:,}", mib(p["raw_id"]), f"{p['sid']:,}", mib(p["sid"]),
+             f"{p['raw_id'] / p['sid']:,.0f}x" if real[f] else "no real SIDs"]
             for f, p in params.items()
-        ]
-        raw, sid = sum(p["raw_id"] for p in params.values()), sum(p["sid"] for p in params.values())
-        sizes.append(["all tokenized", f"{raw:,}", mib(raw), f"{sid:,}", mib(sid), f"{raw / sid:,.0f}x"])
+        ]  # fmt: skip
+        saved = {f: p for f, p in params.items() if real[f]}
+        if saved:
+            raw, sid = sum(p["raw_id"] for p in saved.values()), sum(p["sid"] for p in saved.values())
+            sizes.append(["all tokenized", f"{raw:,}", mib(raw), f"{sid:,}", mib(sid), f"{raw / sid:,.0f}x"])
         text += (
             f"\n\nEmbedding rows and MiB (fp32, D = {dim}) per tokenized feature: the ID arm's raw-ID table "
             "vs STORE's K codebooks:\n\n"
             + md_table(["feature", "ID rows", "ID MiB", "STORE rows", "STORE MiB", "ratio"], sizes)
         )
+        if len(saved) < len(params):
+            left_out = " and is left out of the total" if saved else "; no feature has real SIDs: no total"
+            text += (
+                "\n\nA feature with no real SIDs (every row has the reserved code) saves no memory worth "
+                f"reporting: it has no ratio{left_out}."
+            )
     return text
 
 
@@ -729,8 +858,53 @@ def interval(low: float, high: float) -> str:
     return f"[{signed(low)}, {signed(high)}]"
 
 
-def headline(arm: str, base: str, d: dict) -> str:
-    """The plain verdict on test AUC, one sentence."""
+def run_name(summary: dict, index: int) -> str:
+    """'seed <k>' from a run's config, else 'run <index + 1>'."""
+    seed = summary.get("config", {}).get("seed")
+    return f"seed {seed}" if seed is not None else f"run {index + 1}"
+
+
+def comparability(
+    summaries: Mapping[str, dict | Sequence[dict]],
+    metas: Sequence[dict] = (),
+    labels: np.ndarray | None = None,
+    logits: Mapping[str, Sequence[np.ndarray]] | None = None,
+) -> list[str]:
+    """Why these arms' test scores are not a comparison (empty: they are): the test split has one class
+    (``labels``, the paired test rows; AUC undefined), an arm scored NaN test AUC (its summary.json, or
+    non-finite ``logits`` {arm: [per run]}), or a tokenized feature of the SID tables ``metas`` (one
+    meta.json per seed) has test coverage below COVERAGE_FLOOR or no real SIDs (`sid_reasons`)."""
+    reasons = []
+    one_class = labels is not None and np.unique(labels).size < 2
+    if one_class:
+        shown = "no rows" if labels.size == 0 else f"all {labels.size:,} rows labelled {labels[0]:g}"
+        reasons.append(f"the test split has one class ({shown}; AUC is undefined)")
+    for arm, runs in as_summaries(summaries).items():
+        nan = []  # (run, detail)
+        for i, s in enumerate(runs):
+            scores = logits[arm][i] if logits is not None and i < len(logits[arm]) else None
+            bad = int((~np.isfinite(scores)).sum()) if scores is not None else 0
+            auc = scores_of(s).get("auc", 0.0)  # absent (older runs): nothing to say
+            if bad:
+                nan.append((run_name(s, i), f"{bad:,} of {scores.size:,} test logits not finite"))
+            elif not one_class and (auc is None or not math.isfinite(auc)):  # one class: said above
+                nan.append((run_name(s, i), ""))
+        if nan:
+            shown = [": ".join(x for x in (run if len(runs) > 1 else "", detail) if x) for run, detail in nan]
+            which = ", ".join(x for x in shown if x)
+            reasons.append(f"{arm} scored NaN test AUC" + (f" ({which})" if which else ""))
+    return reasons + sid_reasons(metas)
+
+
+def not_comparable(reasons: Sequence[str]) -> str:
+    """The verdict of arms that cannot be compared."""
+    return f"Not comparable: {'; '.join(reasons)}."
+
+
+def headline(arm: str, base: str, d: dict, reasons: Sequence[str] = ()) -> str:
+    """The plain verdict on test AUC, one sentence ('Not comparable: REASONS.' when there are reasons)."""
+    if reasons:
+        return not_comparable(reasons)
     if not math.isfinite(d["diff"]):
         return f"No verdict for {label(arm)} vs {label(base)}: the test AUC is undefined (one class only)."
     numbers = f"{signed(d['diff'])} (95% interval {signed(d['low'])} to {signed(d['high'])})"
@@ -740,15 +914,25 @@ def headline(arm: str, base: str, d: dict) -> str:
 
 
 def significance(
-    arms: Mapping[str, Sequence[Run]], baseline: str, resamples: int = RESAMPLES, seed: int = 0
+    arms: Mapping[str, Sequence[Run]],
+    baseline: str,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    metas: Sequence[dict] = (),
 ) -> dict:
     """The paired tests of every arm against `baseline` on the test split (what significance.json holds):
-    {"baseline", "rows", "users", "dropped_rows", "resamples", "arms": {arm: {"bootstrap": [Difference],
-    "delong": [per seed pair], "verdict"}}} or, when a run has no predictions file, {"missing": [folders]}."""
+    {"baseline", "rows", "users", "dropped_rows", "resamples", "comparable", "reasons", "arms": {arm:
+    {"bootstrap": [Difference], "delong": [per seed pair], "comparable", "reasons", "verdict"}}} or, when
+    a run has no predictions file, {"baseline", "missing": [folders], "comparable", "reasons"}. Reasons:
+    `comparability` of all arms (top level) and of the arm and the baseline, with the SID tables
+    ``metas`` (one meta.json per seed); an arm with reasons gets the verdict 'Not comparable: ...'."""
+    summaries = {n: [r.summary for r in rs] for n, rs in arms.items()}
     missing = [str(r.path) for rs in arms.values() for r in rs if not (r.path / PREDICTIONS).is_file()]
     if missing:
-        return {"baseline": baseline, "missing": missing}
+        reasons = comparability(summaries, metas)
+        return {"baseline": baseline, "missing": missing, "comparable": not reasons, "reasons": reasons}
     paired = paired_predictions(arms)
+    reasons = comparability(summaries, metas, paired.labels, paired.logits)
     boot = paired_bootstrap(paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed)
     result = {
         "baseline": baseline,
@@ -756,6 +940,8 @@ def significance(
         "users": int(np.unique(paired.users).size) if paired.users is not None else None,
         "dropped_rows": paired.dropped,
         "resamples": resamples,
+        "comparable": not reasons,
+        "reasons": reasons,
         "arms": {},
     }
     for arm, diffs in boot.items():
@@ -769,10 +955,24 @@ def significance(
                 entry["error"] = str(e)
             pairs.append(entry)
         bootstrap = [d.as_dict() for d in diffs]
+        pair = (baseline, arm)
+        why = comparability({n: summaries[n] for n in pair}, metas, paired.labels,
+                            {n: paired.logits[n] for n in pair})  # fmt: skip
+        auc = next(d for d in bootstrap if d["metric"] == "auc")
+        if not why and auc["resamples"] < resamples:  # resamples without both classes were dropped
+            why.append(
+                f"the test split has too few clicks or non-clicks for the test: {resamples - auc['resamples']} "
+                f"of {resamples} bootstrap resamples had one class only"
+            )
+            if not result["reasons"]:
+                result["reasons"] = why
+                result["comparable"] = False
         result["arms"][arm] = {
             "bootstrap": bootstrap,
             "delong": pairs,
-            "verdict": headline(arm, baseline, next(d for d in bootstrap if d["metric"] == "auc")),
+            "comparable": not why,
+            "reasons": why,
+            "verdict": headline(arm, baseline, next(d for d in bootstrap if d["metric"] == "auc"), why),
         }
     return result
 
@@ -798,8 +998,10 @@ def section_significance(arms: Mapping[str, Sequence[Run]], baseline: str, resul
         ]
         per_seed.append(f"{label(arm)} - {label(baseline)} test AUC per seed pair: {', '.join(diffs)}.")
     if "missing" in result:
+        why = f"**{not_comparable(result['reasons'])}**\n\n" if result.get("reasons") else ""
         return (
-            "No paired test: these runs have no test predictions file (predictions/test.parquet; a run of "
+            why
+            + "No paired test: these runs have no test predictions file (predictions/test.parquet; a run of "
             "an older trainer has none, rerun it): "
             + ", ".join(f"`{m}`" for m in result["missing"])
             + ".\n\n"
@@ -822,11 +1024,13 @@ def section_significance(arms: Mapping[str, Sequence[Run]], baseline: str, resul
     for arm in others:
         r = result["arms"][arm]
         head = f"{label(arm)} - {label(baseline)}"
+        # not comparable: no better / worse in the tables either, only the numbers
+        shown = (lambda v: v) if r.get("comparable", True) else (lambda v: "not comparable")
         rows = [
             [
                 d["metric"].upper() if d["metric"] != "logloss" else "logloss (lower is better)",
                 d["baseline"], d["arm"], signed(d["diff"]), interval(d["low"], d["high"]),
-                p_text(d["p"], floor), d["verdict"],
+                p_text(d["p"], floor), shown(d["verdict"]),
             ]
             for d in r["bootstrap"]
         ]  # fmt: skip
@@ -850,7 +1054,7 @@ def section_significance(arms: Mapping[str, Sequence[Run]], baseline: str, resul
                         signed(e["diff"]),
                         interval(e["low"], e["high"]),
                         f"{e['p']:.2g}" if e["p"] < 0.001 else f"{e['p']:.3f}",
-                        e["verdict"],
+                        shown(e["verdict"]),
                     ]
                     if "error" not in e
                     else [e["seed"], "-", "-", "-", "-", "-", e["error"]]
@@ -882,8 +1086,9 @@ def write_report(
     """Write OUT/report.md (+ significance.json, plot, tensorboard links); returns the markdown path.
 
     runs: {arm: run folder, folder of seed run folders, or a list of those} (`load_runs`); sids: the
-    SID table folder (a path or a URI), or one per seed (the first one's statistics are shown); baseline: the arm the
-    others are tested against (default: id when present, else the first arm)."""
+    SID table folder (a path or a URI), or one per seed (the first one's statistics are shown; the verdict
+    takes the worst test coverage over them); baseline: the arm the others are tested against (default:
+    id when present, else the first arm)."""
     arms = load_runs(runs)
     baseline = baseline or (BASELINE if BASELINE in arms else next(iter(arms)))
     if baseline not in arms:
@@ -893,17 +1098,20 @@ def write_report(
     summaries = {n: [r.summary for r in rs] for n, rs in arms.items()}
     data = next(iter(summaries.values()))[0].get("config", {}).get("data", "")
     ceiling = bayes_optimal(data) if data else None
-    result = significance(arms, baseline, resamples)
+    # locations, not Path: Path("s3://b/sids") would be s3:/b/sids
+    sid_dirs = [fs.location(sids)] if isinstance(sids, str | Path) else [fs.location(s) for s in sids or []]
+    metas = [m for m in (read_meta(s) for s in sid_dirs) if m is not None]
+    result = significance(arms, baseline, resamples, metas=metas)
+    result["features"] = feature_lines(metas)  # for the console (`console_lines`)
     atomic_write_text(out / SIGNIFICANCE, json.dumps(result, indent=2))
     plot_epochs(summaries, out / PLOT)
     linked = link_tensorboard(tensorboard_names(arms), out / "tensorboard")
     scaling = Path(scaling) if scaling else None
-    # locations, not Path: Path("s3://b/sids") would be s3:/b/sids
-    sid_dirs = [fs.location(sids)] if isinstance(sids, str | Path) else [fs.location(s) for s in sids or []]
     tokenizer = section_tokenizer(sid_dirs[0] if sid_dirs else None, embedding_dim(summaries))
     if len(sid_dirs) > 1:
         tokenizer += (
-            "\n\nOne SID table per seed: " + ", ".join(f"`{s}`" for s in sid_dirs) + "; the first is shown."
+            "\n\nOne SID table per seed: " + ", ".join(f"`{s}`" for s in sid_dirs) + "; the first is shown "
+            "(the verdict takes the worst test coverage over them)."
         )
     bodies = {
         "Setup": section_setup(arms),
@@ -940,13 +1148,32 @@ def write_report(
     return path
 
 
-def verdicts(report_dir: str | Path) -> list[str]:
-    """The plain verdict of each arm (significance.json next to report.md); empty without the tests."""
+def read_significance(report_dir: str | Path) -> dict:
+    """significance.json next to report.md; {} without it."""
     path = Path(report_dir) / SIGNIFICANCE
-    if not path.is_file():
-        return []
-    result = json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def verdicts(report_dir: str | Path) -> list[str]:
+    """The plain verdict of each arm (significance.json next to report.md); without the paired tests
+    (no predictions), 'Not comparable: ...' when the arms are not, else nothing."""
+    result = read_significance(report_dir)
+    if "arms" not in result and result.get("reasons"):
+        return [not_comparable(result["reasons"])]
     return [a["verdict"] for a in result.get("arms", {}).values()]
+
+
+def console_lines(report_dir: str | Path) -> list[str]:
+    """What the CLIs print last: the verdicts, one line per tokenized feature (test coverage, collision
+    rates) and, when the arms are not comparable, a line saying so."""
+    result = read_significance(report_dir)
+    lines = verdicts(report_dir) + list(result.get("features", []))
+    if result.get("reasons"):
+        lines.append(
+            f"not comparable: {'; '.join(result['reasons'])} (the report is written, but it holds no "
+            "better / worse verdict)"
+        )
+    return lines
 
 
 def parse_runs(items: Sequence[str]) -> dict[str, list[Path]]:
@@ -992,7 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"report: {path}")
-    for line in verdicts(path.parent):
+    for line in console_lines(path.parent):
         print(line)
     return 0
 
