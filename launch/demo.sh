@@ -5,10 +5,9 @@
 # verdict on STORE - ID comes with its 95% interval from a paired bootstrap over the test users: on
 # data this small, read "no significant difference" as "this demo cannot tell", and a "better" or
 # "worse" as a statement about these two trained models (one seed; --seeds N adds more).
-# 100 users over 12,000 rows: the tokenizer gives a user ID seen fewer than 50 times in the train
-# split (--tokenizer-min-count) the reserved code, so the users need that many rows for STORE to see
-# them (with 1,000 users over 6,000 rows, 908 of them had the reserved code, and the report said
-# STORE lost by 0.097; here 72 of 100 keep their SIDs).
+# 100 users over 12,000 rows: the tokenizer chooses by validation how users seen only a few times in
+# the train split are tokenized (their learned rows, the reserved code, or their co-occurrence
+# neighbours' SIDs), and the console's last lines say how many test rows have real SIDs per feature.
 # Usage: launch/demo.sh [PYTHON] [OUT]. Rerunning skips the stages whose outputs exist.
 set -euo pipefail
 PY=${1:-python}

@@ -703,9 +703,18 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
         f"C = {codewords} codewords per codebook"
     )
     if "unseen_code" in meta:
+        m = meta.get("min_count", 1)
+        if meta.get("rare") == "neighbours" and m > 1:
+            rare = (
+                f" (IDs seen there fewer than {m} times have the SIDs their co-occurrence neighbours predict)"
+            )
+        elif m > 1:
+            rare = f" or seen there fewer than {m} times"
+        else:
+            rare = ""
         head += (
-            f", plus one reserved code for IDs absent from the train split or seen there fewer than "
-            f"{meta.get('min_count', 1)} times (learned from {meta.get('learned_from')})"
+            f", plus one reserved code for IDs absent from the train split{rare} "
+            f"(learned from {meta.get('learned_from')})"
         )
     rows = []
     for f, m in features.items():

@@ -110,31 +110,15 @@ def test_proxy_scores_real_codes_above_random_codes(syn):
     assert scores["topical"] > scores["one_code"] - 0.01
 
 
+def tokenize(data: Path, out: Path, *flags: str) -> dict:
+    """The tokenizer CLI with small sizes (K = 2, C = 8, 30 steps, a one-epoch FM); its meta.json."""
+    argv = ["--data", str(data), "--out", str(out), "--num-sids", "2", "--codebook-size", "8"]
+    assert tokenize_main([*argv, "--min-steps", "30", "--fm-epochs", "1", "--no-progress", *flags]) == 0
+    return json.loads((out / "meta.json").read_text())
+
+
 def test_default_chooses_by_validation_and_records_every_candidate(syn, tmp_path):
-    out = tmp_path / "sids"
-    argv = [
-        "--data",
-        str(syn),
-        "--out",
-        str(out),
-        "--num-sids",
-        "2",
-        "--codebook-size",
-        "8",
-        "--min-steps",
-        "30",
-    ]
-    argv += [
-        "--fm-epochs",
-        "1",
-        "--select.min-counts",
-        "3,10",
-        "--select.proxy-epochs",
-        "1",
-        "--no-progress",
-    ]
-    assert tokenize_main(argv) == 0
-    meta = json.loads((out / "meta.json").read_text())
+    meta = tokenize(syn, tmp_path / "sids", "--select.min-counts", "3,10", "--select.proxy-epochs", "1")
     sel = meta["selection"]
     assert not sel["forced"] and sel["train_rows"] > 0 and math.isfinite(sel["raw_id_valid_auc"])
     names = [c["name"] for c in sel["candidates"]]
@@ -165,26 +149,7 @@ def by_rule(sel: dict, name: str) -> dict:
 
 
 def test_a_given_min_count_forces_the_rule(syn, tmp_path):
-    out = tmp_path / "sids"
-    argv = [
-        "--data",
-        str(syn),
-        "--out",
-        str(out),
-        "--num-sids",
-        "2",
-        "--codebook-size",
-        "8",
-        "--min-steps",
-        "30",
-    ]
-    assert (
-        tokenize_main(
-            [*argv, "--fm-epochs", "1", "--min-count", "4", "--rare", "neighbours", "--no-progress"]
-        )
-        == 0
-    )
-    meta = json.loads((out / "meta.json").read_text())
+    meta = tokenize(syn, tmp_path / "sids", "--min-count", "4", "--rare", "neighbours")
     assert meta["selection"] == {"forced": True, "chosen": "neighbours@4", "candidates": []}
     m = meta["features"]["hc_id_0"]
     assert m["neighbour_rows"] == m["rare_rows"] > 0 and m["unseen_rows"] == m["absent_rows"]
