@@ -204,3 +204,24 @@ def test_longtail_table_is_a_long_tail_that_convert_table_reads(tmp_path):
     assert data_main([*argv, "--user", "user", "--item", "item", "--time", "ts"]) == 0
     spec = DatasetSpec.load(out)
     assert spec.item_id == "item" and "user" in spec.high_cardinality
+
+
+def test_propensity_projection_finds_the_direction_that_carries_the_click_rate(syn):
+    from tests.benchmark_module import load_benchmark
+
+    prop = load_benchmark("propensity_sids")
+    spec = DatasetSpec.load(syn)
+    rows = spec.table_rows("item_id")
+    counts = torch.zeros(rows, dtype=torch.float64)
+    clicks = torch.zeros(rows, dtype=torch.float64)
+    for b in select.read_sample(syn, spec, "train", 10**9):
+        counts.index_add_(0, b.item_ids, torch.ones(b.batch_size, dtype=torch.float64))
+        clicks.index_add_(0, b.item_ids, b.labels.double())
+    rate = ((clicks + 1) / (counts + 2)).float()
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(rows, 3, generator=gen)
+    carried = torch.cat([noise, torch.log(rate / (1 - rate))[:, None] + noise[:, :1]], 1)
+    proj, corr = prop.propensity_projection(str(syn), spec, carried, fit_rows=5)
+    assert proj.shape == (rows,) and corr > 0.9
+    _, corr_noise = prop.propensity_projection(str(syn), spec, noise, fit_rows=5)  # no click rate there
+    assert corr_noise < corr - 0.3
