@@ -20,7 +20,6 @@ import sys
 
 import torch
 
-from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DatasetSpec
 from store.sid import SidTable
 from store.tokenizer import learned
@@ -36,7 +35,7 @@ def propensity_projection(
     on the items it was fitted on: those seen ``fit_rows``+ times)."""
     n = torch.zeros(len(rows), dtype=torch.float64)  # impressions of each item (its rows, not histories)
     clicks = torch.zeros(len(rows), dtype=torch.float64)
-    for b in ParquetBatchReader(data, "train", 8192, spec=spec, shuffle=False, drop_remainder=False):
+    for b in learned.split_reader(data, spec, 8192, seed=0, shuffle=False):
         n.index_add_(0, b.item_ids, torch.ones(b.batch_size, dtype=torch.float64))
         clicks.index_add_(0, b.item_ids, b.labels.double())
     p = float(clicks.sum() / n.sum())

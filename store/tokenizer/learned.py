@@ -75,14 +75,15 @@ def table_of(spec: DatasetSpec, feature: str) -> str:
     return RAW_ITEM_TABLE if spec.feature(feature).item_ref else f"t_{feature}"
 
 
-def _train_reader(
+def split_reader(
     data_dir: str | os.PathLike,
     spec: DatasetSpec,
     batch_size: int,
     seed: int,
     shuffle: bool,
     split: str = "train",
-):
+) -> ParquetBatchReader:
+    """Every row of a split (default train), the last batch kept whole however short."""
     return ParquetBatchReader(
         data_dir, split, batch_size, spec=spec, shuffle=shuffle, drop_remainder=False, seed=seed
     )
@@ -99,7 +100,7 @@ def train_counts(
     feature counts every item-valued feature's values, as they share the item table)."""
     counts = {f: torch.zeros(spec.table_rows(f), dtype=torch.long) for f in features}
     served = sid_sources(spec)  # the item's count covers every item-valued feature (one shared table)
-    reader = _train_reader(data_dir, spec, 8192, 0, shuffle=False, split=split)
+    reader = split_reader(data_dir, spec, 8192, 0, shuffle=False, split=split)
     for batch in tqdm(reader, desc=f"count {split} IDs", unit="batch", disable=not progress):
         jts = batch.sparse.to_dict()
         for f in features:
@@ -225,7 +226,7 @@ def train_fm(
     sparse = [p for m in (*model.v, *model.w) for p in m.parameters()]
     dense = [p for n, p in model.named_parameters() if not n.startswith(("v.", "w."))]
     opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr), torch.optim.Adam(dense, lr=cfg.lr)]
-    reader = _train_reader(data_dir, spec, cfg.batch_size, cfg.seed, shuffle=True)
+    reader = split_reader(data_dir, spec, cfg.batch_size, cfg.seed, shuffle=True)
     bar = tqdm(total=cfg.epochs * len(reader), desc="learn FM embeddings", unit="step", disable=not progress)
     loss_sum, n = 0.0, 0
     for epoch in range(cfg.epochs):

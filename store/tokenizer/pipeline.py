@@ -206,12 +206,17 @@ def sid_keys(codes: Tensor, codebook_size: int) -> Tensor:
     return key
 
 
-def collision_stats(keys: Tensor) -> tuple[float, int]:
-    """(fraction of items whose SID tuple is shared with another item, number of distinct tuples)."""
+def collision_stats(keys: Tensor, weight: Tensor | None = None) -> tuple[float, int]:
+    """(fraction of items whose SID tuple is shared with another item, number of distinct tuples); with
+    ``weight`` (one per item, e.g. its train rows) the fraction is of the total weight (0 when it is 0)."""
     if len(keys) == 0:
         return 0.0, 0
-    _, counts = torch.unique(keys, return_counts=True)
-    return float(counts[counts > 1].sum()) / len(keys), len(counts)
+    _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    shared = counts[inverse] > 1
+    if weight is None:
+        return float(shared.sum()) / len(keys), len(counts)
+    total = float(weight.sum())
+    return (float(weight[shared].sum()) / total if total else 0.0), len(counts)
 
 
 # -- tokenizing a catalog ------------------------------------------------------------------------
@@ -387,10 +392,7 @@ def row_collisions(codes: Tensor, real: Tensor, train: Tensor, codebook_size: in
     weight = train[ids].double()
     if len(ids) == 0 or float(weight.sum()) == 0:
         return None
-    keys = sid_keys(codes[ids], codebook_size)
-    _, inverse, per_key = torch.unique(keys, return_inverse=True, return_counts=True)
-    shared = per_key[inverse] > 1
-    return float(weight[shared].sum() / weight.sum())
+    return collision_stats(sid_keys(codes[ids], codebook_size), weight)[0]
 
 
 def tokenizer_dir(spec: DatasetSpec, feature: str) -> str:
@@ -616,9 +618,9 @@ def disambiguate(codes: Tensor, real: Tensor, count: Tensor, codebook_size: int)
     after)."""
     extra = codes[:, :1].clone()  # rows without real SIDs: the reserved code
     ids = real.nonzero().flatten()
-    before = collision_stats(sid_keys(codes[ids], codebook_size))[0] if len(ids) else 0.0
+    keys = sid_keys(codes[ids], codebook_size)
+    before = collision_stats(keys)[0]
     if len(ids):
-        keys = sid_keys(codes[ids], codebook_size)
         # sort by (tuple, count desc, id): a stable sort by count desc, then a stable sort by tuple
         order = torch.argsort(-count[ids], stable=True)
         order = order[torch.argsort(keys[order], stable=True)]
@@ -629,10 +631,9 @@ def disambiguate(codes: Tensor, real: Tensor, count: Tensor, codebook_size: int)
         rank = torch.arange(len(order)) - group_start
         extra[ids[order], 0] = rank.clamp(max=codebook_size - 1)
     out = torch.cat([codes, extra], 1)
-    after = collision_stats(sid_keys(out[ids], codebook_size))[0] if len(ids) else 0.0
+    after, unique = collision_stats(sid_keys(out[ids], codebook_size))
     return out, {"collision_rate_before_disambiguation": before, "collision_rate": after,
-                 "unique_sids": int(torch.unique(sid_keys(out[ids], codebook_size)).numel()),
-                 "collision_rate_rows": row_collisions(out, real, count, codebook_size)}  # fmt: skip
+                 "unique_sids": unique, "collision_rate_rows": row_collisions(out, real, count, codebook_size)}  # fmt: skip
 
 
 @dataclass
@@ -704,15 +705,16 @@ def choose(
     sample = select.load_sample(args.data, spec, features, args.select, args.seed, progress)
     raw = select.proxy_auc(sample.train, sample.valid, spec, None, args.select, args.seed)
     log.info("selection: proxy on raw IDs, valid AUC %.4f", raw)
-    candidates, best, best_auc, best_rule = [], None, -math.inf, None
-    eligible_any = False
+    candidates, best, best_key, best_rule = [], None, (False, -math.inf), None
     item_feature = spec.item_id if spec.item_id else ""
     # one tokenizer per feature, fitted to every seen ID's row, encodes every candidate (the rules differ
     # in which IDs get which row); the chosen rule's tokenizers are then fitted to its own rows
+    rules = select.candidate_rules(args.select.min_counts, args.rare)  # the first is `all`
     fitted: dict[str, SemanticTokenizer] = {}
-    for rule in select.candidate_rules(args.select.min_counts, args.rare):
+    for rule in rules:
         built = build(rule, sample, fitted)
-        if not fitted:
+        if rule is rules[0]:
+            first = built
             fitted = {f: built[f].tokenizer for f in features if built[f].tokenizer is not None}
         unseen = any(b.unseen_code is not None for b in built.values())
         table = SidTable(
@@ -738,16 +740,13 @@ def choose(
             "valid_coverage": cover,
             "eligible": not low,
         })  # fmt: skip
-        better = auc > best_auc  # ties keep the earlier (simpler) rule
-        if (not low and (better or not eligible_any)) or (low and not eligible_any and better):
-            best, best_auc, best_rule = built, auc, rule
-            eligible_any |= not low
+        # an eligible rule beats any other, then the higher AUC; ties keep the earlier (simpler) rule
+        if (not low, auc) > best_key:
+            best, best_key, best_rule = built, (not low, auc), rule
     if best_rule is None:  # every candidate scored NaN (one class in the valid sample): the first rule
-        best_rule = select.candidate_rules(args.select.min_counts, args.rare)[0]
-    if best_rule.min_count > 1:  # fitted to the IDs that get real SIDs under the chosen rule
+        best_rule, best = rules[0], first
+    if best_rule.min_count > 1:  # refitted to the IDs that get real SIDs under the chosen rule
         best = build(best_rule, sample)
-    else:
-        best = build(best_rule, sample, fitted)
     for c in candidates:
         c["chosen"] = c["name"] == best_rule.name
     selection = {

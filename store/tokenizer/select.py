@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from data_pipeline.batch import Batch
 from data_pipeline.cli import ConfigError
-from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec
 from store.sid import SidTable, sid_sources
+from store.tokenizer import learned
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,7 @@ def read_sample(
     data_dir: str | os.PathLike, spec: DatasetSpec, split: str, max_rows: int, batch_size: int = 4096
 ) -> list[Batch]:
     """The first ``max_rows`` rows of a split as batches of at most ``batch_size`` (in file order)."""
-    reader = ParquetBatchReader(
-        data_dir, split, batch_size, spec=spec, shuffle=False, drop_remainder=False, seed=0
-    )
+    reader = learned.split_reader(data_dir, spec, batch_size, seed=0, shuffle=False, split=split)
     out, n = [], 0
     for batch in reader:
         out.append(batch)
@@ -257,14 +255,6 @@ class ProxyFM(nn.Module):
         return logit
 
 
-def _auc(scores: Tensor, labels: Tensor) -> float:
-    """ROC AUC; NaN when the labels have one class."""
-    from sklearn.metrics import roc_auc_score
-
-    y = labels.numpy()
-    return float(roc_auc_score(y, scores.numpy())) if 0 < y.sum() < len(y) else math.nan
-
-
 def proxy_auc(
     train: list[Batch],
     valid: list[Batch],
@@ -275,6 +265,7 @@ def proxy_auc(
 ) -> float:
     """Valid AUC (best epoch) of the proxy FM trained on ``train`` with the tokenized features as
     their codes (``sids``), or as raw IDs (``sids`` None)."""
+    from trainer.metrics import auc  # the trainer's AUC (NaN for one class), as every score here
 
     def parts(b: Batch) -> tuple[list, Tensor]:
         if sids is None:
@@ -311,7 +302,7 @@ def proxy_auc(
         with torch.no_grad():
             scores = torch.cat([model(kjts, d) for (kjts, d), _ in valid_parts])
         labels = torch.cat([y for _, y in valid_parts])
-        value = _auc(scores, labels)
+        value = auc(scores, labels)
         if math.isfinite(value):
             best = max(best, value)
     return best if math.isfinite(best) else math.nan
