@@ -17,16 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_pipeline import fs
 from data_pipeline.hashing import splitmix64
-from data_pipeline.spec import ITEMS_DIR, SPLITS, DataError, DatasetSpec, list_shards
+from data_pipeline.spec import ITEMS_DIR, SPLITS, DataError, DatasetSpec, list_shards, open_shard
 
 KMV_K = 4096
 BATCH_ROWS = 65_536
@@ -146,7 +148,20 @@ def _stats_for(spec: DatasetSpec) -> dict[str, NumberStats | IdStats | ListStats
 
 
 def _rows(folder: str) -> int:
-    return sum(fs.parquet_file(p).metadata.num_rows for p in list_shards(folder))
+    return sum(open_shard(p).metadata.num_rows for p in list_shards(folder))
+
+
+def _batches(path: str, f: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The record batches of one shard; a DataError naming it when its data is unreadable (a footer
+    that parses over corrupt pages)."""
+    try:
+        yield from f.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and (err := fs.explain(path, e)) is not None:
+            raise err from None
+        raise DataError(
+            f"{path}: not a readable parquet file, corrupt or truncated ({' '.join(str(e).split())})"
+        ) from None
 
 
 def inspect_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS, max_rows: int = 0) -> dict:
@@ -165,11 +180,11 @@ def inspect_dataset(root: str | Path, splits: tuple[str, ...] = SPLITS, max_rows
         shards = list_shards(fs.join(root, split))
         with tqdm(total=max_rows or rows[split], desc=f"inspect {split}", unit="row", leave=False) as bar:
             for path in shards:
-                f = fs.parquet_file(path)
+                f = open_shard(path)
                 missing = [c for c in stats if c not in f.schema_arrow.names]
                 if missing:
                     raise DataError(f"{path}: missing column(s) {missing} named in the spec")
-                for batch in f.iter_batches(batch_size=BATCH_ROWS, columns=list(stats)):
+                for batch in _batches(path, f, list(stats)):
                     if max_rows and seen + batch.num_rows > max_rows:
                         batch = batch.slice(0, max_rows - seen)
                     for name, st in stats.items():

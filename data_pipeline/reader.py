@@ -47,7 +47,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from data_pipeline import fs
 from data_pipeline.batch import Batch
 from data_pipeline.hashing import splitmix64
-from data_pipeline.spec import DataError, DatasetSpec, SparseFeature, list_shards, split_dir
+from data_pipeline.spec import DataError, DatasetSpec, SparseFeature, list_shards, open_shard, split_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,6 @@ def map_ids(ids: np.ndarray, vocab_size: int, mode: str, max_id: int | None = No
 # --------------------------------------------------------------------------------------------------
 # Shard index: footers of every shard, checked against the spec
 # --------------------------------------------------------------------------------------------------
-def _open_parquet(path: str) -> pq.ParquetFile:
-    try:
-        return fs.parquet_file(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable parquet file, corrupt or truncated ({e})") from None
-
-
 def _check_type(path: str, col: str, typ: pa.DataType, want: str) -> None:
     ok = {
         "float": pa.types.is_floating(typ) or pa.types.is_integer(typ),
@@ -127,7 +120,7 @@ class ShardIndex:
                 kinds.setdefault(col, "int")
         rg_shard, rg_index, rg_rows = [], [], []
         for s, path in enumerate(shards):
-            meta = _open_parquet(path)
+            meta = open_shard(path)
             schema = meta.schema_arrow
             for col, want in kinds.items():
                 idx = schema.get_field_index(col)
@@ -293,7 +286,7 @@ class _RowGroupDecoder:
         s = int(self.index.rg_shard[g])
         path = self.index.shards[s]
         if s != self._file_idx:
-            self._file = _open_parquet(path)
+            self._file = open_shard(path)
             self._file_idx = s
         try:
             return path, self._file.read_row_group(int(self.index.rg_index[g]), columns=self.columns)

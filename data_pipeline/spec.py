@@ -28,6 +28,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
 from data_pipeline import fs
 from data_pipeline.errors import DataError as DataError  # defined apart so that fs can raise it too
 
@@ -257,7 +261,13 @@ class DatasetSpec:
     def load(cls, root: str | os.PathLike) -> DatasetSpec:
         """DIR/spec.json of a dataset folder or object-store prefix."""
         root = fs.location(root)
-        if not fs.is_dir(root):
+        kind = fs.info(root).type
+        if kind == pafs.FileType.File:
+            raise DataError(
+                f"{root}: is a file, not a dataset folder (a dataset is a folder with spec.json, "
+                f"{', '.join(s + '/' for s in SPLITS)})"
+            )
+        if kind != pafs.FileType.Directory:
             raise fs.missing(root, "dataset folder does not exist")
         path = fs.join(root, SPEC_FILE)
         if not fs.is_file(path):
@@ -305,3 +315,18 @@ def list_shards(folder: str | os.PathLike) -> list[str]:
     if not shards:
         raise DataError(f"{fs.location(folder)}: no .parquet shards in folder")
     return shards
+
+
+def open_shard(path: str | os.PathLike) -> pq.ParquetFile:
+    """A parquet shard opened for reading (its footer read, no data): a DataError naming the file when
+    it is not valid parquet (truncated, corrupt, not parquet at all), the store's own StorageError
+    when the store cannot be reached or refuses the credentials. Every reader of shards opens them
+    here (the trainer's reader, inspect, the train-split stats)."""
+    try:
+        return fs.parquet_file(path)
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and (err := fs.explain(path, e)) is not None:
+            raise err from None  # the store, not the file: credentials, connection
+        raise DataError(
+            f"{fs.location(path)}: not a readable parquet file, corrupt or truncated ({' '.join(str(e).split())})"
+        ) from None

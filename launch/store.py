@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 import torchx
 import torchx.specs as specs
 from torchx.components import dist
+from torchx.specs.finder import ComponentValidationException
 
 SHARDING = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 """What --sharding accepts (the trainer's --sharding.default)."""
@@ -27,9 +28,27 @@ METHODS = ("opmq", "rqvae", "opq")
 """The tokenizers (store.sid.METHODS, repeated for the same reason; a test checks both lists agree)."""
 
 
+class ComponentArgError(ComponentValidationException, ValueError):
+    """A bad argument of a component, named with its flag (``--model``, ``-j``). ``torchx run`` prints
+    the message of a ComponentValidationException alone (no traceback) and exits 1; a caller of the
+    component function gets a ValueError."""
+
+
 def _check(flag: str, ok: bool, rule: str, value: object) -> None:
     if not ok:
-        raise ValueError(f"--{flag} {rule}, got {value!r}")
+        dashes = "-" if len(flag) == 1 else "--"  # torchx spells one-letter arguments -j, -h
+        raise ComponentArgError(f"{dashes}{flag} {rule}, got {value!r}")
+
+
+def _check_j(j: str) -> None:
+    """``-j`` as dist.ddp reads it ([[MIN:]MAX x]NPROC), with every count >= 1 and MIN <= MAX."""
+    try:
+        min_nnodes, max_nnodes, nproc, _ = dist.parse_nnodes(j)
+    except ValueError:
+        _check("j", False, "must be NNODESxNPROC_PER_NODE, MIN:MAXxNPROC or NPROC (e.g. 1x2, 1:4x8, 2)", j)
+        return
+    _check("j", min(min_nnodes, max_nnodes, nproc) >= 1, "needs at least one node and one process", j)
+    _check("j", min_nnodes <= max_nnodes, "needs MIN <= MAX nodes", j)
 
 
 def _path_env(env: Optional[Dict[str, str]], venv: str) -> Dict[str, str]:
@@ -129,6 +148,10 @@ def train(
     ):
         _check(flag, value >= 0, "must be >= 0", value)
     _check("gpu", gpu >= 0, "must be >= 0", gpu)
+    _check("cpu", cpu > 0, "must be > 0", cpu)
+    _check("memMB", memMB > 0, "must be > 0", memMB)
+    _check("rdzv_port", 0 < rdzv_port < 65536, "must be a port number (1..65535)", rdzv_port)
+    _check_j(j)
 
     args = [
         "--data", data, "--model", model, "--out", out, "--epochs", str(epochs),
@@ -240,6 +263,10 @@ def compare(
         _check(flag, value > 0, "must be > 0", value)
     for flag, value in (("num_sids", num_sids), ("codebook_size", codebook_size)):
         _check(flag, value > 0, "must be > 0", value)
+    _check("max_steps", max_steps >= 0, "must be >= 0", max_steps)
+    for flag, value in (("cpu", cpu), ("memMB", memMB)):
+        _check(flag, value > 0, "must be > 0", value)
+    _check("gpu", gpu >= 0, "must be >= 0", gpu)
     args = [
         "-m", "launch.compare", "--data", data, "--out", out, "--epochs", str(epochs),
         "--batch-size", str(batch_size), "--nproc", str(nproc), "--max-steps", str(max_steps),

@@ -469,3 +469,56 @@ def test_cli(tmp_path, capsys):
     assert exit_.value.code == 2 and "--vocab-sizes" in capsys.readouterr().err
     assert main(["convert", "avazu", "--src", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# -- issue 29: sources without data rows, MovieLens without its user file --------------------------------
+def criteo_row(i: int) -> str:
+    return ",".join([str(i % 2), *(str(i + k) for k in range(13)), *(f"{i:x}{k}" for k in range(26))])
+
+
+def test_header_only_source_is_exit_2_naming_the_file_and_keeps_the_dataset(tmp_path, capsys):
+    """A header-only Criteo file made a dataset of 0 rows with exit 0; now --src and the file are named,
+    and an existing dataset in --out is not replaced (with --overwrite too)."""
+    from data_pipeline.converters.criteo import COLUMNS
+
+    out = tmp_path / "out"
+    write(
+        tmp_path / "good" / "a.csv",
+        ",".join(COLUMNS) + "\n" + "\n".join(criteo_row(i) for i in range(20)) + "\n",
+    )
+    convert("criteo", cfg(tmp_path / "good", out, num_items=16, vocab_size=64))
+    header_only = write(tmp_path / "src" / "a.csv", ",".join(COLUMNS) + "\n")
+    argv = ["convert", "criteo", "--src", str(tmp_path / "src"), "--out", str(out), "--overwrite"]
+    assert main(argv) == 2
+    assert f"no data rows in {header_only}" in capsys.readouterr().err
+    assert DatasetSpec.load(out).num_rows == {"train": 16, "valid": 2, "test": 2}  # the old one, intact
+    write(tmp_path / "blank" / "a.csv", ",".join(COLUMNS) + "\n\n\n")  # lines counted, none of them rows
+    with pytest.raises(DataError, match=r"--src .*blank: no data rows in .*a\.csv"):
+        convert("criteo", cfg(tmp_path / "blank", tmp_path / "out2"))
+    assert not (tmp_path / "out2" / "spec.json").exists()
+
+
+def test_header_only_avazu_and_open_bandit_are_refused_before_out_is_touched(tmp_path):
+    write(tmp_path / "avazu" / "train.csv", AVAZU_HEADER + "\n")
+    with pytest.raises(DataError, match=r"no data rows in .*train\.csv"):
+        convert("avazu", cfg(tmp_path / "avazu", tmp_path / "out"))
+    src = real("open-bandit")
+    write(tmp_path / "ob" / "item_context.csv", (src / "item_context.csv").read_text())
+    write(tmp_path / "ob" / "all.csv", (src / "all.csv").read_text().splitlines()[0] + "\n")
+    with pytest.raises(DataError, match=r"no data rows in .*all\.csv"):
+        convert("open-bandit", cfg(tmp_path / "ob", tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_movielens_without_user_file_warns_naming_it(tmp_path, caplog):
+    src = tmp_path / "src"
+    write(src / "u.data", "".join(f"{u}\t{m}\t{r}\t{t}\n" for u, m, r, t in TINY_RATINGS))
+    write(
+        src / "u.item",
+        "".join(f"{m}|M{m} (1990)|||x|" + "|".join(["0"] * 19) + "\n" for m in (10, 20, 30, 40)),
+    )
+    with caplog.at_level("WARNING", logger="data_pipeline.convert"):
+        spec = convert("movielens", cfg(src, tmp_path / "out", valid_frac=0.2, test_frac=0.2))
+    assert "gender" not in spec.sparse_names
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("no u.user" in m and "gender, age, occupation, zip3" in m for m in warned), warned

@@ -129,3 +129,33 @@ def test_converted_movielens(tmp_path):
     assert c["user_id"]["distinct~"] == 943 and c["item_id"]["distinct~"] == 1682
     assert c["hist_items"]["len_max"] == 20 and c["hist_items"]["value_>=vocab"] == 0
     assert c["hour"]["min"] == 0 and c["hour"]["max"] == 23
+
+
+def test_truncated_shard_is_exit_2_naming_the_file(tmp_path, capsys):
+    """Issue 29: a truncated shard was pyarrow's ArrowInvalid traceback (exit 1)."""
+    make_dataset(tmp_path / "ds")
+    shard = tmp_path / "ds" / "valid" / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert main(["inspect", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert f"{shard}: not a readable parquet file, corrupt or truncated" in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_pages_are_exit_2_naming_the_file(tmp_path, capsys):
+    """A footer that parses over corrupt data pages: the error names the shard too."""
+    make_dataset(tmp_path / "ds")
+    shard = tmp_path / "ds" / "train" / "part-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[4 : len(data) // 2] = b"\xff" * (len(data) // 2 - 4)  # the pages, not the footer at the end
+    shard.write_bytes(bytes(data))
+    assert main(["inspect", str(tmp_path / "ds"), "--split", "train"]) == 2
+    assert f"{shard}: not a readable parquet file" in capsys.readouterr().err
+
+
+def test_a_file_is_not_a_dataset_folder(tmp_path, capsys):
+    make_dataset(tmp_path / "ds")
+    spec_file = tmp_path / "ds" / "spec.json"
+    assert main(["inspect", str(spec_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec_file}: is a file, not a dataset folder" in err and "does not exist" not in err

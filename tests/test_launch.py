@@ -154,3 +154,43 @@ def test_component_choices_match_the_trainer():
 
     assert tuple(comp.METHODS) == METHODS
     assert tuple(comp.SHARDING) == ("auto", *SHARDING_TYPES)
+
+
+# -- issue 29: a bad component argument is one clear line, not a traceback ---------------------------------
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"j": "two"}, "-j"),
+        ({"j": "0x2"}, "-j"),
+        ({"j": "3:2x1"}, "-j"),
+        ({"cpu": 0}, "--cpu"),
+        ({"memMB": 0}, "--memMB"),
+        ({"rdzv_port": 70000}, "--rdzv_port"),
+    ],
+)
+def test_train_checks_resources_and_j_naming_the_flag(kwargs, flag):
+    from torchx.specs.finder import ComponentValidationException
+
+    with pytest.raises(ComponentValidationException, match=rf"^{flag} ") as e:
+        comp.train(data="d", model="id", **kwargs)
+    assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
+
+
+def test_component_errors_are_torchx_validation_errors():
+    """torchx run prints a ComponentValidationException's message alone (no traceback)."""
+    from torchx.specs.finder import ComponentValidationException
+
+    with pytest.raises(ComponentValidationException, match=r"^--model must be one of .*got 'nope'$"):
+        materialize_appdef(comp.train, ["--data", "d", "--model", "nope"])
+    with pytest.raises(ComponentValidationException, match=r"^--epochs must be > 0, got 0$"):
+        comp.compare(data="d", epochs=0)
+    with pytest.raises(ComponentValidationException, match=r"^--cpu must be > 0, got 0$"):
+        comp.compare(data="d", cpu=0)
+
+
+def test_torchx_run_with_a_bad_argument_prints_no_traceback(tmp_path):
+    cmd = [str(VENV_BIN / "torchx"), "run", "-s", "local_cwd", "--dryrun", f"{COMPONENT}:train"]
+    cmd += ["--data", str(tmp_path), "--model", "dnn", "--sharding", "diagonal"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env_with_venv(), cwd=REPO, timeout=120)
+    assert r.returncode != 0
+    assert "--sharding must be one of" in r.stderr and "Traceback" not in r.stderr, r.stderr

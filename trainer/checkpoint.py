@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
 from trainer.distributed import barrier
@@ -204,7 +205,13 @@ class CheckpointManager:
         ]
         if pickled:
             raise CheckpointError(f"{path}: holds pickled values {pickled[:5]}; refusing to load them")
-        dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
+        from trainer.checkpoint_errors import check_files, unwrap
+
+        check_files(path)  # a missing or truncated data file: a CheckpointError naming it, before reading
+        try:
+            dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
+        except CheckpointException as e:  # a BaseException, which `except Exception` would miss
+            raise unwrap(path, e) from None
 
     @staticmethod
     def keys(path: str | os.PathLike) -> set[str]:

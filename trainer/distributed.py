@@ -31,6 +31,7 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from data_pipeline.cli import ConfigError
 from store.models.layers import EXCLUSIVE_INPUT
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def check_cuda(local_rank: int = 0, flag: str = "--device cuda") -> None:
+    """ConfigError (exit 2) naming ``flag`` when this process cannot use GPU ``local_rank``: a torch
+    built without CUDA, no GPU visible, or fewer GPUs than the processes started on this node."""
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            why = f"torch {torch.__version__} is built without CUDA"
+        else:
+            why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU"
+        raise ConfigError(f"{flag}: CUDA is not available on this machine ({why}); use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(
+            f"{flag}: process LOCAL_RANK={local_rank} needs GPU {local_rank}, but this node has "
+            f"{count} GPU(s); start at most {count} processes per node"
+        )
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group torchrun/TorchX describe in the environment, or make a 1-process one.
 
     device: "auto" (cuda if available), "cpu" or "cuda". CPU uses gloo, CUDA nccl.
     """
+    flag = f"--device {device}"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     launched = "WORLD_SIZE" in os.environ  # torchrun / TorchX set RANK, WORLD_SIZE, MASTER_ADDR/PORT
@@ -74,6 +93,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     world_size = int(os.environ["WORLD_SIZE"]) if launched else 1
     local_rank = int(os.environ.get("LOCAL_RANK", rank)) if launched else 0
     if device == "cuda":
+        check_cuda(local_rank, flag)
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
         backend = "nccl"

@@ -43,6 +43,7 @@ from trainer.optim import (
     scheduler_state,
     scheduler_state_at,
 )
+from trainer.preflight import check_splits
 from trainer.summary import (
     Throughput,
     TimedOptimizer,
@@ -206,6 +207,7 @@ class Trainer:
                 f"--batch-size {cfg.batch_size}: the train split has {self.train_reader.index.num_rows} rows, "
                 f"fewer than one batch per rank ({env.world_size} ranks)"
             )
+        check_splits(self.spec, {"train": self.train_reader, **self.eval_readers})  # before any step
 
         # Model on the meta device for the tables: DMP materialises only this rank's shards.
         model = build_model(cfg.model, self.spec, cfg.model_config, self.sids, device=torch.device("meta"))

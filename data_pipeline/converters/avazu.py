@@ -40,10 +40,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from data_pipeline.converters.checks import require_rows
 from data_pipeline.converters.common import (
     ConvertConfig,
     Histogram,
     SplitSink,
+    check_out,
     column,
     csv_batches,
     finish,
@@ -115,7 +117,7 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
     if item_col not in CATEGORICAL:
         raise DataError(f"--item-column {item_col!r}: must be one of {CATEGORICAL}")
     num_items = cfg.num_items or DEFAULT_NUM_ITEMS
-    prepare_out(cfg.out, cfg.overwrite)
+    check_out(cfg.out, cfg.overwrite)
 
     hist = Histogram()
     for b in tqdm(
@@ -127,8 +129,8 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
         leave=False,
     ):
         hist.add(hour_to_unix(ints(column(b, "hour"), path, "hour"), path))
-    if hist.total == 0:
-        raise DataError(f"{path}: no rows")
+    require_rows(hist.total, [path], cfg.src)
+    prepare_out(cfg.out, cfg.overwrite)
     t_valid, t_test = time_cutoffs(hist, cfg.valid_frac, cfg.test_frac)
 
     features = [c for c in CATEGORICAL if c != item_col]

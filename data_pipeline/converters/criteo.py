@@ -41,9 +41,11 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from data_pipeline.converters.checks import require_rows
 from data_pipeline.converters.common import (
     ConvertConfig,
     SplitSink,
+    check_out,
     column,
     count_lines,
     csv_batches,
@@ -105,9 +107,11 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
         raise DataError(f"--item-column {item_col!r}: must be one of the categorical columns C1..C26")
     num_items = cfg.num_items or DEFAULT_NUM_ITEMS
     names_of = {f: read_header(f, ",", COLUMNS) if header else COLUMNS for f in files}
-    prepare_out(cfg.out, cfg.overwrite)
+    check_out(cfg.out, cfg.overwrite)
 
     n = sum(tqdm((count_lines(f) - header for f in files), total=len(files), desc="count rows", leave=False))
+    require_rows(n, files, cfg.src)
+    prepare_out(cfg.out, cfg.overwrite)
     n_train = n - round(n * cfg.valid_frac) - round(n * cfg.test_frac)
     n_valid_end = n - round(n * cfg.test_frac)
 
@@ -167,6 +171,7 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
                 row += m
                 bar.update(m)
         rows = sink.close()
+    require_rows(row, files, cfg.src)  # lines counted above may all be blank
     if row != n:
         log.warning(
             "counted %d lines but read %d rows (blank lines?): split fractions are approximate", n, row

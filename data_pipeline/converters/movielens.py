@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from data_pipeline.converters.checks import require_rows
 from data_pipeline.converters.common import (
     ConvertConfig,
     SplitSink,
@@ -66,6 +67,10 @@ GENRES_100K = (
     "Horror Musical Mystery Romance Sci-Fi Thriller War Western"
 ).split()
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
+USER_FEATURES = ("gender", "age", "occupation", "zip3")
+"""The features of the user file (the ``user`` feature group); without the file the rows have none."""
+USER_FILES = {"u.data": "u.user", "dat": "users.dat"}
+"""The user file of each GroupLens layout that has one (RecBole: the ``.user`` beside the ``.inter``)."""
 
 
 @dataclass
@@ -299,8 +304,7 @@ def read_ratings(layout: Layout, cfg: ConvertConfig) -> tuple[np.ndarray, np.nda
         parts.append(
             (u.astype(np.int32), m.astype(np.int32), numbers(r_arr) >= 4.0, numbers(t_arr).astype(np.int64))
         )
-    if not parts:
-        raise DataError(f"{path}: no ratings")
+    require_rows(sum(len(p[0]) for p in parts), [path], cfg.src)
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
 
 
@@ -327,10 +331,30 @@ def _to_file_order(order: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _warn_no_users(layout: Layout) -> None:
+    """Say which user file is missing and what the dataset goes without (ML-20M / ML-25M have no user
+    file at all: said at INFO)."""
+    src = layout.ratings.parent
+    expected = (
+        layout.ratings.with_suffix(".user").name if layout.kind == "recbole" else USER_FILES.get(layout.kind)
+    )
+    if expected is None:
+        log.info("%s: %s has no user file: the rows have no user features", src, layout.ratings.name)
+        return
+    log.warning(
+        "%s: no %s (the users of %s%s): the user features %s (feature group 'user') are left out; "
+        "user_id is kept",
+        src, expected, layout.ratings.name, ", as in ML-10M" if layout.kind == "dat" else "",
+        ", ".join(USER_FEATURES),
+    )  # fmt: skip
+
+
 def convert(cfg: ConvertConfig) -> DatasetSpec:
     layout = find_layout(cfg.src)
     movies = read_movies(layout)
     users = read_users(layout)
+    if users is None:
+        _warn_no_users(layout)
     user, movie, click, ts = read_ratings(layout, cfg)
     n, L = len(user), cfg.hist_len
 

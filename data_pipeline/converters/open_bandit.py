@@ -32,11 +32,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
+from data_pipeline.converters.checks import require_rows
 from data_pipeline.converters.common import (
     ConvertConfig,
     Histogram,
     SplitSink,
     Vocab,
+    check_out,
     column,
     csv_batches,
     find_file,
@@ -115,14 +117,14 @@ def convert(cfg: ConvertConfig) -> DatasetSpec:
         missing = [c for c in affinity.values() if c not in names]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing[:5]} (one affinity column per item)")
-    prepare_out(cfg.out, cfg.overwrite)
+    check_out(cfg.out, cfg.overwrite)
 
     ts_type = {"timestamp": pa.timestamp("us", tz="UTC")}
     hist = Histogram()
     for b in csv_batches(path, names, delimiter=",", header=True, types=ts_type, block_size=cfg.block_size):
         hist.add(_seconds(column(b, "timestamp"), path))
-    if hist.total == 0:
-        raise DataError(f"{path}: no rows")
+    require_rows(hist.total, [path], cfg.src)
+    prepare_out(cfg.out, cfg.overwrite)
     t_valid, t_test = time_cutoffs(hist, cfg.valid_frac, cfg.test_frac)
 
     user_vocab = {c: Vocab() for c in USER_FEATURES}

@@ -61,6 +61,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_pipeline import fs
+from data_pipeline.converters.checks import require_rows
 from data_pipeline.converters.common import (
     ConvertConfig,
     Histogram,
@@ -621,8 +622,7 @@ def convert(cfg: ConvertConfig, opts: TableOptions | None = None) -> DatasetSpec
     cols = _columns(source, opts)
 
     rows, hist = _scan(source, cols, opts.time)
-    if rows == 0:
-        raise DataError(f"--src {cfg.src}: no data rows in {', '.join(map(str, files))}")
+    require_rows(rows, files, cfg.src)
     if fmt == "csv":
         for c in cols:
             _classify(c, fmt)
