@@ -16,6 +16,7 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@echo "== installing torch $(TORCH), TorchRec $(TORCHREC) and the project into $(VENV) (a few minutes, once; pip is quiet)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: anything unpinned could pull a multi-GB CUDA build.

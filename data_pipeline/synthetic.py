@@ -51,7 +51,7 @@ import pyarrow as pa
 import tyro
 from tqdm import tqdm
 
-from data_pipeline import fs
+from data_pipeline import fs, outdir
 from data_pipeline.spec import (
     ITEMS_DIR,
     SPEC_FILE,
@@ -746,11 +746,13 @@ def generate_dataset(
     """Write a synthetic dataset to ``out`` and return its spec.
 
     ``options`` are the other ``SyntheticConfig`` fields (items, users, seed, dense, history_len, ...).
-    ``out`` must be absent or empty unless ``overwrite``; the dataset is written to a temp folder
-    beside it and renamed into place when complete, so ``out`` never holds half a dataset. An
-    object-store ``out`` (``s3://bucket/prefix``) has no rename: the shards are uploaded in place
-    (an old dataset there is removed first, spec.json first) and spec.json, written last, marks the
-    dataset complete.
+    ``out`` is claimed as a dataset folder (`data_pipeline.outdir.claim_dataset`): a folder holding an
+    earlier dataset is refused unless ``overwrite``, which replaces only that dataset's files (spec.json,
+    the splits, the item table); files of the user's beside them are kept. Locally the dataset is
+    written to a temp folder beside ``out`` and its entries moved in when complete (the old dataset
+    stays until then, spec.json last), so ``out`` never holds half a dataset. An object-store ``out``
+    (``s3://bucket/prefix``) has no rename: the shards are uploaded in place (an old dataset there is
+    removed first, spec.json first) and spec.json, written last, marks the dataset complete.
     """
     try:
         cfg = SyntheticConfig(rows=rows, **options)
@@ -762,10 +764,7 @@ def generate_dataset(
     out = Path(
         os.path.abspath(fs.local_path(out))
     )  # normalised: "." or "x/.." must not put the temp folder inside
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"--out {out}: folder is not empty; pass --overwrite to replace it")
+    claimed = outdir.claim_dataset(str(out), overwrite, clear=False)
     spec = make_spec(cfg)
     spec.validate()
 
@@ -775,37 +774,24 @@ def generate_dataset(
         model = HiddenModel(cfg)
         log.info("hidden model built: intercept %.3f", model.intercept)
         _write(str(tmp), cfg, spec, model, progress)
-        if out.is_dir():
-            # Swap: move the old folder aside first (rename over a non-empty folder is not allowed).
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "data")
-            try:
-                os.replace(tmp, out)
-            except OSError:
-                os.replace(old / "data", out)  # put the old dataset back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
+        claimed.clear()  # the earlier dataset's entries (spec.json first), and only those
+        written = sorted(p.name for p in tmp.iterdir())
+        claimed.add(*written)
+        for name in sorted(written, key=lambda n: n == SPEC_FILE):  # spec.json last: now complete
+            os.replace(tmp / name, out / name)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return spec
 
 
 def _generate_in_place(out: str, cfg: SyntheticConfig, overwrite: bool, progress: bool) -> DatasetSpec:
     """generate_dataset into object storage: written in place, spec.json last."""
-    if fs.is_file(out):
-        raise DataError(f"--out {out}: exists and is not a folder")
-    if fs.list_dir(out):
-        if not overwrite:
-            raise DataError(f"--out {out}: folder is not empty; pass --overwrite to replace it")
-        fs.delete_file(fs.join(out, SPEC_FILE))  # first: a half-replaced prefix is no dataset
-        fs.delete_dir(out)
+    claimed = outdir.claim_dataset(out, overwrite)  # the earlier dataset goes first, spec.json first
     spec = make_spec(cfg)
     spec.validate()
     model = HiddenModel(cfg)
     log.info("hidden model built: intercept %.3f", model.intercept)
+    claimed.add(SPEC_FILE, *SPLITS, ITEMS_DIR)
     _write(out, cfg, spec, model, progress)
     return spec
 
@@ -815,11 +801,11 @@ class GenerateConfig:
     """Write a synthetic CTR dataset from a hidden generative model."""
 
     out: str
-    """Output dataset folder (must be absent or empty): a path or an object-store URI (s3://bucket/prefix;
+    """Output dataset folder (absent, empty, or holding files of yours, which are kept): a path or an object-store URI (s3://bucket/prefix;
     credentials from the environment, see data_pipeline/fs.py)."""
     dataset: Annotated[SyntheticConfig, tyro.conf.OmitArgPrefixes]
     overwrite: bool = False
-    """Replace a non-empty --out folder."""
+    """Replace the dataset an earlier generate or convert wrote in --out (only its files)."""
     progress: bool = True
     """Progress bar (--no-progress: none)."""
 

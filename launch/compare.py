@@ -95,6 +95,9 @@ class CompareConfig:
     """Train each arm this many times, with seeds seed, seed+1, ... (tokenizer included); > 1: OUT/<arm>/seed<k>/."""
     scaling: str = ""
     """A bench_scaling.py output folder to include in the report (empty: that section says how to run it)."""
+    overwrite: bool = False
+    """Redo the stages in --out whose inputs (data, flags, SIDs) changed, replacing their outputs. Without
+    it such a stage is refused (exit 2, naming what changed); stages with the same inputs are reused."""
     trainer_args: Annotated[list[str], tyro.conf.Suppress] = field(default_factory=list)
     """Extra trainer flags for both runs (e.g. --model.num_layers 3): on the command line, after '--'."""
 
@@ -285,14 +288,79 @@ def check_trainer_args(cfg: CompareConfig) -> None:
         ) from None
 
 
+OUT_ENTRIES = ("sids", *MODELS, "logs", "report")
+"""What launch.compare writes in --out."""
+
+
+def stage_state(folder: str | Path, done_file: str, expected: dict) -> tuple[str, list[str]]:
+    """Where a stage's output folder stands against the inputs it would be made from now: ``new``
+    (nothing there), ``done`` (finished from the same inputs: reuse it), ``partial`` (started from the
+    same inputs: continue it) or ``changed`` (with what changed)."""
+    from data_pipeline import outdir
+
+    folder = Path(fs.local_path(folder))
+    if not folder.is_dir() or not any(not p.name.startswith(".") for p in folder.iterdir()):
+        return "new", []
+    record = outdir.read_record(folder)
+    if record is None or not record.get("inputs"):
+        return "changed", ["it was written without a record of its inputs (by an older version)"]
+    before = {k: v for k, v in record["inputs"].items() if k != "paths"}
+    now = {k: v for k, v in expected.items() if k != "paths"}
+    changed = []
+    for phrase in outdir.differences(before, now):  # a flag that is also a checkpoint input: once
+        for group in ("checkpoint.", "flags."):
+            phrase = phrase.removeprefix(group)
+        if phrase not in changed:
+            changed.append(phrase)
+    was = record["inputs"].get("paths", {}).get("data")
+    if changed and was and was != expected.get("paths", {}).get("data"):
+        changed.insert(0, f"--data was {was}")
+    if changed:
+        return "changed", changed
+    return ("done" if (folder / done_file).is_file() else "partial"), []
+
+
+def stale(cfg: CompareConfig, folder: str | Path, changed: list[str]) -> None:
+    """Refuse a stage whose inputs changed, unless --overwrite (then it is redone)."""
+    if cfg.overwrite:
+        print(f"   {folder}: inputs changed ({'; '.join(changed)}): redone", flush=True)
+        return
+    raise ConfigError(
+        f"--out {cfg.out}: {folder} was made from other inputs ({'; '.join(changed)}); pass --overwrite "
+        "to redo the stages whose inputs changed, or choose another --out"
+    )
+
+
+def tokenizer_inputs(cmd: list[str]) -> dict:
+    """The inputs the tokenizer run by ``cmd`` will record (store.tokenizer's TokenizeConfig.inputs)."""
+    from data_pipeline import cli
+    from store.tokenizer.pipeline import OLD_SPELLINGS, TokenizeConfig
+
+    return cli.parse(
+        TokenizeConfig, cmd[3:], prog="python -m store.tokenizer", renames=OLD_SPELLINGS
+    ).inputs()
+
+
+def trainer_inputs(args: list[str]) -> dict:
+    """The inputs the trainer run with ``args`` will record (TrainConfig.inputs)."""
+    from trainer.config import parse_args
+
+    return parse_args(args).inputs()
+
+
 def run_comparison(cfg: CompareConfig) -> Path:
     """All stages for every seed, then the report; returns the report's markdown file."""
     from launch.report import write_report
 
     cfg.validate()
     check_trainer_args(cfg)
+    from data_pipeline import outdir
+
     out = Path(fs.local_path(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
+    outdir.claim(  # an earlier comparison is kept: each stage below is reused only if its inputs match
+        out, "compare", overwrite=cfg.overwrite, resume=True, local=True, legacy=OUT_ENTRIES,
+        owned=OUT_ENTRIES, label="launch.compare",
+    ).add(*OUT_ENTRIES)  # fmt: skip
     layouts = seed_layouts(cfg)
     first = not cfg.sids and learned_embeddings(cfg.data, cfg.high_card, cfg.embedding)
     # (what, model) in order: learned embeddings come from the ID run, so it goes first
@@ -311,23 +379,34 @@ def run_comparison(cfg: CompareConfig) -> Path:
                 source = f"learned from {lay.runs['id']}" if first else (cfg.embedding or "default sources")
                 if cfg.sids:
                     print(f"{at} SIDs: using {lay.sids}", flush=True)
-                elif fs.is_file(fs.join(lay.sids, "meta.json")):
-                    print(f"{at} SIDs: {lay.sids} exists, skipped", flush=True)
-                else:
-                    print(
-                        f"{at} tokenize{of_seed} ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}, "
-                        f"{source}) -> {lay.sids}",
-                        flush=True,
-                    )
-                    cmd = tokenize_command(seed_cfg, lay.sids, lay.runs["id"] if first else None)
-                    run_logged(cmd, lay.logs / "tokenize.log", "tokenizer")
+                    continue
+                cmd = tokenize_command(seed_cfg, lay.sids, lay.runs["id"] if first else None)
+                state, changed = stage_state(lay.sids, "meta.json", tokenizer_inputs(cmd))
+                if state == "done":
+                    print(f"{at} SIDs: {lay.sids} exists, made from the same inputs: reused", flush=True)
+                    continue
+                if state == "changed":
+                    stale(cfg, lay.sids, changed)
+                print(
+                    f"{at} tokenize{of_seed} ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}, "
+                    f"{source}) -> {lay.sids}",
+                    flush=True,
+                )
+                cmd += [] if state == "new" else ["--overwrite"]  # partial: a run that died midway
+                run_logged(cmd, lay.logs / "tokenize.log", "tokenizer")
                 continue
             run_dir = lay.runs[model]
-            if (run_dir / "summary.json").is_file():
-                print(f"{at} train {model}{of_seed}: {run_dir}/summary.json exists, skipped", flush=True)
+            args = train_args(seed_cfg, model, lay.sids, run_dir)
+            state, changed = stage_state(run_dir, "summary.json", trainer_inputs(args))
+            if state == "done":
+                print(f"{at} train {model}{of_seed}: {run_dir} exists, same inputs: reused", flush=True)
                 continue
-            print(f"{at} train {model}{of_seed} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}")
-            cmd = trainer_command(cfg.nproc, train_args(seed_cfg, model, lay.sids, run_dir))
+            if state == "changed":
+                stale(cfg, run_dir, changed)
+                args = [a if a != "--resume" else "--overwrite" for a in args]
+            verb = "continue" if state == "partial" else "train"
+            print(f"{at} {verb} {model}{of_seed} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}")
+            cmd = trainer_command(cfg.nproc, args)
             run_logged(cmd, lay.logs / f"train_{model}.log", f"training {model}")
     print(f"== {n_stages}/{n_stages} report", flush=True)
     runs = {model: [lay.runs[model] for lay in layouts] for model in MODELS}

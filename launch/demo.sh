@@ -8,7 +8,7 @@
 # 100 users over 12,000 rows: the tokenizer chooses by validation how users seen only a few times in
 # the train split are tokenized (their learned rows, the reserved code, or their co-occurrence
 # neighbours' SIDs), and the console's last lines say how many test rows have real SIDs per feature.
-# Usage: launch/demo.sh [PYTHON] [OUT]. Rerunning skips the stages whose outputs exist.
+# Usage: launch/demo.sh [PYTHON] [OUT]. Rerunning reuses the stages made from the same inputs (and says so).
 set -euo pipefail
 PY=${1:-python}
 OUT=${2:-demo_out}

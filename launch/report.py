@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline import fs
+from data_pipeline import fs, outdir
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
 from launch.stats import NO_DIFFERENCE, delong, paired_bootstrap
 
@@ -63,6 +63,9 @@ SECTIONS = (
 PLOT = "auc_vs_epoch.png"
 SIGNIFICANCE = "significance.json"
 """The tests' figures, machine-readable, next to report.md."""
+REPORT_FILE = "report.md"
+REPORT_ENTRIES = (REPORT_FILE, SIGNIFICANCE, "*.png", "tensorboard")
+"""What a report folder holds (an earlier report is replaced; other files there are refused)."""
 PREDICTIONS = Path("predictions") / "test.parquet"
 """Where a run keeps its test predictions (row, label, logit[, user, item]), relative to its folder."""
 BASELINE = "id"
@@ -281,7 +284,40 @@ def load_runs(runs: Mapping[str, str | Path | Sequence[str | Path]]) -> dict[str
                 f"{run.path}: trained on dataset {other!r} ({got[0]} {got[1]}), but {first.path} on "
                 f"{name!r} ({want[0]} {want[1]}); the runs of one report must share their dataset"
             )
+    seen: dict[Path, str] = {}
+    for arm, rs in arms.items():
+        seeds: dict[str, Path] = {}
+        for run in rs:
+            where = run.path.resolve()
+            if where in seen:
+                raise DataError(
+                    f"{run.path}: given twice (as arm {seen[where]!r} and as arm {arm!r}); each run once"
+                )
+            seen[where] = arm
+            if run.seed in seeds:
+                raise DataError(
+                    f"arm {arm!r}: {seeds[run.seed]} and {run.path} are both {run.seed}; a seed counts once "
+                    "per arm"
+                )
+            seeds[run.seed] = run.path
     return arms
+
+
+def check_sids(arms: Mapping[str, Sequence[Run]], metas: Sequence[dict], sid_dirs: Sequence[str]) -> None:
+    """DataError when an SID table was built for another dataset than the runs' (its dataset fingerprint
+    differs from theirs): its statistics would describe a table the runs did not use."""
+    first = next(r for rs in arms.values() for r in rs)
+    kind, want = dataset_key(first)
+    if kind != "fingerprint":
+        return
+    for where, meta in zip(sid_dirs, metas, strict=True):
+        record = meta.get("dataset") or {}
+        got = record.get("fingerprint")
+        if got and got != want:
+            raise DataError(
+                f"--sids {where}: built for dataset {record.get('name')!r} (fingerprint {got}), but the runs "
+                f"were trained on {(first.summary.get('dataset') or {}).get('name')!r} (fingerprint {want})"
+            )
 
 
 def as_summaries(summaries: Mapping[str, dict | Sequence[dict]]) -> dict[str, list[dict]]:
@@ -1091,8 +1127,11 @@ def write_report(
     scaling: str | Path | None = None,
     resamples: int = RESAMPLES,
     baseline: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write OUT/report.md (+ significance.json, plot, tensorboard links); returns the markdown path.
+    An earlier report in OUT is replaced; files OUT holds that no report wrote are refused (DataError)
+    unless ``overwrite``, which writes beside them.
 
     runs: {arm: run folder, folder of seed run folders, or a list of those} (`load_runs`); sids: the
     SID table folder (a path or a URI), or one per seed (the first one's statistics are shown; the verdict
@@ -1102,14 +1141,18 @@ def write_report(
     baseline = baseline or (BASELINE if BASELINE in arms else next(iter(arms)))
     if baseline not in arms:
         raise DataError(f"baseline {baseline!r} is not one of the arms {', '.join(arms)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = outdir.claim(  # an earlier report there is replaced; files of the user's are refused (kept)
+        out, "report", replace=True, overwrite=overwrite, local=True, legacy=REPORT_FILE,
+        owned=REPORT_ENTRIES, label="launch.report",
+    ).path  # fmt: skip
     summaries = {n: [r.summary for r in rs] for n, rs in arms.items()}
     data = next(iter(summaries.values()))[0].get("config", {}).get("data", "")
     ceiling = bayes_optimal(data) if data else None
     # locations, not Path: Path("s3://b/sids") would be s3:/b/sids
     sid_dirs = [fs.location(sids)] if isinstance(sids, str | Path) else [fs.location(s) for s in sids or []]
-    metas = [m for m in (read_meta(s) for s in sid_dirs) if m is not None]
+    found = [(s, m) for s, m in ((s, read_meta(s)) for s in sid_dirs) if m is not None]
+    metas = [m for _, m in found]
+    check_sids(arms, metas, [s for s, _ in found])
     result = significance(arms, baseline, resamples, metas=metas)
     result["features"] = feature_lines(metas)  # for the console (`console_lines`)
     atomic_write_text(out / SIGNIFICANCE, json.dumps(result, indent=2))
@@ -1152,7 +1195,7 @@ def write_report(
     md = [f"# {title}", ""]
     for name in SECTIONS:
         md += [f"## {name}", "", bodies[name], ""]
-    path = out / "report.md"
+    path = out / REPORT_FILE
     atomic_write_text(path, "\n".join(md))
     return path
 
@@ -1212,7 +1255,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--resamples", type=int, default=RESAMPLES, help="bootstrap resamples of the significance tests"
     )
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--out", required=True, help="report folder (an earlier report there is replaced)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into an --out that holds other files (they are kept)"
+    )
     args = p.parse_args(argv)
     if args.resamples < 1:
         print(f"error: --resamples must be >= 1, got {args.resamples}", file=sys.stderr)
@@ -1222,8 +1268,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline and args.baseline not in runs:
             raise ValueError(f"--baseline {args.baseline!r} is not one of the --run names {', '.join(runs)}")
         path = write_report(
-            args.out, runs, args.sids or None, args.scaling or None, args.resamples, args.baseline or None
-        )
+            args.out, runs, args.sids or None, args.scaling or None, args.resamples, args.baseline or None,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -198,10 +200,28 @@ def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
     assert "Bayes-optimal" in md  # synthetic data: the ceiling row
     ceiling = bayes_optimal(tiny_data)
     assert ceiling is not None and 0.5 < ceiling["auc"] <= 1.0
-    # A second call finds every stage done and only rewrites the report.
+    # A second call finds every stage done from the same inputs and only rewrites the report.
     capsys.readouterr()
     run_comparison(cfg)
-    assert capsys.readouterr().out.count("skipped") == 3
+    assert capsys.readouterr().out.count("same inputs: reused") == 3
+    # Other flags or other data: refused, naming what changed, before any stage runs ...
+    summary = (tmp_path / "cmp" / "id" / "summary.json").read_text()
+    with pytest.raises(ConfigError, match=r"cmp/id was made from other inputs \(epochs: 2 -> 1\)"):
+        run_comparison(replace(cfg, epochs=1))
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)  # the same dataset elsewhere: the same inputs
+    run_comparison(replace(cfg, data=str(other)))
+    (other / "spec.json").write_text(
+        (other / "spec.json").read_text().replace('"fingerprint": "', '"fingerprint": "x')
+    )
+    with pytest.raises(ConfigError, match=f"--data was {tiny_data}"):
+        run_comparison(replace(cfg, data=str(other)))
+    assert (tmp_path / "cmp" / "id" / "summary.json").read_text() == summary
+    # ... and redone with --overwrite
+    capsys.readouterr()
+    run_comparison(replace(cfg, epochs=1, overwrite=True))
+    assert capsys.readouterr().out.count("inputs changed") == 3
+    assert json.loads((tmp_path / "cmp" / "store" / "summary.json").read_text())["config"]["epochs"] == 1
 
 
 @pytest.mark.slow

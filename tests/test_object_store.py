@@ -62,7 +62,7 @@ def test_fsspec_store_round_trip(tmp_path):
     remote = [b.labels.tolist() for b in ParquetBatchReader("memory://fs-test/syn", "train", 50, seed=3)]
     local = [b.labels.tolist() for b in ParquetBatchReader(tmp_path / "syn", "train", 50, seed=3)]
     assert remote == local and len(remote) == 480 // 50
-    with pytest.raises(DataError, match="folder is not empty"):
+    with pytest.raises(DataError, match="earlier dataset .* pass --overwrite"):
         generate_dataset("memory://fs-test/syn", 600, **GEN)
 
 
@@ -336,7 +336,7 @@ def test_generate_and_convert_write_to_s3(s3, tmp_path):
         for path in local:
             assert fs.read_bytes(fs.join(uri, split, path.name)) == path.read_bytes()
     again = run(s3, "-m", "data_pipeline", "generate", "--out", uri, "--rows", "100", "--no-progress")
-    assert again.returncode == 2 and f"--out {uri}: folder is not empty" in again.stderr
+    assert again.returncode == 2 and f"--out {uri}: holds an earlier dataset" in again.stderr
 
     csv = tmp_path / "clicks.csv"
     csv.write_text("clicked,price,city,uid,sku,ts\n" + "".join(

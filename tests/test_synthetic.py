@@ -243,8 +243,16 @@ def test_non_empty_out_needs_overwrite(tmp_path):
         synthetic.generate_dataset(out, 1_000, items=200, users=50, progress=False)
     assert (out / "precious.txt").read_text() == "keep"
     synthetic.generate_dataset(out, 1_000, items=200, users=50, progress=False, overwrite=True)
-    assert not (out / "precious.txt").exists()
+    # --overwrite replaces a dataset, not the user's files
+    assert (out / "precious.txt").read_text() == "keep"
     assert DatasetSpec.load(out).num_rows["train"] == 800
+    with pytest.raises(DataError, match="earlier dataset .* pass --overwrite"):
+        synthetic.generate_dataset(out, 1_000, items=200, users=50, progress=False)
+    synthetic.generate_dataset(out, 500, items=200, users=50, progress=False, overwrite=True)
+    assert DatasetSpec.load(out).num_rows["train"] == 400
+    left = sorted(p.name for p in out.iterdir())
+    mine = [".store-output.json", "generator.json", "items", "precious.txt", "spec.json"]
+    assert left == mine + sorted(SPLITS)
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp folders left behind
 
 

@@ -165,7 +165,11 @@ class TrainConfig:
     num_workers: int = 0
     """Reader worker processes per rank (0: decode in the training process)."""
     resume: bool = False
-    """Continue from the newest complete checkpoint in --out."""
+    """Continue the run in --out from its newest complete checkpoint (refused, exit 4, when the data, SID
+    table or model changed since)."""
+    overwrite: bool = False
+    """Replace the run an earlier trainer wrote in --out (only its files; others are kept). Without it
+    (or --resume) an --out holding a run is refused."""
     config: str = ""
     """TOML config file; flags override it."""
     optim: Annotated[OptimConfig, BoolValues] = field(default_factory=OptimConfig)
@@ -278,6 +282,32 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def inputs(self) -> dict:
+        """What this run's result is made from, recorded in its output folder (`data_pipeline.outdir`):
+        ``checkpoint``, what a checkpoint must match to be resumed (the data's and SID table's
+        fingerprints, the model and what shapes its parameters); ``flags``, every flag that changes
+        the result (not --out, --resume, --overwrite, logging, checkpoint cadence or the paths, which
+        the fingerprints replace); ``paths``, the data and SID folders (for messages only)."""
+        from data_pipeline import outdir
+        from data_pipeline.spec import DatasetSpec
+
+        d = self.to_dict()
+        data = DatasetSpec.load(self.data).fingerprint
+        sids = outdir.folder_fingerprint(self.sids, SID_RECORD_FILES) if self.sids else ""
+        shape = ("model", "high_card", "drop", "model_config")
+        volatile = ("data", "sids", "out", "resume", "overwrite", "config", "logging", "checkpoint")
+        return {
+            "checkpoint": {"data": data, "sids": sids} | {k: d[k] for k in shape},
+            "flags": {k: v for k, v in d.items() if k not in volatile},
+            "paths": {"data": self.data, "sids": self.sids},
+        }
+
+
+SID_RECORD_FILES = ("meta.json",)
+"""The files of an SID table folder that identify it (with the sizes of the others)."""
+RUN_ENTRIES = ("checkpoints", "best", "tensorboard", "metrics.json", "summary.json", "predictions")
+"""What the trainer writes in --out (a run folder written before output records is known by these)."""
 
 
 # -- TOML and flags --------------------------------------------------------------------------------

@@ -27,12 +27,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from data_pipeline import outdir
 from data_pipeline.batch import Batch
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card, feature_list
 from trainer import distributed as D
-from trainer.checkpoint import BEST_DIR, CheckpointError, CheckpointManager, rng_state, set_rng_state
-from trainer.config import ConfigError, TrainConfig
+from trainer.checkpoint import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    CheckpointError,
+    CheckpointManager,
+    rng_state,
+    set_rng_state,
+)
+from trainer.config import RUN_ENTRIES, ConfigError, TrainConfig
 from trainer.evaluate import EvalHistory, evaluate_split, item_popularity_buckets, write_predictions
 from trainer.logging import RunLogger
 from trainer.metrics import train_split_stats
@@ -157,6 +165,35 @@ class BestTracker:
         self.stopped = bool(int(state["best_stopped"]))
 
 
+def claim_run(cfg: TrainConfig, is_main: bool) -> outdir.Output:
+    """Take --out for this run (`data_pipeline.outdir.claim`): a folder holding an earlier run is refused
+    (exit 2) unless --resume (continued: exit 4 when its data, SID table or model changed since) or
+    --overwrite (its files removed, the user's kept); the run's inputs are recorded there."""
+    kw = dict(
+        overwrite=cfg.overwrite, resume=cfg.resume, local=True, legacy=("summary.json", CHECKPOINT_DIR),
+        owned=RUN_ENTRIES, label="trainer run", hint="--resume to continue it",
+    )  # fmt: skip
+    if not is_main:  # every rank decides on the folder as it is before the main rank changes it
+        outdir.claim(cfg.out, "train", write=False, clear=False, **kw)
+    D.barrier()
+    output = outdir.claim(cfg.out, "train", write=is_main, **kw)
+    inputs = cfg.inputs()
+    before = (output.previous or {}).get("inputs", {})
+    if cfg.resume and before.get("checkpoint"):
+        changed = outdir.differences(before["checkpoint"], inputs["checkpoint"])
+        if changed:
+            was = before.get("paths", {})
+            raise CheckpointError(
+                f"--resume: the run in {cfg.out} was trained on other inputs ({'; '.join(changed)}; it used "
+                f"--data {was.get('data')!r}, --sids {was.get('sids')!r}); resume with those, or pass "
+                "--overwrite to start a new run there"
+            )
+    output.set_inputs(inputs)
+    output.add(*RUN_ENTRIES)
+    D.barrier()  # the earlier run's files are gone before any rank writes
+    return output
+
+
 # -------------------------------------------------------------------------------------------------
 class Trainer:
     """Holds what one run builds. `run()` does everything; see the module docstring."""
@@ -166,8 +203,7 @@ class Trainer:
         self.env = D.init_distributed(cfg.device)
         env = self.env
         self.out = Path(cfg.out)
-        if env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.output = claim_run(cfg, env.is_main)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.seed)  # same initial dense weights on every rank

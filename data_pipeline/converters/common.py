@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from data_pipeline import fs
+from data_pipeline import fs, outdir
 from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import ITEMS_DIR, SPEC_FILE, SPLITS, DataError, DatasetSpec
 from data_pipeline.writer import ShardWriter
@@ -321,26 +321,18 @@ def split_codes(ts: np.ndarray, t_valid: int, t_test: int) -> np.ndarray:
 
 # -- output ------------------------------------------------------------------------------------------
 def check_out(out: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse an --out that is a file, or a non-empty --out without --overwrite (a path or a URI)."""
-    if fs.is_file(out):
-        raise DataError(f"--out {fs.location(out)}: exists and is not a folder")
-    if fs.list_dir(out) and not overwrite:
-        raise DataError(
-            f"--out {fs.location(out)}: folder is not empty (pass --overwrite to replace its dataset)"
-        )
+    """Refuse an --out that is a file, or one holding an earlier dataset (without --overwrite) or files
+    no converter wrote (see `data_pipeline.outdir.claim_dataset`); nothing is changed."""
+    outdir.claim_dataset(out, overwrite, clear=False)
 
 
-def prepare_out(out: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse a non-empty --out unless --overwrite; then remove the old dataset, spec.json first.
-
-    Called only after the sources were checked, so a bad --src never destroys an existing dataset.
-    """
-    check_out(out, overwrite)
-    # spec.json goes first: a folder that is half replaced must not look like a dataset.
-    fs.delete_file(fs.join(out, SPEC_FILE))
-    for d in (*SPLITS, ITEMS_DIR):
-        fs.delete_dir(fs.join(out, d))
-    fs.makedirs(out)
+def prepare_out(out: str | os.PathLike, overwrite: bool) -> outdir.Output:
+    """`check_out`, then remove the earlier dataset (only its files, spec.json first) and record the
+    new one's entries. Called only after the sources were checked, so a bad --src never destroys an
+    existing dataset."""
+    claimed = outdir.claim_dataset(out, overwrite)
+    claimed.add(SPEC_FILE, *SPLITS, ITEMS_DIR)
+    return claimed
 
 
 def _write_empty_shard(folder: str, schema: pa.Schema) -> None:
@@ -421,6 +413,8 @@ def make_table(columns: dict[str, np.ndarray | pa.Array], schema: pa.Schema) -> 
 
 def finish(spec: DatasetSpec, out: str | os.PathLike, rows: dict[str, int]) -> DatasetSpec:
     """Record the row counts and write spec.json: last, so it marks a complete dataset."""
+    if not sum(rows.values()):
+        raise DataError(f"{fs.location(out)}: the sources held no data rows; no spec.json written")
     spec.num_rows = dict(rows)
     spec.save(out)
     log.info("wrote %s: %s rows, %s", out, sum(rows.values()), rows)

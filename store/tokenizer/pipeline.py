@@ -32,7 +32,7 @@ import tyro
 from torch import Tensor
 from tqdm import tqdm
 
-from data_pipeline import cli, fs
+from data_pipeline import cli, fs, outdir
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from store.sid import SidTable
@@ -466,6 +466,9 @@ class TokenizeConfig:
     """Torch intra-op threads (0: torch's default; 1 is much faster on a CPU shared with other jobs)."""
     progress: bool = True
     """Progress bars (--no-progress: none)."""
+    overwrite: bool = False
+    """Replace the SID table an earlier tokenizer run wrote in --out (only its files; others are kept).
+    Without it an --out holding SIDs is refused: runs trained on them would silently change meaning."""
     fit: Annotated[FitConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=FitConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     """SASRec embeddings (--embedding sasrec or content+sasrec; --sasrec-dim is --sasrec.dim)."""
@@ -497,6 +500,32 @@ class TokenizeConfig:
             raise ConfigError(f"--from-run {self.from_run}: folder does not exist")
         self.fit.validate()
 
+    def inputs(self) -> dict:
+        """What the SID table is made from, recorded in --out (`data_pipeline.outdir`): the data's
+        fingerprint, the finished run the learned rows come from (--from-run), and every flag that
+        changes the codes (not --out, --progress, --threads, --overwrite or the paths)."""
+        d = asdict(self)
+        volatile = ("data", "out", "from_run", "threads", "progress", "overwrite")
+        return {
+            "data": DatasetSpec.load(self.data).fingerprint,
+            "from_run": outdir.folder_fingerprint(self.from_run, ("summary.json",)) if self.from_run else "",
+            "flags": {k: v for k, v in d.items() if k not in volatile},
+            "paths": {"data": self.data, "from_run": self.from_run},
+        }
+
+
+OUTPUT_FILES = (META_FILE, "sid_table.parquet", "sids_*.parquet", "tokenizer", "tokenizer_*", "*embeddings*")
+"""What the tokenizer writes in --out (a SID folder written before output records is known by these)."""
+
+
+def claim_output(args: TokenizeConfig) -> outdir.Output:
+    """Take --out for the SID table (`data_pipeline.outdir.claim`): one holding earlier SIDs is refused
+    unless --overwrite (their files are removed, the user's kept)."""
+    return outdir.claim(
+        args.out, "tokenize", overwrite=args.overwrite, local=True, legacy=META_FILE, owned=OUTPUT_FILES,
+        label="tokenizer",
+    )  # fmt: skip
+
 
 OLD_SPELLINGS = {f"--sasrec-{old}": f"--sasrec.{new}" for old, new in sasrec.OLD_SPELLINGS.items()}
 """The SASRec flags' old spellings (``--sasrec-dim``) -> their group's (``--sasrec.dim``)."""
@@ -514,8 +543,9 @@ def run(args: TokenizeConfig) -> dict:
             "(name some with --high-card)"
         )
     sources = feature_sources(spec, args.embedding or None)
+    output = claim_output(args)
+    output.set_inputs(args.inputs())
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     progress = args.progress
 
     t0 = time.perf_counter()
