@@ -166,7 +166,7 @@ def claim(
         )
     if fs.is_file(loc):
         raise OutputExists(f"{flag} {loc}: exists and is a file, not a folder")
-    if local:
+    if fs.is_local(loc):
         p = Path(fs.local_path(loc))
         probe = next((a for a in (p, *p.parents) if a.exists()), None)
         if probe is not None and not os.access(probe, os.W_OK | os.X_OK):

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipeline import fs, outdir
-from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
+from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text, open_shard
 from launch.stats import NO_DIFFERENCE, delong, paired_bootstrap
 
 LABELS = {"id": "ID baseline", "store": "STORE (SIDs)"}
@@ -832,12 +832,10 @@ class Paired:
 
 
 def read_predictions(run: Run) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
     path = run.path / PREDICTIONS
     try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a broken file
+        table = open_shard(path).read()  # DataError naming the file for a broken footer
+    except (OSError, ValueError) as e:  # a corrupt page (pyarrow's errors are OSError / ValueError)
         raise DataError(f"{path}: not a readable parquet file ({e})") from None
     missing = {"row", "label", "logit"} - set(table.column_names)
     if missing:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 
 from data_pipeline import outdir
 from data_pipeline.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
 
 MAINS = {
     "data_pipeline": "data_pipeline.__main__",
@@ -242,3 +245,27 @@ def test_report_refuses_duplicates_and_foreign_sids(run, data, other_data, tmp_p
     assert refused.returncode == 2 and "mine.txt" in refused.stderr
     assert run(*report, "--run", f"id={a}", "--run", f"store={b}", "--overwrite").returncode == 0
     assert (tmp_path / "rep" / "mine.txt").read_text() == "x"
+
+
+# -- one path per kind of input --------------------------------------------------------------------------
+PARQUET_IO = re.compile(
+    r"\bpq\.(ParquetFile|read_table|read_schema|read_metadata|ParquetDataset|write_table|ParquetWriter)\("
+    r"|\bpd\.read_parquet\(|\.to_parquet\("
+)
+"""Opening or writing parquet with pyarrow / pandas directly, not through data_pipeline/fs.py."""
+
+
+def test_parquet_is_opened_only_through_fs():
+    """Shards and run files are opened through data_pipeline/fs.py (spec.open_shard, fs.parquet_file,
+    fs.read_table, fs.parquet_writer, ShardWriter), so every command takes URIs and names a broken
+    file the same way. A direct pyarrow call elsewhere comes back as the bug this test was written
+    for: ``inspect`` printing a traceback for a truncated shard the trainer named."""
+    offenders = []
+    for package in ("data_pipeline", "store", "trainer", "launch"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path.relative_to(REPO).as_posix() == "data_pipeline/fs.py":
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if PARQUET_IO.search(line.split("#")[0]):
+                    offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not offenders, "parquet opened outside data_pipeline/fs.py:\n" + "\n".join(offenders)

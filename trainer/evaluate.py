@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data_pipeline import fs
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DatasetSpec
 from trainer import distributed as D
@@ -117,7 +117,6 @@ def write_predictions(path: Path, p: Predictions, with_users: bool, with_items: 
     ``logit``, and ``user`` / ``item`` when the dataset has those columns. Runs on the same dataset
     have the same rows, so two runs' files pair row by row (``launch.report``'s paired tests)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     columns = {
         "row": pa.array(np.arange(len(p.labels), dtype=np.int64)),
@@ -128,10 +127,7 @@ def write_predictions(path: Path, p: Predictions, with_users: bool, with_items: 
         columns["user"] = pa.array(p.users.numpy().astype(np.int64))
     if with_items:
         columns["item"] = pa.array(p.items.numpy().astype(np.int64))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, path)
+    fs.write_parquet(path, pa.table(columns))  # atomic: temp name, then rename
 
 
 class EvalHistory:

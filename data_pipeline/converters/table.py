@@ -57,7 +57,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_pipeline import fs
@@ -186,7 +185,7 @@ class _Source:
 
     def _parquet_schema(self, path: Path) -> list[str]:
         try:
-            schema = pq.read_schema(path)
+            schema = fs.parquet_file(path).schema_arrow
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{path}: not a readable parquet file ({e})") from None
         for f in schema:
@@ -222,7 +221,7 @@ class _Source:
                 ):  # fmt: skip
                     yield path, b
             else:
-                pf = pq.ParquetFile(path)
+                pf = fs.parquet_file(path)
                 for b in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
                     yield path, b
         except DataError:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -193,11 +192,11 @@ def embeddings_file(path: str | os.PathLike, num_items: int, source: str) -> Ite
 def write_embeddings(path: str | os.PathLike, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> Path:
     """Stream (ids, embeddings) batches to a parquet (item_id, embedding list<float32>), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fs.makedirs(path.parent)
+    tmp = fs.staging(path)
     schema = pa.schema([("item_id", pa.int64()), ("embedding", pa.list_(pa.float32()))])
     try:
-        with pq.ParquetWriter(tmp, schema) as w:
+        with fs.parquet_writer(tmp, schema) as w:
             for ids, emb in batches:
                 emb = np.ascontiguousarray(emb, dtype=np.float32)
                 offsets = pa.array(np.arange(0, emb.size + 1, emb.shape[1], dtype=np.int32))
@@ -205,9 +204,9 @@ def write_embeddings(path: str | os.PathLike, batches: Iterator[tuple[np.ndarray
                 w.write_table(
                     pa.table({"item_id": pa.array(ids, pa.int64()), "embedding": lists}, schema=schema)
                 )
-        os.replace(tmp, path)
+        fs.commit(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        fs.delete_file(tmp)
     return path
 
 

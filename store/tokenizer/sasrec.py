@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 import tyro
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from data_pipeline import cli
 from data_pipeline.cli import ConfigError
-from data_pipeline.spec import DataError, DatasetSpec, list_shards, split_dir
+from data_pipeline.spec import DataError, DatasetSpec, list_shards, open_shard, split_dir
 from store.tokenizer.embeddings import num_items_of, write_embeddings
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ def iter_sequences(
     shards = list_shards(split_dir(data_dir, "train"))
     for i in rng.permutation(len(shards)):
         path = shards[i]
-        pf = pq.ParquetFile(path)
+        pf = open_shard(path)
         cols = [hist_col, item_col] + ([spec.label] if cfg.positives_only else [])
         missing = [c for c in cols if c not in pf.schema_arrow.names]
         if missing:
