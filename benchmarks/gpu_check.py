@@ -236,8 +236,6 @@ def parse_attention(log: Path) -> list[dict]:
 
 def table_sizes(data: Path, sids: Path | None, model: str, config: dict) -> dict[str, dict]:
     """Per table of the run's model: rows, dim and fp32-weight bytes (model built on the meta device)."""
-    import dataclasses
-
     import torch
 
     from data_pipeline.spec import DatasetSpec
@@ -248,9 +246,8 @@ def table_sizes(data: Path, sids: Path | None, model: str, config: dict) -> dict
 
     spec = DatasetSpec.load(data)
     sid_table = SidTable.load(sids, spec) if sids is not None else None
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    mc = {k: tuple(v) if isinstance(v, list) else v for k, v in (config or {}).items() if k in known}
-    net = build_model(model, spec, ModelConfig(**mc), sid_table, device=torch.device("meta"))
+    mc = ModelConfig.from_dict(config or {})
+    net = build_model(model, spec, mc, sid_table, device=torch.device("meta"))
     # every table of the zoo is fp32 (4 bytes per weight)
     return {
         t.name: {

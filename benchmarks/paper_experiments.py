@@ -53,6 +53,7 @@ from launch.report import (
     significance,
     spread,
 )
+from store.models import registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,6 +94,11 @@ TOKENIZATIONS = {
 """Tokenization key -> (method, K); the codebook size is --codebook-size for all."""
 
 
+FIRST_BASELINES = 3
+"""The first models of the registry after STORE and ID (DNN, DeepFM, DCN-v2) train before the sweeps,
+the other baselines after them."""
+
+
 def grid(datasets: list[str]) -> list[Run]:
     """Every run, in the order they are trained (most important first)."""
     main, ablations, baselines, sweeps, more = [], [], [], [], []
@@ -104,9 +110,9 @@ def grid(datasets: list[str]) -> list[Run]:
             Run(ds, "store_no_rotation", "store", flags=["--model.rotation", "false"]),
             Run(ds, "store_vanilla", "store", flags=["--model.vanilla_attention", "true"]),
         ]
-        baselines += [Run(ds, m, m) for m in ("dnn", "deepfm", "dcn")]
-        more += [Run(ds, m, m) for m in ("autoint", "rankmixer", "onetrans")]
-        more += [Run(ds, m, m) for m in ("fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")]
+        others = [m for m in registry.names() if m not in ("store", "id")]
+        baselines += [Run(ds, m, m) for m in others[:FIRST_BASELINES]]
+        more += [Run(ds, m, m) for m in others[FIRST_BASELINES:]]
         sweeps += [
             Run(ds, "store_k2", "store", "opmq_k2", sweep=True),
             Run(ds, "store_k8", "store", "opmq_k8", sweep=True),
@@ -247,20 +253,19 @@ def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, floa
 
     from data_pipeline.spec import DatasetSpec
     from store.models.config import ModelConfig
-    from store.models.flops import LINEAR_MODELS, linear_model_flops, store_model_flops
+    from store.models.flops import model_flops, store_model_flops
     from store.models.zoo import build_model
     from store.sid import SidTable
 
     cfg = summary["config"]
-    mc = dict(cfg["model_config"])
-    mc["mlp_dims"] = tuple(mc["mlp_dims"])
+    mc = ModelConfig.from_dict(cfg["model_config"])
     spec = DatasetSpec.load(cfg["data"])
-    if cfg["model"] not in ("store", "id", *LINEAR_MODELS):
-        return counted_flops(cfg, spec, ModelConfig(**mc)) / 1e12, None
+    if registry.get(cfg["model"]).flops is None:
+        return counted_flops(cfg, spec, mc) / 1e12, None
     sids = SidTable.load(cfg["sids"], spec) if cfg.get("sids") else None
-    model = build_model(cfg["model"], spec, ModelConfig(**mc), sids, device=torch.device("meta"))
-    if cfg["model"] in LINEAR_MODELS:
-        return linear_model_flops(cfg["model"], model, cfg["batch_size"]) / 1e12, None
+    model = build_model(cfg["model"], spec, mc, sids, device=torch.device("meta"))
+    if cfg["model"] not in ("store", "id"):
+        return model_flops(cfg["model"], model, cfg["batch_size"]) / 1e12, None
     report = store_model_flops(model, cfg["batch_size"])
     return report.total_tflops, report.attention_tflops
 

@@ -52,7 +52,6 @@ from launch.report import spread
 from store.models.config import ModelConfig
 from trainer.metrics import auc, gauc, logloss
 
-MODELS = ("dnn", "widedeep", "deepfm", "fm", "dcn", "autoint")
 LABELS = {
     "dnn": "DNN",
     "widedeep": "Wide&Deep",
@@ -61,6 +60,8 @@ LABELS = {
     "dcn": "DCN-v2",
     "autoint": "AutoInt",
 }
+"""The zoo models the reference library reproduces (``library_model``), with their table labels."""
+MODELS = tuple(LABELS)
 EVAL_BATCH = 8192
 
 
@@ -144,12 +145,12 @@ def library_model(name: str, columns: list, seed: int, cfg: ModelConfig):
         return DeepFM(columns, columns, dnn_hidden_units=(), seed=seed)
     if name == "dcn":
         return DCN(
-            [], columns, cross_num=cfg.cross_layers, cross_parameterization="matrix", dnn_hidden_units=mlp,
+            [], columns, cross_num=cfg.dcn.cross_layers, cross_parameterization="matrix", dnn_hidden_units=mlp,
             seed=seed,
         )  # fmt: skip
     if name == "autoint":
         return AutoInt(
-            [], columns, att_layer_num=cfg.autoint_layers, att_head_num=cfg.autoint_heads, dnn_hidden_units=(),
+            [], columns, att_layer_num=cfg.autoint.layers, att_head_num=cfg.autoint.heads, dnn_hidden_units=(),
             seed=seed,
         )  # fmt: skip
     raise ValueError(f"unknown model {name!r}")

@@ -19,11 +19,12 @@ import torchx.specs as specs
 from torchx.components import dist
 from torchx.specs.finder import ComponentValidationException
 
+from store.models import registry
+
 SHARDING = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 """What --sharding accepts (the trainer's --sharding.default)."""
-MODELS = ("store", "id", "dnn", "deepfm", "dcn", "autoint", "rankmixer", "onetrans")
-MODELS += ("fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")
-"""The trainer's model zoo (store.models.zoo.MODEL_NAMES, repeated so building an AppDef imports no torch)."""
+MODELS = registry.names()
+"""The trainer's model zoo (store.models.registry, which imports no torch)."""
 METHODS = ("opmq", "rqvae", "opq")
 """The tokenizers (store.sid.METHODS, repeated for the same reason; a test checks both lists agree)."""
 
@@ -98,8 +99,8 @@ def train(
         trainer_args: extra flags passed to ``python -m trainer`` as they are
         data: dataset folder or object-store URI (s3://bucket/syn, gs://...; spec.json, train/, valid/,
             test/), as the job's hosts see it
-        model: model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer, onetrans, fm, widedeep,
-            gdcn, masknet, pepnet or ssr
+        model: model of the zoo (store.models.registry.MODELS): store, id, dnn, ...; a wrong name
+            is refused with the whole list
         sids: SID table folder from ``python -m store.tokenizer`` (needed by model store; gives model id
             the same token count)
         high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item),

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from store.models.zoo import MODEL_NAMES
+from store.models import registry
 
 REPO = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -184,10 +184,10 @@ def test_sharded_embeddings_match_unsharded_on_gpu(kind, tmp_path):
 # -- the model zoo under bf16 autocast ----------------------------------------------------------------
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", registry.names())
 def test_zoo_bf16_autocast_forward_backward_finite(name):
     from store.models.config import ModelConfig
-    from store.models.zoo import NEEDS_SIDS, build_model
+    from store.models.zoo import batch_transform, build_model
     from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
     device = torch.device("cuda", 0)
@@ -195,8 +195,9 @@ def test_zoo_bf16_autocast_forward_backward_finite(name):
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model(name, spec, ModelConfig(), sids, device=device)
     batch = tiny_batch(spec, rows=64)
-    if name in NEEDS_SIDS:
-        batch = sids.transform(batch, spec)
+    transform = batch_transform(name, spec, sids)
+    if transform is not None:
+        batch = transform(batch)
     batch = batch.to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(batch)

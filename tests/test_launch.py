@@ -145,11 +145,12 @@ def test_torchx_local_cwd_two_process_job(tmp_path):
 
 
 def test_component_choices_match_the_trainer():
-    """launch/store.py repeats these lists so building an AppDef imports no torch: keep them in step."""
-    from store.models.zoo import MODEL_NAMES
+    """launch/store.py repeats these lists so building an AppDef imports no torch: keep them in step
+    (the models it reads from store.models.registry, which imports no torch either: tests/test_registry.py)."""
+    from store.models import registry
     from trainer.distributed import SHARDING_TYPES
 
-    assert tuple(comp.MODELS) == tuple(MODEL_NAMES)
+    assert tuple(comp.MODELS) == registry.names()
     from store.sid import METHODS
 
     assert tuple(comp.METHODS) == METHODS

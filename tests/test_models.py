@@ -12,10 +12,13 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
+from store.models import registry
+from store.models.autoint import AutoIntConfig
 from store.models.config import ModelConfig
 from store.models.dcn import DCNConfig
 from store.models.deepfm import factorization_machine
-from store.models.dnn import DNN, DNNConfig
+from store.models.dnn import DNN
+from store.models.inputs import field_inputs
 from store.models.layers import (
     EXCLUSIVE_INPUT,
     FieldInputs,
@@ -24,19 +27,13 @@ from store.models.layers import (
     init_output_bias,
     output_bias,
 )
-from store.models.store import StoreConfig
-from store.models.zoo import (
-    MODEL_NAMES,
-    batch_transform,
-    build_model,
-    field_inputs,
-    model_config,
-    store_inputs,
-)
+from store.models.rankmixer import RankMixerConfig
+from store.models.store import store_inputs
+from store.models.zoo import batch_transform, build_model
 from tests.test_sid import NUM_ITEMS, tiny_batch, tiny_sids, tiny_spec
 
 # (model, config overrides): every model plus STORE's ablations
-VARIANTS = [(name, {}) for name in MODEL_NAMES] + [
+VARIANTS = [(name, {}) for name in registry.names()] + [
     ("store", {"vanilla_attention": True}),
     ("store", {"rotation": False}),
     ("store", {"history_tokens": True}),
@@ -73,7 +70,7 @@ def test_output_shape_and_finite_losses(variant):
     assert torch.isfinite(_loss(out, batch)[1])
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", registry.names())
 def test_collections_serve_exactly_the_batch_keys(name):
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model(name, spec, ModelConfig(history_tokens=True), sids)
@@ -168,7 +165,7 @@ def test_sid_tables_have_codebook_rows_and_id_table_has_item_rows(history_tokens
     assert [p.shape for p in store.encoder.parameters()] == [p.shape for p in ident.encoder.parameters()]
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", registry.names())
 def test_meta_device_builds_collections_on_meta_and_dense_layers_on_cpu(name):
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model(name, spec, ModelConfig(), sids, device=torch.device("meta"))
@@ -228,7 +225,7 @@ def test_batch_transform_moves_tokenized_features_to_sids_for_store_only():
     assert torch.equal(moved.sid.values(), expected.sid.values())
     assert torch.equal(moved.sid.lengths(), expected.sid.lengths())
     assert moved.sparse.keys() == ["user_age", "user_gender", "ctx_hour"]
-    assert [name for name in MODEL_NAMES if batch_transform(name, spec, sids) is not None] == ["store"]
+    assert [name for name in registry.names() if batch_transform(name, spec, sids) is not None] == ["store"]
     with pytest.raises(ValueError, match="model 'store' needs --sids"):
         batch_transform("store", spec, None)
     with pytest.raises(ValueError, match="unknown model 'gbdt'"):
@@ -243,6 +240,10 @@ def test_batch_transform_moves_tokenized_features_to_sids_for_store_only():
         ({"embedding_dim": 0}, "--model.embedding_dim"),
         ({"mlp_dims": ()}, "--model.mlp_dims"),
         ({"feature_groups": "user"}, "--model.feature_groups"),
+        ({"dcn": DCNConfig(cross_layers=-1)}, "--model.dcn.cross_layers"),
+        ({"autoint": AutoIntConfig(heads=3)}, "--model.autoint.heads"),
+        ({"autoint": AutoIntConfig(layers=-1)}, "--model.autoint.layers"),
+        ({"rankmixer": RankMixerConfig(tokens=5)}, "--model.rankmixer.tokens"),
     ],
 )
 def test_config_validation_names_the_flag(overrides, flag):
@@ -319,7 +320,7 @@ def test_a_model_builds_from_explicit_inputs_without_a_spec():
         num_dense=3,
     )
     torch.manual_seed(0)
-    model = DNN(inputs, DNNConfig(embedding_dim=8, mlp_dims=(4,), dropout=0.0))
+    model = DNN(inputs, ModelConfig(embedding_dim=8, mlp_dims=(4,), dropout=0.0))
     configs = model.fields.ebc.embedding_bag_configs()
     assert [(c.name, c.num_embeddings, c.embedding_dim, c.feature_names) for c in configs] == [
         ("t_a", 10, 8, ["a"]),
@@ -342,46 +343,14 @@ def test_a_model_builds_from_explicit_inputs_without_a_spec():
     assert moved[0] != logits[0] and moved[1] == logits[1]
 
 
-# ModelConfig fields a model config holds under another name
-RENAMED = {
-    ("autoint", "num_layers"): "autoint_layers",
-    ("autoint", "num_heads"): "autoint_heads",
-    ("rankmixer", "num_tokens"): "rankmixer_tokens",
-    ("masknet", "mode"): "masknet_mode",
-    ("masknet", "num_blocks"): "masknet_blocks",
-    ("masknet", "block_dim"): "masknet_block_dim",
-    ("masknet", "dropout"): "masknet_dropout",
-    ("masknet", "reduction_ratio"): "masknet_reduction_ratio",
-    ("masknet", "embedding_norm"): "masknet_embedding_norm",
-    ("ssr", "variant"): "ssr_variant",
-    ("ssr", "num_views"): "ssr_views",
-    ("ssr", "view_dim"): "ssr_view_dim",
-    ("ssr", "num_layers"): "ssr_layers",
-}
-
-
-def test_each_model_config_reads_its_own_flags_and_every_flag_reaches_a_model():
-    cfg = ModelConfig(
-        embedding_dim=12, mlp_dims=(7,), dropout=0.1, num_layers=3, num_heads=3, ffn_mult=4,
-        moba_block_size=5, moba_sparsity=0.25, vanilla_attention=True, moba_gather=True, rotation=False,
-        num_rotations=6, orthogonal_parametrization=False, diversity_lambda=0.2, orthogonality_weight=0.5,
-        history_tokens=True, cross_layers=8, autoint_layers=9, autoint_heads=2, rankmixer_tokens=12,
-    )  # fmt: skip
-    read = {"feature_groups", "id_item_tokens", "embedding_init_std"}  # resolved into the inputs
-    for name in MODEL_NAMES:
-        small = model_config(name, cfg)
-        for f in dataclasses.fields(small):
-            flag = RENAMED.get((name, f.name), f.name)
-            assert getattr(small, f.name) == getattr(cfg, flag), (name, f.name)
-            read.add(flag)
-    assert read == {f.name for f in dataclasses.fields(ModelConfig)}
-    assert isinstance(model_config("id", cfg), StoreConfig)
-    assert model_config("dcn", cfg) == DCNConfig(embedding_dim=12, mlp_dims=(7,), dropout=0.1, cross_layers=8)
-
-
 def test_model_flags_shape_the_baselines():
     spec, sids = tiny_spec(), tiny_sids()
-    cfg = ModelConfig(embedding_dim=8, cross_layers=5, autoint_layers=3, autoint_heads=4, rankmixer_tokens=2)
+    cfg = ModelConfig(
+        embedding_dim=8,
+        dcn=DCNConfig(cross_layers=5),
+        autoint=AutoIntConfig(layers=3, heads=4),
+        rankmixer=RankMixerConfig(tokens=2),
+    )
     assert len(build_model("dcn", spec, cfg, sids).cross.kernels) == 5
     autoint = build_model("autoint", spec, cfg, sids)
     assert len(autoint.layers) == 3 and autoint.layers[0].attn.num_heads == 4
@@ -402,7 +371,7 @@ def test_embedding_init_std_reaches_every_table(name):
             assert float(w.detach().std()) == pytest.approx(std, rel=0.5)  # tiny tables: loose
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", registry.names())
 def test_every_model_has_an_output_bias_set_to_the_base_rate(name):
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model(name, spec, ModelConfig(), sids)

@@ -113,13 +113,13 @@ def test_flag_spellings_of_existing_commands(data, tmp_path):
 def test_sparse_lr_defaults_to_the_models_own(data, tmp_path):
     """Unset, --optim.sparse_lr is the model's default (FM and DeepFM learn their tables slower); a
     value given on the command line or in a TOML file wins for every model."""
-    from store.models.zoo import MODEL_SPARSE_LR, SPARSE_LR
+    from store.models import registry
 
     def lr(*flags: str) -> float:
         return parse_args(small_flags(data, tmp_path, *flags)).optim.sparse_lr
 
-    assert lr() == SPARSE_LR == 0.05  # dnn
-    assert lr("--model", "deepfm") == MODEL_SPARSE_LR["deepfm"] == 0.02
+    assert lr() == registry.SPARSE_LR == 0.05  # dnn
+    assert lr("--model", "deepfm") == registry.get("deepfm").sparse_lr == 0.02
     assert lr("--model", "fm") == 0.02
     assert lr("--model", "deepfm", "--optim.sparse_lr", "0.05") == 0.05
     toml = tmp_path / "lr.toml"
@@ -143,9 +143,22 @@ def test_help_documents_every_flag(capsys):
     # one entry per flag: the flag, its metavar, its docstring, its default
     out = capsys.readouterr().out
     entries = [" ".join(e.replace("│", " ").split()) for e in re.split(r"\n[│ ]+(?=--)", out)]
+
+    def group_flags(prefix: str, group) -> list[str]:  # a nested group: --model.<name>.<field>
+        return [
+            flag
+            for f in dataclasses.fields(group)
+            for flag in (
+                group_flags(f"{prefix}.{f.name}", getattr(group, f.name))
+                if dataclasses.is_dataclass(getattr(group, f.name))
+                else [f"--{prefix}.{f.name}"]
+            )
+        ]
+
     flags = [f"--{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in GROUPS.values()]
     for prefix, attr in GROUPS.items():
-        flags += [f"--{prefix}.{f.name}" for f in dataclasses.fields(getattr(TrainConfig(), attr))]
+        flags += group_flags(prefix, getattr(TrainConfig(), attr))
+    assert "--model.masknet.mode" in flags
     for flag in flags:
         entry = next((e for e in entries if re.match(rf"{flag.replace('_', '-')}[ ,]", e)), "")
         assert len(entry.split("(default:")[0].split()) >= 4, f"{flag}: no help text in {entry!r}"
@@ -156,11 +169,13 @@ def test_toml_config_and_flag_precedence(data, tmp_path):
     toml.write_text(
         f'data = "{data}"\nbatch_size = 128\npipeline = false\n'
         '[model]\nname = "deepfm"\nembedding_dim = 8\nmlp_dims = [8, 4]\n'
-        "[optim]\ndense_lr = 0.01\nwarmup_steps = 5\n"
+        '[model.masknet]\nmode = "serial"\nblocks = 2\n[optim]\ndense_lr = 0.01\nwarmup_steps = 5\n'
     )
-    cfg = parse_args(["--config", str(toml), "--batch-size", "64", "--optim.warmup_steps", "7"])
+    flags = ["--batch-size", "64", "--optim.warmup_steps", "7", "--model.masknet.blocks", "4"]
+    cfg = parse_args(["--config", str(toml), *flags])
     assert (cfg.batch_size, cfg.pipeline, cfg.model) == (64, False, "deepfm")
     assert cfg.model_config.embedding_dim == 8 and cfg.model_config.mlp_dims == (8, 4)
+    assert (cfg.model_config.masknet.mode, cfg.model_config.masknet.blocks) == ("serial", 4)
     assert cfg.optim.dense_lr == 0.01 and cfg.optim.warmup_steps == 7
     toml.write_text("[optim]\nlearning_rate = 1.0\n")
     with pytest.raises(ConfigError, match=r"unknown key \[optim\] learning_rate"):

@@ -14,26 +14,29 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from data_pipeline.spec import SparseFeature
+from store.models import registry
 from store.models.config import ModelConfig
-from store.models.flops import LINEAR_MODELS, linear_model_flops
+from store.models.flops import model_flops
 from store.models.fm import HISTORY_TABLE
-from store.models.gdcn import GatedCrossLayer
+from store.models.gdcn import GatedCrossLayer, GDCNConfig
 from store.models.layers import FIRST_ORDER_WIDTH, output_bias
-from store.models.pepnet import GATE_SCALE
+from store.models.masknet import MaskNetConfig
+from store.models.pepnet import GATE_SCALE, pepnet_inputs
 from store.models.ssr import ICS_ROUNDS, CompetitiveSparse, SSRConfig, SSRLayer, static_subsets
-from store.models.zoo import MODEL_NAMES, batch_transform, build_model, pepnet_inputs
+from store.models.zoo import batch_transform, build_model
 from tests.test_sid import tiny_batch, tiny_sids, tiny_spec
 
 NEW_MODELS = ("fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")
 VARIANTS = [(name, {}) for name in NEW_MODELS] + [
-    ("masknet", {"masknet_mode": "parallel"}),
-    ("ssr", {"ssr_variant": "dynamic"}),
+    ("masknet", {"masknet": MaskNetConfig(mode="parallel")}),
+    ("ssr", {"ssr": SSRConfig(variant="dynamic")}),
 ]
 
 
 def _ids(v) -> str:
     name, over = v
-    return name + "".join(f"-{val}" for val in over.values())
+    own = [getattr(val, "mode", None) or getattr(val, "variant", None) or val for val in over.values()]
+    return name + "".join(f"-{val}" for val in own)
 
 
 def _build(name: str, overrides: dict | None = None, seed: int = 0, device=None):
@@ -74,7 +77,7 @@ def test_overfits_a_tiny_batch_and_every_parameter_learns(variant):
     assert all(learned.values()), [n for n, ok in learned.items() if not ok]
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", registry.names())
 def test_the_output_bias_moves_every_logit_by_the_same_amount(name):
     """What the trainer relies on when it sets the bias to logit(click rate)."""
     spec, sids = tiny_spec(), tiny_sids()
@@ -174,12 +177,12 @@ def test_gated_cross_layer_gates_the_dcn_cross_term():
         layer.gate.weight[:, 0] = -1e4
     x[:, 0] = 1.0
     torch.testing.assert_close(layer(x0, x), x)
-    assert len(_build("gdcn", {"cross_layers": 5}).cross) == 5
+    assert len(_build("gdcn", {"gdcn": GDCNConfig(cross_layers=5)}).cross) == 5
 
 
 @pytest.mark.parametrize("mode", ["serial", "parallel"])
 def test_masknet_masks_come_from_the_whole_instance_and_gate_the_blocks(mode):
-    cfg = {"masknet_mode": mode, "masknet_blocks": 3, "masknet_block_dim": 8}
+    cfg = {"masknet": MaskNetConfig(mode=mode, blocks=3, block_dim=8)}
     model = _build("masknet", cfg).eval()
     n = 6 * 16  # fields x D
     assert len(model.blocks) == 3
@@ -201,7 +204,7 @@ def test_masknet_masks_come_from_the_whole_instance_and_gate_the_blocks(mode):
 @pytest.mark.parametrize("mode", ["serial", "parallel"])
 @pytest.mark.parametrize("norm", [False, True])
 def test_masknet_blocks_on_the_embedding_read_it_raw_or_layer_normed(mode, norm):
-    model = _build("masknet", {"masknet_mode": mode, "masknet_embedding_norm": norm}).eval()
+    model = _build("masknet", {"masknet": MaskNetConfig(mode=mode, embedding_norm=norm)}).eval()
     assert (model.field_norm is None) != norm
     seen = []
     model.blocks[0].register_forward_hook(lambda mod, args, out: seen.append(args))
@@ -223,7 +226,7 @@ def test_masknet_blocks_on_the_embedding_read_it_raw_or_layer_normed(mode, norm)
 
 
 def test_masknet_reduction_ratio_sets_the_masks_aggregation_width():
-    model = _build("masknet", {"masknet_reduction_ratio": 0.5, "masknet_block_dim": 8})
+    model = _build("masknet", {"masknet": MaskNetConfig(reduction_ratio=0.5, block_dim=8)})
     n = 6 * 16
     assert all(b.mask.aggregate.out_features == n // 2 for b in model.blocks)
     assert _build("masknet").blocks[0].mask.aggregate.out_features == 2 * n  # the default r = 2
@@ -272,7 +275,7 @@ def test_ssr_static_subsets_are_distinct_even_and_fixed_by_their_seed():
 
 
 def test_ssr_static_view_reads_only_its_dimensions():
-    cfg = SSRConfig(16, (8,), 0.0, "static", num_views=2, view_dim=5, num_layers=1)
+    cfg = SSRConfig("static", views=2, view_dim=5, layers=1)
     layer = SSRLayer(30, cfg, seed=1)
     x = torch.randn(3, 30)
     out = layer(x)
@@ -302,7 +305,7 @@ def test_competitive_sparsity_matches_its_iteration_and_leaves_exact_zeros():
     got = ics(z)
     torch.testing.assert_close(got, expected)
     assert got[0, 0, 0] > 0 and (got[0, 0, 2:] == 0).all()  # the strong one survives, weak ones die
-    ssr = _build("ssr", {"ssr_variant": "dynamic", "ssr_layers": 3})
+    ssr = _build("ssr", {"ssr": SSRConfig(variant="dynamic", layers=3)})
     assert len(ssr.layers) == 3 and all(layer.subsets is None for layer in ssr.layers)
     assert all(layer.project is None for layer in _build("ssr").layers)
 
@@ -310,16 +313,16 @@ def test_competitive_sparsity_matches_its_iteration_and_leaves_exact_zeros():
 @pytest.mark.parametrize(
     "overrides, flag",
     [
-        ({"masknet_mode": "stacked"}, "--model.masknet_mode"),
-        ({"masknet_blocks": 0}, "--model.masknet_blocks"),
-        ({"masknet_block_dim": 0}, "--model.masknet_block_dim"),
-        ({"masknet_dropout": 1.0}, "--model.masknet_dropout"),
-        ({"masknet_dropout": -0.1}, "--model.masknet_dropout"),
-        ({"masknet_reduction_ratio": 0.0}, "--model.masknet_reduction_ratio"),
-        ({"ssr_variant": "topk"}, "--model.ssr_variant"),
-        ({"ssr_views": 0}, "--model.ssr_views"),
-        ({"ssr_view_dim": -1}, "--model.ssr_view_dim"),
-        ({"ssr_layers": 0}, "--model.ssr_layers"),
+        ({"masknet": MaskNetConfig(mode="stacked")}, "--model.masknet.mode"),
+        ({"masknet": MaskNetConfig(blocks=0)}, "--model.masknet.blocks"),
+        ({"masknet": MaskNetConfig(block_dim=0)}, "--model.masknet.block_dim"),
+        ({"masknet": MaskNetConfig(dropout=1.0)}, "--model.masknet.dropout"),
+        ({"masknet": MaskNetConfig(dropout=-0.1)}, "--model.masknet.dropout"),
+        ({"masknet": MaskNetConfig(reduction_ratio=0.0)}, "--model.masknet.reduction_ratio"),
+        ({"ssr": SSRConfig(variant="topk")}, "--model.ssr.variant"),
+        ({"ssr": SSRConfig(views=0)}, "--model.ssr.views"),
+        ({"ssr": SSRConfig(view_dim=-1)}, "--model.ssr.view_dim"),
+        ({"ssr": SSRConfig(layers=0)}, "--model.ssr.layers"),
     ],
 )
 def test_bad_flags_name_the_flag(overrides, flag):
@@ -329,23 +332,23 @@ def test_bad_flags_name_the_flag(overrides, flag):
 
 # -- FLOPs --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS + [("dnn", {}), ("deepfm", {})], ids=_ids)
-def test_linear_model_flops_match_torch_flop_counter(variant):
+def test_analytical_model_flops_match_torch_flop_counter(variant):
     name, over = variant
     model = _build(name, over).eval()
     batch = tiny_batch(tiny_spec(), rows=7)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(batch)
-    expected = linear_model_flops(name, model, 7)
+    expected = model_flops(name, model, 7)
     assert expected > 0 and counter.get_total_flops() == expected
     meta = _build(name, over, device=torch.device("meta"))  # what benchmarks/paper_experiments.py counts
-    assert linear_model_flops(name, meta, 7) == expected
+    assert model_flops(name, meta, 7) == expected
 
 
-def test_linear_model_flops_refuse_models_with_other_matmuls():
-    assert set(NEW_MODELS) <= set(LINEAR_MODELS)
+def test_model_flops_refuse_models_with_other_matmuls():
+    assert all(registry.get(name).flops is not None for name in NEW_MODELS)
     with pytest.raises(ValueError, match="no analytical FLOPs for model 'dcn'"):
-        linear_model_flops("dcn", _build("dcn"), 4)
+        model_flops("dcn", _build("dcn"), 4)
 
 
 # -- sharded over two processes == unsharded ------------------------------------------------------------

@@ -23,6 +23,7 @@ import tyro
 
 from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
+from store.models import registry
 from store.models.config import ModelConfig
 
 DESCRIPTION = "Train a model of the zoo on a parquet dataset (one process, or many under torchrun)."
@@ -43,8 +44,8 @@ class OptimConfig:
     sparse: str = "rowwise_adagrad"
     """Embedding optimizer, fused into the backward by TorchRec: rowwise_adagrad, adagrad, adam or sgd."""
     sparse_lr: float | None = None
-    """Learning rate of the embedding tables (default: the model's, 0.05; FM and DeepFM 0.02:
-    store.models.zoo.MODEL_SPARSE_LR)."""
+    """Learning rate of the embedding tables (default: the model's, 0.05; FM and DeepFM 0.02: each
+    model's ModelSpec.sparse_lr)."""
     dense: str = "adam"
     """Optimizer of the dense (non-embedding) parameters: adam, adamw or sgd."""
     dense_lr: float = 1e-3
@@ -133,9 +134,7 @@ class TrainConfig:
 
     data: str = ""
     """Dataset folder (spec.json, train/, valid/, test/)."""
-    model: str = "dnn"
-    """Model of the zoo: store, id, dnn, deepfm, dcn, autoint, rankmixer, onetrans, fm, widedeep, gdcn,
-    masknet, pepnet or ssr."""
+    model: Annotated[str, tyro.conf.arg(help=f"Model of the zoo: {', '.join(registry.names())}.")] = "dnn"
     sids: str = ""
     """SID table folder (sid_table.parquet + meta.json); required by --model store."""
     drop: str = ""
@@ -180,11 +179,11 @@ class TrainConfig:
     model_config: Annotated[ModelConfig, BoolValues, tyro.conf.arg(name="model")] = field(
         default_factory=ModelConfig
     )
-    """Hyper-parameters of the model that --model names (STORE, its ID variant and the baselines)."""
+    """Hyper-parameters of the model that --model names: shared ones, and each model's own group
+    (--model.<name>.<field>)."""
 
     def validate(self) -> None:
         """ConfigError naming the flag, value and rule (model hyper-parameters: ModelConfig.validate)."""
-        from store.models.zoo import MODEL_NAMES, NEEDS_SIDS, sparse_lr
         from trainer.distributed import SHARDING_TYPES
 
         def bad(flag: str, value: Any, rule: str) -> ConfigError:
@@ -194,11 +193,12 @@ class TrainConfig:
             raise bad("--data", self.data, "is required (a dataset folder)")
         if not fs.is_dir(self.data):  # a path or an object-store URI (data_pipeline/fs.py)
             raise bad("--data", self.data, "must be an existing dataset folder")
-        if self.model not in MODEL_NAMES:
-            raise bad("--model", self.model, f"must be one of {', '.join(MODEL_NAMES)}")
+        if self.model not in registry.names():
+            raise bad("--model", self.model, f"must be one of {', '.join(registry.names())}")
+        model = registry.get(self.model)
         if self.optim.sparse_lr is None:  # unset: the model's own default, recorded as such in summary.json
-            self.optim.sparse_lr = sparse_lr(self.model)
-        if self.model in NEEDS_SIDS and not self.sids:
+            self.optim.sparse_lr = model.sparse_lr
+        if model.needs_sids and not self.sids:
             raise ConfigError(
                 f"--model {self.model} needs --sids DIR (a SID table folder from the tokenizer)"
             )
@@ -344,22 +344,32 @@ def _typed(where: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _set_group(group: Any, values: dict[str, Any], table: str, where: str) -> None:
+    """Set the fields of dataclass ``group`` from TOML table ``[table]``; a nested table (``[model.ssr]``)
+    sets a nested group."""
+    known = [f.name for f in dataclasses.fields(group)]
+    for sub, v in values.items():
+        if sub not in known:
+            raise ConfigError(f"{where}: unknown key [{table}] {sub}; known: {sorted(known)}")
+        current = getattr(group, sub)
+        if dataclasses.is_dataclass(current) and isinstance(v, dict):
+            _set_group(current, v, f"{table}.{sub}", where)
+        else:
+            setattr(group, sub, _typed(f"{where}: [{table}] {sub}", v, current))
+
+
 def from_toml(data: dict[str, Any], where: str) -> TrainConfig:
-    """A TOML document -> TrainConfig: top-level keys are fields, one table per group, the model name
-    ``model = "store"`` or ``[model] name = "store"``; unknown keys are rejected."""
+    """A TOML document -> TrainConfig: top-level keys are fields, one table per group (a model's own
+    group: ``[model.<name>]``), the model name ``model = "store"`` or ``[model] name = "store"``;
+    unknown keys are rejected."""
     cfg = TrainConfig()
     top = {f.name for f in dataclasses.fields(cfg)} - set(GROUPS.values()) - {"config"}
     for key, value in data.items():
+        if key == "model" and isinstance(value, dict) and "name" in value:
+            value = dict(value)
+            cfg.model = _typed(f"{where}: [model] name", value.pop("name"), cfg.model)
         if key in GROUPS and isinstance(value, dict):
-            group = getattr(cfg, GROUPS[key])
-            known = [f.name for f in dataclasses.fields(group)]
-            for sub, v in value.items():
-                if key == "model" and sub == "name":
-                    cfg.model = _typed(f"{where}: [model] name", v, cfg.model)
-                elif sub not in known:
-                    raise ConfigError(f"{where}: unknown key [{key}] {sub}; known: {sorted(known)}")
-                else:
-                    setattr(group, sub, _typed(f"{where}: [{key}] {sub}", v, getattr(group, sub)))
+            _set_group(getattr(cfg, GROUPS[key]), value, key, where)
         elif key in top:
             setattr(cfg, key, _typed(f"{where}: {key}", value, getattr(cfg, key)))
         else:

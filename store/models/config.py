@@ -1,21 +1,27 @@
-"""Model hyper-parameters shared by every model of the zoo (``store.models.zoo.build_model``).
+"""Model hyper-parameters (``store.models.zoo.build_model``), the trainer's ``--model.*`` flags.
 
-One flat dataclass: the trainer exposes each field as ``--model.<field>``, so one config can drive a
-whole comparison. The models never see it: ``build_model`` hands each model its own small config
-with only the fields it uses (``store.models.zoo.model_config``; e.g. ``DCNConfig.cross_layers``).
+``ModelConfig``: the fields many models share (``--model.embedding_dim``, ``--model.num_layers``,
+STORE's and its ID twin's options), and one group per model with hyper-parameters of its own,
+``--model.<name>.<field>`` (``--model.masknet.mode serial``): the ``config`` dataclass of its
+``ModelSpec``, declared in the model's module (``store.models.registry``). Every model takes the
+whole config and reads the shared fields and its own group.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
+from store.models import registry
 from store.models.attention import GATINGS, KERNELS
+from store.models.inputs import parse_feature_groups
 from store.models.layers import EMBEDDING_INIT_STD
 
 
 @dataclass
-class ModelConfig:
-    """Hyper-parameters of STORE, its ID variant and the baselines."""
+class SharedModelConfig:
+    """The hyper-parameters several models read (``ModelConfig`` adds one group per model)."""
 
     # -- shared --------------------------------------------------------------------------------
     embedding_dim: int = 16
@@ -23,7 +29,7 @@ class ModelConfig:
     mlp_dims: tuple[int, ...] = (64, 32)
     """Hidden sizes of the prediction head (and of the deep towers of DNN / DeepFM / DCN)."""
     dropout: float = 0.0
-    """Dropout probability in MLPs and attention sublayers (MaskNet has its own: --model.masknet_dropout)."""
+    """Dropout probability in MLPs and attention sublayers (MaskNet has its own: --model.masknet.dropout)."""
     embedding_init_std: float = EMBEDDING_INIT_STD
     """Standard deviation of every embedding table's start (uniform law; raw-ID tables and SID codebooks
     alike)."""
@@ -76,64 +82,25 @@ class ModelConfig:
     """ID model: tokens each high-cardinality feature's raw-ID embedding is projected into (0: as many as the
     SIDs, else 1)."""
 
-    # -- baselines -----------------------------------------------------------------------------
-    cross_layers: int = 3
-    """DCN-v2: full-rank cross layers; GDCN: gated cross layers."""
-    autoint_layers: int = 2
-    """AutoInt: self-attention layers over the feature fields."""
-    autoint_heads: int = 2
-    """AutoInt: heads per self-attention layer; must divide embedding_dim."""
-    rankmixer_tokens: int = 4
-    """RankMixer: tokens the feature fields are packed into; must divide embedding_dim."""
-    masknet_mode: str = "parallel"
-    """MaskNet: "parallel" (every MaskBlock on the embedding, then the mlp_dims MLP) or "serial" (each
-    MaskBlock on the previous one)."""
-    masknet_blocks: int = 3
-    """MaskNet: MaskBlocks."""
-    masknet_block_dim: int = 64
-    """MaskNet: output width of every MaskBlock."""
-    masknet_embedding_norm: bool = False
-    """MaskNet: layer-normalize each field's embedding before the blocks on the embedding (the paper's
-    LN_EMB; off by default: on MovieLens-100K it costs 0.005 validation AUC, store/models/masknet.py)."""
-    masknet_reduction_ratio: float = 2.0
-    """MaskNet: r, the width of each mask's aggregation layer over the width of the vector it masks."""
-    masknet_dropout: float = 0.5
-    """MaskNet: dropout after every MaskBlock and in its MLP (its own default: at 0 the model, 34x DNN's
-    dense parameters, overfits; store/models/masknet.py)."""
-    ssr_variant: str = "static"
-    """SSR: the views' filter, "static" (SSR-S, fixed random dimension subsets) or "dynamic" (SSR-D,
-    iterative competitive sparsity)."""
-    ssr_views: int = 4
-    """SSR: views per layer."""
-    ssr_view_dim: int = 32
-    """SSR: dimensions each view keeps and fuses."""
-    ssr_layers: int = 2
-    """SSR: filter-then-fuse layers."""
-
     def validate(self) -> None:
-        """Raise ValueError naming the flag (``--model.<field>``) and the rule it breaks."""
+        """Raise ValueError naming the flag (``--model.<field>``, ``--model.<name>.<field>``) and the
+        rule it breaks."""
 
         def bad(name: str, rule: str) -> ValueError:
-            return ValueError(f"--model.{name} {rule}, got {getattr(self, name)!r}")
+            return registry.flag_error(name, getattr(self, name), rule)
 
-        positive = ("embedding_dim", "num_heads", "ffn_mult", "moba_block_size", "autoint_heads")
-        positive += ("rankmixer_tokens", "masknet_blocks", "masknet_block_dim", "ssr_views", "ssr_view_dim")
-        positive += ("ssr_layers",)
-        for name in positive:
+        for name in ("embedding_dim", "num_heads", "ffn_mult", "moba_block_size"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
-        for name in ("num_layers", "num_rotations", "id_item_tokens", "cross_layers", "autoint_layers"):
+        for name in ("num_layers", "num_rotations", "id_item_tokens"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         if not self.mlp_dims or any(int(d) <= 0 for d in self.mlp_dims):
             raise bad("mlp_dims", "must be a non-empty list of positive sizes")
         if not self.embedding_init_std > 0:
             raise bad("embedding_init_std", "must be > 0")
-        if not self.masknet_reduction_ratio > 0:
-            raise bad("masknet_reduction_ratio", "must be > 0")
-        for name in ("dropout", "masknet_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise bad(name, "must be in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "must be in [0, 1)")
         if not 0.0 <= self.moba_sparsity < 1.0:
             raise bad("moba_sparsity", "must be in [0, 1)")
         if self.moba_query_block_size < 0:
@@ -151,29 +118,46 @@ class ModelConfig:
         if self.diversity_lambda < 0 or self.orthogonality_weight < 0:
             name = "diversity_lambda" if self.diversity_lambda < 0 else "orthogonality_weight"
             raise bad(name, "must be >= 0")
-        for name, heads in (("num_heads", self.num_heads), ("autoint_heads", self.autoint_heads)):
-            if self.embedding_dim % heads:
-                raise bad(name, f"must divide --model.embedding_dim={self.embedding_dim}")
-        if self.embedding_dim % self.rankmixer_tokens:
-            raise bad("rankmixer_tokens", f"must divide --model.embedding_dim={self.embedding_dim}")
-        if self.masknet_mode not in ("serial", "parallel"):
-            raise bad("masknet_mode", "must be serial or parallel")
-        if self.ssr_variant not in ("static", "dynamic"):
-            raise bad("ssr_variant", "must be static or dynamic")
+        if self.embedding_dim % self.num_heads:
+            raise bad("num_heads", f"must divide --model.embedding_dim={self.embedding_dim}")
         parse_feature_groups(self.feature_groups)
+        for spec in registry.specs():
+            group = getattr(self, spec.name, None)
+            if hasattr(group, "validate"):
+                group.validate(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SharedModelConfig:
+        """The config a run recorded (``dataclasses.asdict``, e.g. summary.json's ``model_config``):
+        lists back to tuples, each model's group back to its dataclass; missing fields take their
+        defaults, unknown ones are dropped."""
+
+        def typed(value: Any) -> Any:
+            return tuple(value) if isinstance(value, list) else value
+
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            if isinstance(value, dict):  # a model's group: f.default_factory is its dataclass
+                known = {g.name for g in dataclasses.fields(f.default_factory)}
+                value = f.default_factory(**{k: typed(v) for k, v in value.items() if k in known})
+            kwargs[f.name] = typed(value)
+        return cls(**kwargs)
 
 
-def parse_feature_groups(text: str) -> dict[str, list[str]]:
-    """'user=age,gender;ctx=hour' -> {'user': ['age', 'gender'], 'ctx': ['hour']} ('' -> {})."""
-    groups: dict[str, list[str]] = {}
-    for part in (p.strip() for p in text.split(";")):
-        if not part:
-            continue
-        name, sep, cols = part.partition("=")
-        features = [c.strip() for c in cols.split(",") if c.strip()]
-        if not sep or not name.strip() or not features:
-            raise ValueError(f"--model.feature_groups: expected 'group=f1,f2;group2=f3', got part {part!r}")
-        if name.strip() in groups:
-            raise ValueError(f"--model.feature_groups: group {name.strip()!r} given twice")
-        groups[name.strip()] = features
-    return groups
+def _with_model_groups(base: type) -> type:
+    """``base`` plus one field per model with a config of its own: ``<name>: <its config>``."""
+    groups = [
+        (spec.name, spec.config, dataclasses.field(default_factory=spec.config))
+        for spec in registry.specs()
+        if spec.config is not None
+    ]
+    cls = dataclasses.make_dataclass("ModelConfig", groups, bases=(base,))
+    cls.__module__ = __name__
+    cls.__doc__ = "Hyper-parameters of STORE, its ID variant and the baselines: shared, and per model."
+    return cls
+
+
+ModelConfig = _with_model_groups(SharedModelConfig)

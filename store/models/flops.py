@@ -1,5 +1,6 @@
 """Analytical forward FLOPs of STORE's transformer (and the whole STORE / ID model) per batch, and of
-the field baselines whose matmuls are all linear layers (``linear_model_flops``).
+the field baselines whose matmuls are all linear layers (``linear_model_flops``); ``model_flops(name)``
+reads the count a model's ``ModelSpec`` declares.
 
 A multiply-add counts 2 FLOPs (as ``torch.utils.flop_counter`` does); biases, norms, softmax and
 activations are not counted. Shape letters: B batch, T tokens, D width, H heads, L layers,
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from store.models import registry
 from store.models.attention import num_blocks, num_kept_blocks
 from store.models.layers import TokenwiseLinear
 
@@ -126,7 +128,7 @@ def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None
     each feature's max_len, the padded length the model uses); each is K tokens with
     ``history_sid_tokens``.
     """
-    cfg, b = model.cfg, batch_size  # cfg: the model's StoreConfig
+    cfg, b = model.cfg, batch_size  # cfg: the ModelConfig it was built with
     t = model.num_fixed_tokens
     per_item = model.num_item_tokens if cfg.history_sid_tokens else 1
     split_items = 0  # ID twin with history_sid_tokens: history items through their table's Linear(D, K*D)
@@ -162,18 +164,27 @@ def store_model_flops(model: nn.Module, batch_size: int, history_len: int | None
     return report
 
 
+def store_flops(model: nn.Module, batch_size: int) -> int:
+    """Forward FLOPs per batch of a ``StoreModel`` ("store", "id"; ``store_model_flops`` by part)."""
+    return store_model_flops(model, batch_size).total_flops
+
+
 # -- field baselines: every matmul is an nn.Linear or a TokenwiseLinear, applied once per row ----------
-LINEAR_MODELS = ("dnn", "deepfm", "fm", "widedeep", "gdcn", "masknet", "pepnet", "ssr")
-"""Zoo models whose forward FLOPs are exactly those of their ``nn.Linear`` and ``TokenwiseLinear``
-layers, each applied once per row (tests/test_zoo_more.py checks the count against torch's
-FlopCounterMode). Their FM, gate and mask products are elementwise and SSR's static filter a gather:
-not counted, like the norms and activations above."""
-
-
-def linear_model_flops(name: str, model: nn.Module, batch_size: int) -> int:
-    """Forward FLOPs per batch of ``batch_size`` rows of zoo model ``name`` (one of LINEAR_MODELS; its
-    embedding tables may be on the meta device)."""
-    if name not in LINEAR_MODELS:
-        raise ValueError(f"no analytical FLOPs for model {name!r} (have {LINEAR_MODELS}, store_model_flops)")
+def linear_model_flops(model: nn.Module, batch_size: int) -> int:
+    """Forward FLOPs per batch of ``batch_size`` rows of a model whose forward FLOPs are exactly those of
+    its ``nn.Linear`` and ``TokenwiseLinear`` layers, each applied once per row (the ``ModelSpec.flops``
+    of such models; tests/test_zoo_more.py checks the count against torch's FlopCounterMode). Their
+    FM, gate and mask products are elementwise and SSR's static filter a gather: not counted, like the
+    norms and activations above. The embedding tables may be on the meta device."""
     tokenwise = sum(m.weight.numel() for m in model.modules() if isinstance(m, TokenwiseLinear))
     return linear_flops(model, batch_size) + 2 * batch_size * tokenwise  # weight (T, in, out): T maps
+
+
+def model_flops(name: str, model: nn.Module, batch_size: int) -> int:
+    """Analytical forward FLOPs per batch of zoo model ``name`` (its ``ModelSpec.flops``); ValueError
+    for a model without one (count those with torch's FlopCounterMode)."""
+    flops = registry.get(name).flops
+    if flops is None:
+        have = [spec.name for spec in registry.specs() if spec.flops is not None]
+        raise ValueError(f"no analytical FLOPs for model {name!r} (have {', '.join(have)})")
+    return flops(model, batch_size)

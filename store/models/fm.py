@@ -9,7 +9,7 @@ The first-order weights w_i are FieldEmbedder's narrow ``<table>_w`` tables, eac
 its row (as in ``store.models.widedeep``: it then learns at ``--optim.sparse_lr``); the dense features enter
 the linear part only, as in DeepFM's FM they are not an FM field (a dense vector has no factor per
 ID). No hyper-parameter of its own: D is ``--model.embedding_dim``. Its tables learn at 0.02 by
-default, as DeepFM's, not the shared 0.05 (``store.models.zoo.MODEL_SPARSE_LR``, chosen by validation AUC).
+default, as DeepFM's, not the shared 0.05 (``store.models.deepfm.SPARSE_LR``, chosen by validation AUC).
 
 The history items have factors and first-order weights of their own (table ``t_item_hist``, as many
 rows as ``t_item``), not the target item's: in the paper's encoding a history is its own group of
@@ -32,25 +32,23 @@ predictions by chance. From zero, MovieLens-100K test AUC went from 0.6974 / 0.6
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
-from store.models.deepfm import factorization_machine
+from store.models.deepfm import SPARSE_LR, factorization_machine
+from store.models.flops import linear_model_flops
+from store.models.inputs import on_fields
 from store.models.layers import RAW_ITEM_TABLE, FieldEmbedder, FieldInputs, ModelOutput, Table
+from store.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from store.models.config import ModelConfig
 
 HISTORY_TABLE = f"{RAW_ITEM_TABLE}_hist"
 """FM's table of the history items (every item-valued feature but the target item)."""
-
-
-@dataclass
-class FMConfig:
-    """FM's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
-
-    embedding_dim: int
-    """D: the factor size of every ID."""
 
 
 def own_history_table(inputs: FieldInputs) -> FieldInputs:
@@ -73,7 +71,7 @@ def own_history_table(inputs: FieldInputs) -> FieldInputs:
 class FM(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,) = bias + first order + dense linear + FM(sparse fields)."""
 
-    def __init__(self, inputs: FieldInputs, cfg: FMConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
         super().__init__()
         # The sparse fields only: the dense features get a weight each below, not a factor.
         sparse = own_history_table(dataclasses.replace(inputs, num_dense=0))
@@ -89,3 +87,6 @@ class FM(nn.Module):
         if self.dense is not None:
             logits = logits + self.dense(batch.dense).squeeze(-1)
         return ModelOutput(logits=logits)
+
+
+SPEC = ModelSpec("fm", on_fields(FM), sparse_lr=SPARSE_LR, flops=linear_model_flops)

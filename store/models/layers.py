@@ -139,7 +139,7 @@ class HistoryFeature:
 
 @dataclass
 class FieldInputs:
-    """A batch's raw features as the baselines read them (``store.models.zoo.field_inputs(spec)``)."""
+    """A batch's raw features as the baselines read them (``store.models.inputs.field_inputs(spec)``)."""
 
     static_tables: list[Table]
     """One table ``t_<f>`` per static (not item-valued) sparse feature f, in spec order."""

@@ -14,7 +14,7 @@ tokens (the S tokens serve as keys/values there); the head reads those NS tokens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from store.models.attention import TokenAttention
+from store.models.inputs import on_fields
 from store.models.layers import (
     FieldInputs,
     Head,
@@ -32,31 +33,17 @@ from store.models.layers import (
     sequence_collection,
     sequence_length,
 )
+from store.models.registry import ModelSpec
 
-
-@dataclass
-class OneTransConfig:
-    """OneTrans's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
-
-    embedding_dim: int
-    """D: width of every token."""
-    num_layers: int
-    """Transformer layers (the last keeps only the NS tokens)."""
-    num_heads: int
-    """Attention heads; divides D."""
-    ffn_mult: int
-    """FFN hidden width = ffn_mult * D."""
-    mlp_dims: tuple[int, ...]
-    """Hidden sizes of the head."""
-    dropout: float
-    """Dropout probability in the attention, FFNs and head."""
+if TYPE_CHECKING:
+    from store.models.config import ModelConfig
 
 
 class OneTransLayer(nn.Module):
     """forward(x (B, T, D) with the N NS tokens first, key_valid (B, T)) -> (B, T, D), or (B, N, D)
     with ``last`` (only the NS tokens go on)."""
 
-    def __init__(self, num_ns: int, dim: int, cfg: OneTransConfig, last: bool = False) -> None:
+    def __init__(self, num_ns: int, dim: int, cfg: ModelConfig, last: bool = False) -> None:
         super().__init__()
         self.num_ns, self.last = num_ns, last
         self.attn = TokenAttention(dim, cfg.num_heads, vanilla=True, dropout=cfg.dropout)
@@ -86,7 +73,7 @@ class OneTransStack(nn.Module):
     forward(x (B, N + L, D), key_valid (B, N + L) or None) -> NS tokens (B, N, D).
     """
 
-    def __init__(self, num_ns: int, dim: int, cfg: OneTransConfig) -> None:
+    def __init__(self, num_ns: int, dim: int, cfg: ModelConfig) -> None:
         super().__init__()
         n = cfg.num_layers
         self.layers = nn.ModuleList([OneTransLayer(num_ns, dim, cfg, last=i == n - 1) for i in range(n)])
@@ -101,7 +88,7 @@ class OneTransStack(nn.Module):
 class OneTrans(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,)."""
 
-    def __init__(self, inputs: FieldInputs, cfg: OneTransConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
         super().__init__()
         if inputs.item_table is None:
             raise ValueError("model 'onetrans' needs an item column (its target-item token)")
@@ -131,3 +118,6 @@ class OneTrans(nn.Module):
         x = torch.cat(tokens, dim=1)  # (B, T, D)
         key_valid = torch.cat(valid, dim=1) if self.history else None
         return ModelOutput(logits=self.head(self.stack(x, key_valid).flatten(1)))
+
+
+SPEC = ModelSpec("onetrans", on_fields(OneTrans))

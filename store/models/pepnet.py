@@ -16,7 +16,7 @@ sg is stop-gradient: the gates read the embeddings without training them through
 paper's choice, so the gates personalise but do not distort the shared embeddings); the prior
 fields' own embeddings are trained through the gates.
 
-Which fields are prior (``PEPNetInputs``, decided by ``store.models.zoo.pepnet_inputs`` from the
+Which fields are prior (``PEPNetInputs``, decided by ``pepnet_inputs`` from the
 spec): the paper's EPNet reads the *domain* (the scenario a request comes from) and PPNet the user,
 item and author IDs. In a single-domain dataset the nearest thing to a domain is the request's
 context, so P_d = the spec's "context" feature group (hour, weekday ...), and P_p = the user ID
@@ -30,12 +30,21 @@ Defaults: the paper's gate scale 2; each Gate NU's hidden layer is as wide as it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
-from store.models.layers import FieldEmbedder, FieldInputs, ModelOutput
+from data_pipeline.spec import DatasetSpec
+from store.models.flops import linear_model_flops
+from store.models.inputs import field_inputs, parse_feature_groups
+from store.models.layers import EMBEDDING_INIT_STD, FieldEmbedder, FieldInputs, ModelOutput
+from store.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from store.models.config import ModelConfig
+    from store.sid import SidTable
 
 GATE_SCALE = 2.0
 """gamma of Gate NU: delta = gamma * sigmoid(.), so an untrained gate (~0.5 * gamma) passes ~1."""
@@ -43,7 +52,7 @@ GATE_SCALE = 2.0
 
 @dataclass
 class PEPNetInputs:
-    """The fields and which of them are the prior ones (``store.models.zoo.pepnet_inputs(spec)``)."""
+    """The fields and which of them are the prior ones (``pepnet_inputs(spec)``)."""
 
     fields: FieldInputs
     """Every sparse feature's table and the dense features, as for the other baselines."""
@@ -51,18 +60,6 @@ class PEPNetInputs:
     """EPNet's prior: sparse features describing the request's context (P_d)."""
     personal: tuple[str, ...]
     """PPNet's prior: sparse features naming the user and the item (P_p)."""
-
-
-@dataclass
-class PEPNetConfig:
-    """PEPNet's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
-
-    embedding_dim: int
-    """D: width of every field."""
-    mlp_dims: tuple[int, ...]
-    """Hidden sizes of PPNet's MLP."""
-    dropout: float
-    """Dropout probability after every hidden layer."""
 
 
 class GateNU(nn.Module):
@@ -80,7 +77,7 @@ class GateNU(nn.Module):
 class PEPNet(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,) = out(PPNet(EPNet(fields)))."""
 
-    def __init__(self, inputs: PEPNetInputs, cfg: PEPNetConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: PEPNetInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
         super().__init__()
         self.fields = FieldEmbedder(inputs.fields, cfg.embedding_dim, device)
         keys = self.fields.keys  # the sparse features in field order (the dense field comes last)
@@ -109,3 +106,29 @@ class PEPNet(nn.Module):
         for gate, layer in zip(self.ppnet[:-1], self.layers, strict=True):
             h = self.dropout(torch.relu(layer(gate(prior) * h)))
         return ModelOutput(logits=self.out(self.ppnet[-1](prior) * h).squeeze(-1))
+
+
+def pepnet_inputs(
+    spec: DatasetSpec, feature_groups: str = "", init_std: float = EMBEDDING_INIT_STD
+) -> PEPNetInputs:
+    """PEPNet's fields and which are its prior ones: the domain prior is the "context" feature group,
+    the personal prior the user-ID feature, the "user" group and the target item; groups from
+    ``feature_groups`` (--model.feature_groups), else the spec's. Features that are not sparse
+    features of the spec are skipped (e.g. a user ID kept only for GAUC)."""
+    groups = parse_feature_groups(feature_groups) or spec.feature_groups
+    unknown = [f for cols in groups.values() for f in cols if f not in spec.sparse_names]
+    if feature_groups and unknown:
+        raise ValueError(f"--model.feature_groups names unknown sparse features {unknown}")
+    personal = [spec.user_id, *groups.get("user", []), spec.item_id]
+    return PEPNetInputs(
+        fields=field_inputs(spec, init_std),
+        domain=tuple(f for f in groups.get("context", []) if f in spec.sparse_names),
+        personal=tuple(dict.fromkeys(f for f in personal if f in spec.sparse_names)),  # unique, in order
+    )
+
+
+def build(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None) -> PEPNet:
+    return PEPNet(pepnet_inputs(spec, cfg.feature_groups, cfg.embedding_init_std), cfg, device)
+
+
+SPEC = ModelSpec("pepnet", build, flops=linear_model_flops)

@@ -1,6 +1,6 @@
 """RankMixer-like baseline (Zhu et al. 2025): parameter-free token mixing + per-token FFNs.
 
-Shape letters: B batch, F fields, D embedding width, T tokens (``--model.rankmixer_tokens``), E = D / T.
+Shape letters: B batch, F fields, D embedding width, T tokens (``--model.rankmixer.tokens``), E = D / T.
 
 Tokenization: the F field embeddings are concatenated (B, F * D), zero-padded and cut into T equal
 chunks, each mapped to D by its own linear map. Each layer:
@@ -12,31 +12,36 @@ then mean pooling over tokens and an MLP head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data_pipeline.batch import Batch
+from store.models.inputs import on_fields
 from store.models.layers import FieldEmbedder, FieldInputs, Head, ModelOutput, TokenwiseLinear
+from store.models.registry import ModelSpec, flag_error
+
+if TYPE_CHECKING:
+    from store.models.config import ModelConfig
 
 
 @dataclass
 class RankMixerConfig:
-    """RankMixer's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
+    """RankMixer's own hyper-parameters (--model.rankmixer.*; layers, FFN width, head and dropout are
+    --model.num_layers, --model.ffn_mult, --model.mlp_dims, --model.dropout)."""
 
-    embedding_dim: int
-    """D: width of every field and token."""
-    num_tokens: int
-    """T: tokens the fields are packed into; divides D."""
-    num_layers: int
-    """RankMixer layers."""
-    ffn_mult: int
-    """Per-token FFN hidden width = ffn_mult * D."""
-    mlp_dims: tuple[int, ...]
-    """Hidden sizes of the head."""
-    dropout: float
-    """Dropout probability in the FFNs and the head."""
+    tokens: int = 4
+    """T: tokens the feature fields are packed into; must divide --model.embedding_dim."""
+
+    def validate(self, model: ModelConfig) -> None:
+        if self.tokens <= 0:
+            raise flag_error("rankmixer.tokens", self.tokens, "must be > 0")
+        if model.embedding_dim % self.tokens:
+            raise flag_error(
+                "rankmixer.tokens", self.tokens, f"must divide --model.embedding_dim={model.embedding_dim}"
+            )
 
 
 def token_mixing(x: torch.Tensor) -> torch.Tensor:
@@ -64,9 +69,9 @@ class RankMixerLayer(nn.Module):
 class RankMixer(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,)."""
 
-    def __init__(self, inputs: FieldInputs, cfg: RankMixerConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
         super().__init__()
-        d, t = cfg.embedding_dim, cfg.num_tokens
+        d, t = cfg.embedding_dim, cfg.rankmixer.tokens
         self.fields = FieldEmbedder(inputs, d, device)
         self.num_tokens = t
         self.chunk = -(-self.fields.num_fields * d // t)
@@ -82,3 +87,6 @@ class RankMixer(nn.Module):
         flat = F.pad(flat, (0, self.num_tokens * self.chunk - flat.shape[1]))  # (B, T * chunk)
         x = self.layers(self.tokenize(flat.view(-1, self.num_tokens, self.chunk)))  # (B, T, D)
         return ModelOutput(logits=self.head(x.mean(1)))
+
+
+SPEC = ModelSpec("rankmixer", on_fields(RankMixer), config=RankMixerConfig)

@@ -14,7 +14,7 @@ and the views are joined: concatenated (B, b * d) between layers, averaged (B, d
 one, which feeds the prediction MLP. A dense layer over N inputs costs N * width; b views of d
 cost b * d * d, so capacity grows by adding views without the quadratic cost.
 
-Filters (``--model.ssr_variant``):
+Filters (``--model.ssr.variant``):
 
 - ``static`` (SSR-S, Static Random Filter): view i keeps a fixed random subset of d of the layer's
   input dimensions, drawn once (a seeded generator per layer, so every rank and every rebuild of the
@@ -25,21 +25,28 @@ Filters (``--model.ssr_variant``):
   every round the dimensions below a fraction of the mean response die (exact zeros) while strong
   ones survive; h_i = gamma * x_T. alpha (T,) and gamma (d,) are learned per view.
 
-Defaults: static filter, b = 4 views of d = 32 dimensions, 2 layers (``--model.ssr_views``,
-``--model.ssr_view_dim``, ``--model.ssr_layers``); ICS with T = 5 rounds, alpha starting at 0.1 and
+Defaults: static filter, b = 4 views of d = 32 dimensions, 2 layers (``--model.ssr.views``,
+``--model.ssr.view_dim``, ``--model.ssr.layers``); ICS with T = 5 rounds, alpha starting at 0.1 and
 gamma at 1 (the authors' code); prediction MLP ``--model.mlp_dims``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data_pipeline.batch import Batch
+from store.models.flops import linear_model_flops
+from store.models.inputs import on_fields
 from store.models.layers import FieldEmbedder, FieldInputs, Head, ModelOutput, TokenwiseLinear
+from store.models.registry import ModelSpec, flag_error
+
+if TYPE_CHECKING:
+    from store.models.config import ModelConfig
 
 ICS_ROUNDS = 5
 """T: competition rounds of the dynamic filter."""
@@ -52,22 +59,25 @@ global seed, so they are the same on every rank and after every rebuild."""
 
 @dataclass
 class SSRConfig:
-    """SSR's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
+    """SSR's own hyper-parameters (--model.ssr.*; the prediction MLP after the last layer is
+    --model.mlp_dims, with --model.dropout)."""
 
-    embedding_dim: int
-    """D: width of every field."""
-    mlp_dims: tuple[int, ...]
-    """Hidden sizes of the prediction MLP after the last layer."""
-    dropout: float
-    """Dropout probability in the prediction MLP."""
-    variant: str
-    """The filter: "static" (SSR-S, random fixed subsets) or "dynamic" (SSR-D, competitive sparsity)."""
-    num_views: int
+    variant: Literal["static", "dynamic"] = "static"
+    """The views' filter: "static" (SSR-S, fixed random dimension subsets) or "dynamic" (SSR-D, iterative
+    competitive sparsity)."""
+    views: int = 4
     """b: views per layer."""
-    view_dim: int
+    view_dim: int = 32
     """d: dimensions each view keeps and fuses."""
-    num_layers: int
-    """SSR layers."""
+    layers: int = 2
+    """Filter-then-fuse layers."""
+
+    def validate(self, model: ModelConfig) -> None:
+        if self.variant not in ("static", "dynamic"):
+            raise flag_error("ssr.variant", self.variant, "must be static or dynamic")
+        for name in ("views", "view_dim", "layers"):
+            if getattr(self, name) <= 0:
+                raise flag_error(f"ssr.{name}", getattr(self, name), "must be > 0")
 
 
 def static_subsets(in_dim: int, num_views: int, view_dim: int, seed: int) -> torch.Tensor:
@@ -101,7 +111,7 @@ class SSRLayer(nn.Module):
 
     def __init__(self, in_dim: int, cfg: SSRConfig, seed: int) -> None:
         super().__init__()
-        b, d = cfg.num_views, cfg.view_dim
+        b, d = cfg.views, cfg.view_dim
         self.num_views = b
         if cfg.variant == "static":
             # Buffer, not parameter: the subsets never train; rebuilt from the seed, never checkpointed.
@@ -126,12 +136,13 @@ class SSRLayer(nn.Module):
 class SSR(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,) = MLP(mean over views of SSR^L(fields (B, N)))."""
 
-    def __init__(self, inputs: FieldInputs, cfg: SSRConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
         super().__init__()
+        own: SSRConfig = cfg.ssr
         self.fields = FieldEmbedder(inputs, cfg.embedding_dim, device)
-        n, b, d = self.fields.num_fields * cfg.embedding_dim, cfg.num_views, cfg.view_dim
-        ins = [n] + [b * d] * (cfg.num_layers - 1)
-        self.layers = nn.ModuleList(SSRLayer(i, cfg, FILTER_SEED * (k + 1)) for k, i in enumerate(ins))
+        n, b, d = self.fields.num_fields * cfg.embedding_dim, own.views, own.view_dim
+        ins = [n] + [b * d] * (own.layers - 1)
+        self.layers = nn.ModuleList(SSRLayer(i, own, FILTER_SEED * (k + 1)) for k, i in enumerate(ins))
         self.head = Head(d, cfg.mlp_dims, cfg.dropout)
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -141,3 +152,6 @@ class SSR(nn.Module):
             x = layer(x).flatten(1)  # (B, b * d): the views concatenated
         x = self.layers[-1](x).mean(1)  # (B, d): the views averaged after the last layer
         return ModelOutput(logits=self.head(x))
+
+
+SPEC = ModelSpec("ssr", on_fields(SSR), config=SSRConfig, flops=linear_model_flops)

@@ -43,88 +43,54 @@ history_tokens=True. For STORE the batch must already be transformed by ``SidTab
 item-valued ones through the item's codes), and the SID collection reads ``batch.sid`` only, so the
 trainer can replicate it. For ID the raw batch is used; t_item serves every item-valued feature.
 
-The model takes explicit inputs (``StoreInputs``: tables, feature lists, groups) and its own
-``StoreConfig``; ``store.models.zoo.build_model`` makes both from the spec, the SID table and
-``--model.*``.
+The model takes explicit inputs (``StoreInputs``: tables, feature lists, groups; ``store_inputs``
+makes them from the spec and the SID table) and ``--model.*`` (``ModelConfig``: STORE's options are
+shared fields, read by both "store" and "id").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
+from data_pipeline.spec import DatasetSpec
 from store.models.attention import TransformerEncoder
+from store.models.flops import store_flops
+from store.models.inputs import history_inputs, parse_feature_groups, static_tables
 from store.models.layers import (
+    EMBEDDING_INIT_STD,
     EXCLUSIVE_INPUT,
+    RAW_ITEM_TABLE,
     Head,
     HistoryFeature,
     ModelOutput,
     StaticEmbedder,
     Table,
     item_collection,
+    low_cardinality_features,
     masked_mean,
+    num_item_rows,
     padded,
     sequence_length,
+    static_table_name,
 )
+from store.models.registry import ModelSpec
 from store.models.rotation import OrthogonalRotation
-from store.sid import sid_feature_name
+from store.sid import SidTable, sid_feature_name, sid_sources
+
+if TYPE_CHECKING:
+    from store.models.config import ModelConfig
 
 DENSE_GROUP = "dense"
 
 
 @dataclass
-class StoreConfig:
-    """Hyper-parameters of STORE and its ID twin (``store.models.zoo.build_model`` fills them from
-    ``--model.*``, whose help says more)."""
-
-    embedding_dim: int
-    """D: width of every table and token."""
-    mlp_dims: tuple[int, ...]
-    """Hidden sizes of the head."""
-    dropout: float
-    """Dropout probability in the head and the attention sublayers."""
-    num_layers: int
-    """L: transformer layers."""
-    num_heads: int
-    """Attention heads; divides D."""
-    ffn_mult: int
-    """Feed-forward hidden width = ffn_mult * D."""
-    moba_block_size: int
-    """MoBA key/value block size (tokens per block)."""
-    moba_sparsity: float
-    """Fraction of key blocks each query skips."""
-    vanilla_attention: bool
-    """Dense attention instead of MoBA."""
-    moba_gather: bool
-    """MoBA through the per-query gather kernel (same as moba_kernel "gather")."""
-    moba_gating: str
-    """MoBA gate granularity: "block" (per query block) or "token" (store.models.attention)."""
-    moba_query_block_size: int
-    """Block gating: queries per query block (0: moba_block_size)."""
-    moba_kernel: str
-    """MoBA kernel: auto, block_sparse, flex, masked_sdpa or gather (store.models.attention.KERNELS)."""
-    rotation: bool
-    """Rotate the static block into R tokens; False: one token per group."""
-    num_rotations: int
-    """R; 0: one per item token (K)."""
-    orthogonal_parametrization: bool
-    """Keep each R_i exactly orthogonal; False: free R_i + orthogonality penalty."""
-    diversity_lambda: float
-    """lambda of the diversity regulariser."""
-    orthogonality_weight: float
-    """Weight of the orthogonality penalty (free R_i only)."""
-    history_tokens: bool
-    """One token per history item; False pools each history into one token."""
-    history_sid_tokens: bool
-    """With history_tokens: one token per SID of each history item (K per item)."""
-
-
-@dataclass
 class StoreInputs:
-    """What STORE and its ID twin read from a batch (``store.models.zoo.store_inputs``)."""
+    """What STORE and its ID twin read from a batch (``store_inputs``)."""
 
     static_tables: list[Table]
     """One mean-pooled table ``t_<f>`` per low-cardinality static feature, in spec order."""
@@ -278,7 +244,7 @@ class StoreModel(nn.Module):
     forward(batch) -> ModelOutput (logits (B,)).
     """
 
-    def __init__(self, inputs: StoreInputs, cfg: StoreConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: StoreInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
         super().__init__()
         d = cfg.embedding_dim
         self.cfg = cfg
@@ -375,3 +341,92 @@ class StoreModel(nn.Module):
 def _shallow_mlp(in_dim: int, dim: int) -> nn.Sequential:
     """One group's encoder: Linear -> ReLU -> Linear to one D-vector."""
     return nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+
+# -- inputs from the spec, and the two specs --------------------------------------------------------
+def store_inputs(
+    spec: DatasetSpec,
+    feature_groups: str,
+    sids: SidTable | None,
+    num_tokens: int,
+    init_std: float = EMBEDDING_INIT_STD,
+) -> StoreInputs:
+    """STORE's inputs when given ``sids`` (its codebooks, ``num_tokens`` = its num_sids), else the ID
+    twin's (one raw-ID table per tokenized feature, ``num_tokens`` tokens each).
+
+    ``feature_groups``: ``--model.feature_groups`` (see ``resolve_groups``).
+    """
+    sources = sid_sources(spec)  # {tokenized feature: the batch features that take its codes}
+    if sids is not None:
+        token_tables = [
+            Table(sid_table_name(src, k, spec.item_id), sids.codebook_size,
+                  tuple(sid_feature_name(f, k) for f in served), init_std)
+            for src, served in sources.items()
+            for k in range(sids.num_sids)
+        ]  # fmt: skip
+    else:
+        token_tables = [
+            Table(RAW_ITEM_TABLE, num_item_rows(spec), tuple(served), init_std)
+            if src == spec.item_id
+            else Table(static_table_name(src), spec.feature(src).vocab_size, tuple(served), init_std)
+            for src, served in sources.items()
+        ]
+    return StoreInputs(
+        static_tables=static_tables(spec, low_cardinality_features(spec), init_std),
+        groups=resolve_groups(spec, feature_groups),
+        tokenized=list(spec.high_cardinality),
+        token_tables=token_tables,
+        num_tokens=num_tokens,
+        sid_tokens=sids is not None,
+        history=history_inputs(spec),
+        num_dense=len(spec.dense),
+    )
+
+
+def resolve_groups(spec: DatasetSpec, feature_groups: str) -> dict[str, list[str]]:
+    """Static feature groups: ``feature_groups`` (--model.feature_groups), else the spec's, else one
+    group of all.
+
+    Tokenized features (item-valued and high-cardinality) are dropped from groups (they are tokens of
+    their own); static features no group names go to an extra group "other"; empty groups are dropped.
+    """
+    static = low_cardinality_features(spec)
+    groups = parse_feature_groups(feature_groups)
+    if groups:
+        unknown = [f for cols in groups.values() for f in cols if f not in spec.sparse_names]
+        if unknown:
+            raise ValueError(f"--model.feature_groups names unknown sparse features {unknown}")
+    else:
+        groups = {g: list(cols) for g, cols in spec.feature_groups.items()}
+    groups = {g: [f for f in cols if f in static] for g, cols in groups.items()}
+    named = {f for cols in groups.values() for f in cols}
+    rest = [f for f in static if f not in named]
+    if rest:
+        groups["other" if groups else "static"] = rest
+    return {g: cols for g, cols in groups.items() if cols}
+
+
+def build_store(
+    spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
+) -> StoreModel:
+    """STORE: the SID table's codebooks, K = its num_sids tokens per tokenized feature."""
+    assert sids is not None  # needs_sids: build_model has checked
+    sids.check_fits(spec)
+    inputs = store_inputs(spec, cfg.feature_groups, sids, sids.num_sids, cfg.embedding_init_std)
+    return StoreModel(inputs, cfg, device)
+
+
+def build_id(
+    spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
+) -> StoreModel:
+    """The ID twin: raw-ID tables, each embedding projected into as many tokens as the SID table has
+    SIDs (when ``sids`` is given; else ``--model.id_item_tokens``, default 1)."""
+    tokens = cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
+    inputs = store_inputs(spec, cfg.feature_groups, None, tokens, cfg.embedding_init_std)
+    return StoreModel(inputs, cfg, device)
+
+
+SPECS = (
+    ModelSpec("store", build_store, needs_sids=True, flops=store_flops),
+    ModelSpec("id", build_id, flops=store_flops),
+)

@@ -20,31 +20,25 @@ weights then overfit (test AUC 0.701 against 0.710 with the mean, seed 0). Deep 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
+from store.models.flops import linear_model_flops
+from store.models.inputs import on_fields
 from store.models.layers import FieldEmbedder, FieldInputs, Head, ModelOutput
+from store.models.registry import ModelSpec
 
-
-@dataclass
-class WideDeepConfig:
-    """Wide & Deep's hyper-parameters (``store.models.zoo.build_model`` fills them from ``--model.*``)."""
-
-    embedding_dim: int
-    """D: width of every field of the deep part."""
-    mlp_dims: tuple[int, ...]
-    """Hidden sizes of the deep part."""
-    dropout: float
-    """Dropout probability in the deep part."""
+if TYPE_CHECKING:
+    from store.models.config import ModelConfig
 
 
 class WideDeep(nn.Module):
     """forward(batch) -> ModelOutput, logits (B,) = wide (first order) + deep MLP(fields)."""
 
-    def __init__(self, inputs: FieldInputs, cfg: WideDeepConfig, device: torch.device | None = None) -> None:
+    def __init__(self, inputs: FieldInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
         super().__init__()
         self.fields = FieldEmbedder(inputs, cfg.embedding_dim, device, first_order=True)
         self.head = Head(self.fields.num_fields * cfg.embedding_dim, cfg.mlp_dims, cfg.dropout)
@@ -53,3 +47,6 @@ class WideDeep(nn.Module):
         fields, first_order = self.fields(batch)  # (B, F, D), (B,): the sum of every ID's weight row
         wide = first_order  # each weight the mean of its row (module docstring)
         return ModelOutput(logits=wide + self.head(fields.flatten(1)))
+
+
+SPEC = ModelSpec("widedeep", on_fields(WideDeep), flops=linear_model_flops)
