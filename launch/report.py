@@ -817,6 +817,8 @@ class Paired:
     """{arm: [(N,) per run]}, in the order of the arm's runs."""
     dropped: int
     """Rows some run scored and another did not (left out of the tests)."""
+    tail: np.ndarray | None = None
+    """(N,) bool, the rows of tail items, when every run marked the same ones (tail AUC's test)."""
 
 
 def read_predictions(run: Run) -> dict[str, np.ndarray]:
@@ -863,7 +865,10 @@ def paired_predictions(arms: Mapping[str, Sequence[Run]]) -> Paired:
                 )
         logits[r.arm].append(p["logit"][at].astype(np.float64))
     dropped = max(p["row"].size for p in preds) - common.size
-    return Paired(ref["label"].astype(np.float64), ref.get("user"), logits, int(dropped))
+    # the tail rows: only when every run marked the same ones (other --eval.tail_buckets: no tail test)
+    tails = [p["tail"][np.searchsorted(p["row"], common)] if "tail" in p else None for p in preds]
+    tail = tails[0] if all(t is not None and np.array_equal(t, tails[0]) for t in tails) else None
+    return Paired(ref["label"].astype(np.float64), ref.get("user"), logits, int(dropped), tail)
 
 
 def seed_pairs(base: Sequence[Run], other: Sequence[Run]) -> list[tuple[int, int]]:
@@ -964,7 +969,9 @@ def significance(
         return {"baseline": baseline, "missing": missing, "comparable": not reasons, "reasons": reasons}
     paired = paired_predictions(arms)
     reasons = comparability(summaries, metas, paired.labels, paired.logits)
-    boot = paired_bootstrap(paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed)
+    boot = paired_bootstrap(
+        paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed, tail=paired.tail
+    )
     result = {
         "baseline": baseline,
         "rows": int(paired.labels.size),

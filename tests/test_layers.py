@@ -58,7 +58,9 @@ def test_no_import_circle():
         state[node] = "open"
         for t in graph[node]:
             if state.get(t) == "open":
-                circles.append(" -> ".join(stack[stack.index(t) :] + [node, t]) if t in stack else f"{node} -> {t}")
+                circles.append(
+                    " -> ".join(stack[stack.index(t) :] + [node, t]) if t in stack else f"{node} -> {t}"
+                )
             elif t not in state:
                 visit(t, [*stack, node])
         state[node] = "done"

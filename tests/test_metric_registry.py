@@ -39,6 +39,7 @@ def test_a_registered_metric_reaches_summary_report_and_significance(with_hit_ra
             out = tmp_path / arm / f"seed{seed}"
             flags = ["--data", str(tiny_data), "--model", model, "--out", str(out), "--epochs", "1"]
             flags += ["--batch-size", "256", "--seed", str(seed), "--eval.metric", "hit_rate"]
+            flags += ["--eval.tail_buckets", "8"]  # most items: tail rows of both classes
             assert run("-m", "trainer", *flags).returncode == 0
             runs.setdefault(arm, []).append(out)
     summary = json.loads((runs["id"][0] / "summary.json").read_text())
@@ -53,10 +54,13 @@ def test_a_registered_metric_reaches_summary_report_and_significance(with_hit_ra
     assert "| hit rate |" in md  # the test table's column header
     sig = json.loads((report / "significance.json").read_text())
     boot = sig["arms"]["store"]["bootstrap"]
-    assert [d["metric"] for d in boot] == ["auc", "gauc", "logloss", "hit_rate"]
-    assert boot[-1]["resamples"] == 50 and boot[-1]["baseline"] == pytest.approx(
-        np.mean([json.loads((o / "summary.json").read_text())["hit_rate"] for o in runs["id"]]), abs=1e-6
-    )
+    assert [d["metric"] for d in boot] == ["auc", "gauc", "logloss", "tail_auc", "hit_rate"]
+    ids = [json.loads((o / "summary.json").read_text()) for o in runs["id"]]
+    assert boot[-1]["resamples"] == 50
+    assert boot[-1]["baseline"] == pytest.approx(np.mean([s["hit_rate"] for s in ids]), abs=1e-6)
+    # the tail rows travel in the predictions file: the report tests tail AUC on the trainer's rows
+    assert boot[3]["baseline"] == pytest.approx(np.mean([s["tail_auc"] for s in ids]), abs=1e-6)
+    assert "| tail AUC |" in md.split("## Significance")[1]
 
 
 def test_an_unknown_eval_metric_and_one_the_data_cannot_compute_are_refused(run, tiny_data, tmp_path):

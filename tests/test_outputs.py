@@ -16,6 +16,7 @@ from data_pipeline.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
+
 @pytest.fixture(scope="module")
 def data(tiny_data) -> Path:
     return tiny_data

@@ -90,6 +90,13 @@ def popularity_buckets(counts: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return (rank * num_buckets) // n
 
 
+def tail_rows(items: torch.Tensor, buckets: torch.Tensor | None, tail_buckets: int) -> torch.Tensor | None:
+    """(N,) bool: the rows whose item lies in popularity buckets [0, tail_buckets) (None without buckets)."""
+    if buckets is None or not buckets.numel():
+        return None
+    return buckets.cpu()[items.long().cpu().clamp(0, buckets.numel() - 1)] < tail_buckets
+
+
 def evaluate_predictions(
     logits: torch.Tensor,
     labels: torch.Tensor,

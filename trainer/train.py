@@ -44,7 +44,7 @@ from trainer.checkpoint import (
 from trainer.config import RUN_ENTRIES, ConfigError, TrainConfig
 from trainer.evaluate import EvalHistory, evaluate_split, item_popularity_buckets, write_predictions
 from trainer.logging import RunLogger
-from trainer.metrics import train_split_stats
+from trainer.metrics import tail_rows, train_split_stats
 from trainer.optim import (
     build_optimizer,
     init_dense_state,
@@ -482,8 +482,9 @@ class Trainer:
             self.pipeline.attach(model)
         if predictions and self.env.is_main:
             path = self.out / "predictions" / predictions
+            tail = tail_rows(preds.items, self.buckets, self.cfg.eval.tail_buckets)
             write_predictions(
-                path, preds, with_users=bool(self.spec.user_id), with_items=bool(self.spec.item_id)
+                path, preds, with_users=bool(self.spec.user_id), with_items=bool(self.spec.item_id), tail=tail
             )
         self.timer.start += time.perf_counter() - t0
         self.evals.record(record_as or split, self.step, epoch, result)
