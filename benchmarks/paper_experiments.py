@@ -354,7 +354,7 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
             [shown + seeds_note(args, runs), metrics[0], vs, *metrics[1:], sps, emb_params(s), mflops]
         )
     if ceiling:
-        row = ceiling_row(ceiling, 4, blank="")
+        row = ceiling_row(ceiling, 3, blank="")
         rows.append([*row[:2], "", *row[2:]])
     header = [
         "model",

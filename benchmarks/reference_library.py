@@ -49,8 +49,8 @@ from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
 from launch.compare import split_trainer_args
 from launch.report import spread
+from store.metrics import auc, gauc_and_users, logloss
 from store.models.config import ModelConfig
-from trainer.metrics import auc, gauc, logloss
 
 LABELS = {
     "dnn": "DNN",
@@ -158,9 +158,9 @@ def library_model(name: str, columns: list, seed: int, cfg: ModelConfig):
 
 def scores(model, x: dict[str, np.ndarray], labels: np.ndarray, users: np.ndarray) -> dict:
     p = torch.from_numpy(model.predict(x, batch_size=EVAL_BATCH).reshape(-1)).double()
-    y = torch.from_numpy(labels)
-    logits = torch.logit(p, eps=1e-7)
-    g, n_users = gauc(torch.from_numpy(users), logits, y)
+    y = labels.astype(np.float64)
+    logits = torch.logit(p, eps=1e-7).numpy()
+    g, n_users = gauc_and_users(users, logits, y)
     return {
         "auc": auc(logits, y),
         "gauc": g,

@@ -42,6 +42,7 @@ import numpy as np
 from data_pipeline import fs, outdir
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text, open_shard
 from launch.stats import NO_DIFFERENCE, delong, paired_bootstrap
+from store.metrics import METRICS, Rows, compute
 
 LABELS = {"id": "ID baseline", "store": "STORE (SIDs)"}
 """Display names of the runs the comparison makes; other run names are shown as they are."""
@@ -72,8 +73,6 @@ BASELINE = "id"
 """The arm the others are tested against when present (else the first arm)."""
 RESAMPLES = 1000
 """Bootstrap resamples of the significance tests."""
-SCORES = ("auc", "gauc", "logloss", "tail_auc")
-"""The test metrics of the tables (gauc / tail_auc are absent without a user / item column)."""
 
 
 # -- small formatting helpers ----------------------------------------------------------------------
@@ -132,20 +131,16 @@ def per_epoch(summary: dict) -> list[dict]:
 
 
 def ceiling_row(ceiling: dict, blanks: int, blank: object = None) -> list:
-    """The Bayes-optimal row of a model table: name, AUC, GAUC, logloss, then ``blanks`` empty cells.
-    GAUC is '-' for data without a user column."""
-    metrics = [ceiling.get("auc"), ceiling.get("gauc"), ceiling.get("logloss")]
-    return ["Bayes-optimal (true click prob.)", *metrics, *[blank] * blanks]
+    """The Bayes-optimal row of a model table: name, every registered metric (``blank`` where the
+    ceiling has none, e.g. tail AUC), then ``blanks`` empty cells. GAUC is NaN ('-') for data without
+    a user column."""
+    return ["Bayes-optimal (true click prob.)", *[ceiling.get(k, blank) for k in METRICS], *[blank] * blanks]
 
 
 def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
     """AUC / GAUC / logloss of the true click probability on `split` (synthetic data), else None.
     GAUC is NaN when the dataset has no user column (spec.user_id "")."""
-    import numpy as np
-    import torch
-
     from data_pipeline.spec import list_shards, split_dir
-    from trainer.metrics import auc, gauc, logloss
 
     try:
         spec = DatasetSpec.load(data)
@@ -157,20 +152,13 @@ def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
     tables = [fs.read_table(p, columns=cols) for p in list_shards(split_dir(data, split))]
     if not tables:
         return None
-    prob = np.concatenate([t[spec.prob].to_numpy() for t in tables]).astype(np.float64)
-    labels = torch.from_numpy(np.concatenate([t[spec.label].to_numpy() for t in tables]).astype(np.float32))
-    p = torch.from_numpy(np.clip(prob, 1e-7, 1 - 1e-7))
-    logits = torch.log(p) - torch.log1p(-p)
-    g = math.nan
-    if spec.user_id:
-        users = np.concatenate([t[spec.user_id].to_numpy() for t in tables]).astype(np.int64)
-        g = gauc(torch.from_numpy(users), logits, labels)[0]
-    return {
-        "auc": auc(logits, labels),
-        "gauc": g,
-        "logloss": logloss(logits, labels),
-        "rows": int(labels.numel()),
-    }
+    prob = np.clip(
+        np.concatenate([t[spec.prob].to_numpy() for t in tables]).astype(np.float64), 1e-7, 1 - 1e-7
+    )
+    labels = np.concatenate([t[spec.label].to_numpy() for t in tables]).astype(np.float64)
+    users = np.concatenate([t[spec.user_id].to_numpy() for t in tables]) if spec.user_id else None
+    rows = Rows.of(np.log(prob) - np.log1p(-prob), labels, users)
+    return {"gauc": math.nan, **compute(rows), "rows": int(labels.size)}
 
 
 def finite(values: Iterable[object]) -> list[float]:
@@ -330,7 +318,7 @@ def scores_of(summary: dict, which: str = "best") -> dict:
     else the last) or of the last weights ('last': test_last, empty in runs from before it existed)."""
     if which == "last":
         return summary.get("test_last") or {}
-    return {**summary.get("test", {}), **{k: summary[k] for k in SCORES if k in summary}}
+    return {**summary.get("test", {}), **{k: summary[k] for k in METRICS if k in summary}}
 
 
 def reported_weights(runs: Sequence[dict]) -> str:
@@ -475,13 +463,13 @@ def section_test(summaries: Mapping[str, dict | Sequence[dict]], ceiling: dict |
             metrics = [scores_of(s, which) for s in runs]
             rows.append([
                 label(n), reported_weights(runs) if which == "best" else "last epoch",
-                *[spread(m.get(k) for m in metrics) for k in SCORES],
+                *[spread(m.get(k) for m in metrics) for k in METRICS],
                 spread((s.get("steps") for s in runs), count), len(runs),
             ])  # fmt: skip
     if ceiling:
-        row = ceiling_row(ceiling, 3)
+        row = ceiling_row(ceiling, 2)
         rows.append([row[0], "-", *row[1:]])
-    text = md_table(["model", "weights", "AUC", "GAUC", "logloss", "tail AUC", "steps", "seeds"], rows)
+    text = md_table(["model", "weights", *(m.title for m in METRICS.values()), "steps", "seeds"], rows)
     text += (
         "\n\nMean ± standard deviation over the seeds (a single value: one seed, or all seeds equal). "
         "Whether a difference is more than noise: the next section."
@@ -500,7 +488,7 @@ def section_epochs(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
         epochs = epoch_rows(runs)
         for epoch, entries in epochs.items():
             rows.append([
-                label(name), epoch, *[spread(e.get(k) for e in entries) for k in SCORES], len(entries),
+                label(name), epoch, *[spread(e.get(k) for e in entries) for k in METRICS], len(entries),
             ])  # fmt: skip
         means = {e: finite_mean(x.get("auc") for x in entries) for e, entries in epochs.items()}
         finite = {e: v for e, v in means.items() if math.isfinite(v)}
@@ -511,7 +499,7 @@ def section_epochs(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
                 f"{label(name)}: AUC epoch {first} -> {last}: {finite[last] - finite[first]:+.4f} "
                 f"(best at epoch {best})"
             )
-    text = md_table(["model", "epoch", "AUC", "GAUC", "logloss", "tail AUC", "seeds"], rows)
+    text = md_table(["model", "epoch", *(m.title for m in METRICS.values()), "seeds"], rows)
     if effect:
         text += (
             "\n\nOne-epoch effect (raw-ID models tend to peak after one epoch and overfit, SIDs keep improving; "
@@ -829,6 +817,8 @@ class Paired:
     """{arm: [(N,) per run]}, in the order of the arm's runs."""
     dropped: int
     """Rows some run scored and another did not (left out of the tests)."""
+    tail: np.ndarray | None = None
+    """(N,) bool, the rows of tail items, when every run marked the same ones (tail AUC's test)."""
 
 
 def read_predictions(run: Run) -> dict[str, np.ndarray]:
@@ -875,7 +865,10 @@ def paired_predictions(arms: Mapping[str, Sequence[Run]]) -> Paired:
                 )
         logits[r.arm].append(p["logit"][at].astype(np.float64))
     dropped = max(p["row"].size for p in preds) - common.size
-    return Paired(ref["label"].astype(np.float64), ref.get("user"), logits, int(dropped))
+    # the tail rows: only when every run marked the same ones (other --eval.tail_buckets: no tail test)
+    tails = [p["tail"][np.searchsorted(p["row"], common)] if "tail" in p else None for p in preds]
+    tail = tails[0] if all(t is not None and np.array_equal(t, tails[0]) for t in tails) else None
+    return Paired(ref["label"].astype(np.float64), ref.get("user"), logits, int(dropped), tail)
 
 
 def seed_pairs(base: Sequence[Run], other: Sequence[Run]) -> list[tuple[int, int]]:
@@ -976,7 +969,9 @@ def significance(
         return {"baseline": baseline, "missing": missing, "comparable": not reasons, "reasons": reasons}
     paired = paired_predictions(arms)
     reasons = comparability(summaries, metas, paired.labels, paired.logits)
-    boot = paired_bootstrap(paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed)
+    boot = paired_bootstrap(
+        paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed, tail=paired.tail
+    )
     result = {
         "baseline": baseline,
         "rows": int(paired.labels.size),
@@ -1026,6 +1021,14 @@ def auc_of(summary: dict) -> float:
     return float(v) if v is not None else math.nan
 
 
+def metric_title(name: str) -> str:
+    """How a table names metric ``name``: its registered title, with the direction when lower is better."""
+    m = METRICS.get(name)
+    if m is None:  # a significance.json from a metric no longer registered
+        return name
+    return m.title if m.higher_is_better else f"{m.title} (lower is better)"
+
+
 def section_significance(arms: Mapping[str, Sequence[Run]], baseline: str, result: dict) -> str:
     summaries = {n: [r.summary for r in rs] for n, rs in arms.items()}
     others = [n for n in arms if n != baseline]
@@ -1071,7 +1074,7 @@ def section_significance(arms: Mapping[str, Sequence[Run]], baseline: str, resul
         shown = (lambda v: v) if r.get("comparable", True) else (lambda v: "not comparable")
         rows = [
             [
-                d["metric"].upper() if d["metric"] != "logloss" else "logloss (lower is better)",
+                metric_title(d["metric"]),
                 d["baseline"], d["arm"], signed(d["diff"]), interval(d["low"], d["high"]),
                 p_text(d["p"], floor), shown(d["verdict"]),
             ]

@@ -2,8 +2,8 @@
 
 Two tests, numpy only:
 
-- ``paired_bootstrap``: the difference of AUC, GAUC and logloss between each arm and a baseline, with a
-  percentile interval, from resamples of the test split. Users are resampled as clusters (a user's
+- ``paired_bootstrap``: the difference of every registered metric (``store.metrics.METRICS``: AUC,
+  GAUC, logloss, ...) between each arm and a baseline, with a percentile interval, from resamples of the test split. Users are resampled as clusters (a user's
   rows are not independent: their clicks share the user), rows when the data has no user column.
   Every resample is applied to every arm and every seed, so the interval is the one of the paired
   difference. A metric of an arm with several seeds is the mean over its seeds.
@@ -19,7 +19,8 @@ Every metric is then a function of the counts c (B resamples x U clusters):
   not change when all of its rows are repeated);
 - AUC = sum_{i pos, j neg} c_i c_j H(s_i - s_j) / (P N), H = 1 / 0.5 / 0 for > / = / <: with the
   negatives sorted once per score vector, the weight of the negatives below each positive is a
-  cumulative sum of the counts, O(rows) per resample.
+  cumulative sum of the counts, O(rows) per resample;
+- a metric of kind "rows" is computed on the resampled rows themselves.
 
 Shapes: N test rows, U clusters, S seeds of an arm, B resamples.
 """
@@ -27,86 +28,15 @@ Shapes: N test rows, U clusters, S seeds of an arm, B resamples.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from store.metrics import METRICS, Metric, Rows, midranks
+
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no significant difference"
 """The verdicts: the arm against the baseline."""
-HIGHER_IS_BETTER = {"auc": True, "gauc": True, "logloss": False}
-"""The direction of each metric the bootstrap reports."""
-
-
-# -- point metrics --------------------------------------------------------------------------------
-def midranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of `x` (n,), tied values sharing the mean of their ranks."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    n = xs.size
-    new = np.ones(n, dtype=bool)
-    new[1:] = xs[1:] != xs[:-1]
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], n)
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return ranks
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC (ties count one half); NaN when only one class is present."""
-    pos = np.asarray(labels) > 0.5
-    m, n = int(pos.sum()), int((~pos).sum())
-    if m == 0 or n == 0:
-        return math.nan
-    r = midranks(np.asarray(scores, dtype=np.float64))
-    return float((r[pos].sum() - m * (m + 1) / 2.0) / (m * n))
-
-
-def row_logloss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Binary cross-entropy of sigmoid(logits) per row (N,), stable for large |logit|."""
-    z = np.asarray(logits, dtype=np.float64)
-    return np.maximum(z, 0.0) - z * labels + np.log1p(np.exp(-np.abs(z)))
-
-
-def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(row_logloss(logits, labels).mean()) if len(labels) else math.nan
-
-
-def user_aucs(users: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per user u (users as given, 0..U-1): (AUC_u, rows n_u), AUC_u NaN for a user with one class.
-
-    One sort by (user, score); tied scores inside a user share their mean rank (the Mann-Whitney
-    statistic per user, as trainer.metrics.gauc)."""
-    num_users = int(users.max()) + 1 if users.size else 0
-    order = np.argsort(scores, kind="stable")
-    order = order[np.argsort(users[order], kind="stable")]  # by user, by score inside a user
-    u, s, y = users[order], scores[order], labels[order].astype(np.float64)
-    n = u.size
-    new_user = np.ones(n, dtype=bool)
-    new_user[1:] = u[1:] != u[:-1]
-    new_tie = new_user.copy()
-    new_tie[1:] |= s[1:] != s[:-1]
-    user_start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
-    pos_in_user = np.arange(n) - user_start + 1.0  # ranks 1..n_u inside the user
-    tie_id = np.cumsum(new_tie) - 1
-    rank = (np.bincount(tie_id, pos_in_user) / np.bincount(tie_id))[tie_id]
-    count = np.bincount(u, minlength=num_users).astype(np.float64)
-    pos = np.bincount(u, y, minlength=num_users)
-    rank_pos = np.bincount(u, rank * y, minlength=num_users)
-    neg = count - pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = (rank_pos - pos * (pos + 1) / 2.0) / (pos * neg)
-    a[(pos == 0) | (neg == 0)] = np.nan
-    return a, count
-
-
-def gauc(users: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> float:
-    """Impression-weighted mean of per-user AUC over users with both classes (NaN if none)."""
-    _, inverse = np.unique(users, return_inverse=True)
-    a, n = user_aucs(inverse.ravel(), scores, labels)
-    ok = np.isfinite(a)
-    return float((a[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else math.nan
 
 
 # -- DeLong ---------------------------------------------------------------------------------------
@@ -266,71 +196,41 @@ def paired_bootstrap(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    tail: np.ndarray | None = None,
 ) -> dict[str, list[Difference]]:
-    """Each arm of `logits` against `baseline` -> {arm: [Difference for auc, (gauc,) logloss]}.
+    """Each arm of `logits` against `baseline` -> {arm: [Difference per metric]}, for every metric of
+    the registry (``store.metrics.METRICS``) these rows can compute, in its order.
 
     labels: (N,) 0/1; logits: {arm: [(N,) per seed]}, every vector rating the same rows in the same
     order; users: (N,) user per row, the clusters that are resampled (None: rows are resampled and
-    there is no GAUC). A metric of an arm is the mean over its seeds; every resample is shared by all
-    arms and seeds.
+    there is no GAUC); tail: (N,) the tail-item mask (None: no tail AUC). A metric of an arm is the
+    mean over its seeds; every resample is shared by all arms and seeds.
     """
     if baseline not in logits:
         raise ValueError(f"baseline {baseline!r} is not one of the arms {sorted(logits)}")
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     labels = np.asarray(labels, dtype=np.float64)
-    pos = labels > 0.5
     if users is None:
         clusters = np.arange(labels.size)
     else:
         clusters = np.unique(np.asarray(users), return_inverse=True)[1].ravel()
     num_clusters = int(clusters.max()) + 1 if labels.size else 0
     arms = list(logits)
-    runs = [(arm, np.asarray(v, dtype=np.float64)) for arm in arms for v in logits[arm]]
-    metrics = ["auc", "logloss"] if users is None else ["auc", "gauc", "logloss"]
+    runs = [
+        (arm, Rows(np.asarray(v, dtype=np.float64), labels, None if users is None else clusters, tail))
+        for arm in arms
+        for v in logits[arm]
+    ]
+    metrics = [m for m in METRICS.values() if runs[0][1].has(m.needs)]
     # arm_of_run (A, R): each arm's mean over its runs (seeds)
     arm_of_run = np.array([[float(a == arm) for a, _ in runs] for arm in arms])
     arm_of_run /= arm_of_run.sum(1, keepdims=True)
-
-    # Sums per cluster that every resample weighs by its counts: the rows W (K, U) are rows,
-    # positives, negatives, then per run its summed loss, and (users) n_u AUC_u and n_u of the users
-    # with both classes.
-    per_cluster = [np.bincount(clusters, minlength=num_clusters).astype(np.float64)]
-    per_cluster.append(np.bincount(clusters, pos.astype(np.float64), minlength=num_clusters))
-    per_cluster.append(per_cluster[0] - per_cluster[1])
-    per_cluster += [np.bincount(clusters, row_logloss(v, labels), minlength=num_clusters) for _, v in runs]
-    if users is not None:
-        terms = []
-        for _, v in runs:
-            a, n = user_aucs(clusters, v, labels)
-            ok = np.isfinite(a)
-            terms.append((np.where(ok, a * n, 0.0), np.where(ok, n, 0.0)))
-        per_cluster += [t[0] for t in terms] + [t[1] for t in terms]
-    weights = np.stack(per_cluster)
-    R = len(runs)
-    aucs = [ClusterAuc(v, pos, clusters) for _, v in runs]
-    pos_clusters = clusters[pos]
-
-    def run_metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
-        """Every metric of every run (R,) under cluster counts (U,)."""
-        # einsum, not BLAS: OpenBLAS threads spin badly on a busy machine, these products are small
-        sums = np.einsum("ku,u->k", weights, counts.astype(np.float64))
-        rows, total_pos, total_neg = sums[0], sums[1], sums[2]
-        out = {"logloss": sums[3 : 3 + R] / rows}
-        if users is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out["gauc"] = sums[3 + R : 3 + 2 * R] / sums[3 + 2 * R : 3 + 3 * R]
-        if total_pos == 0 or total_neg == 0:
-            out["auc"] = np.full(R, np.nan)
-        else:
-            below = np.stack([a.below(counts) for a in aucs]).astype(np.float64)  # (R, P)
-            numerator = np.einsum("rp,p->r", below, counts[pos_clusters].astype(np.float64))
-            out["auc"] = numerator / (2.0 * total_pos * total_neg)
-        return out
+    run_metrics = _resampled_metrics(metrics, [r for _, r in runs], clusters, num_clusters)
 
     point = {k: arm_of_run @ v for k, v in run_metrics(np.ones(num_clusters, dtype=np.uint8)).items()}
     rng = np.random.default_rng(seed)
-    draws = {k: np.empty((resamples, len(arms))) for k in metrics}  # (B, A)
+    draws = {m.name: np.empty((resamples, len(arms))) for m in metrics}  # (B, A)
     for b in range(resamples):
         for k, values in run_metrics(cluster_counts(rng, num_clusters)).items():
             draws[k][b] = arm_of_run @ values
@@ -342,7 +242,8 @@ def paired_bootstrap(
         if arm == baseline:
             continue
         out[arm] = []
-        for k in metrics:
+        for m in metrics:
+            k = m.name
             d = draws[k][:, i] - draws[k][:, base]
             d = d[np.isfinite(d)]
             diff = float(point[k][i] - point[k][base])
@@ -352,10 +253,69 @@ def paired_bootstrap(
             else:
                 low = high = p = math.nan
             # a resample without a positive or a negative row: too few of a class for the bootstrap
-            said = verdict(low, high, HIGHER_IS_BETTER[k]) if d.size == resamples else NO_DIFFERENCE
+            said = verdict(low, high, m.higher_is_better) if d.size == resamples else NO_DIFFERENCE
             out[arm].append(
                 Difference(
                     k, float(point[k][base]), float(point[k][i]), diff, low, high, p, said, int(d.size)
                 )
             )
     return out
+
+
+def _resampled_metrics(
+    metrics: Sequence[Metric], runs: Sequence[Rows], clusters: np.ndarray, num_clusters: int
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """``counts (U,) -> {metric: value per run (R,)}``: every metric of every run when cluster u
+    weighs counts[u], set up once for all resamples (see the module docstring)."""
+    R = len(runs)
+    # kind "ratio": the per-cluster numerators and denominators of every (metric, run), one matrix W
+    # (2 x metrics x R, U) that each resample weighs by its counts
+    ratios = [m for m in metrics if m.kind == "ratio"]
+    parts = [m.per_cluster(r, clusters, num_clusters) for m in ratios for r in runs]  # type: ignore[misc]
+    weights = np.stack([p[0] for p in parts] + [p[1] for p in parts]) if parts else None
+    half = len(parts)
+    # kind "auc": per metric, its rows' clusters and each run's ClusterAuc
+    aucs = {}
+    for m in (m for m in metrics if m.kind == "auc"):
+        mask = m.subset(runs[0]) if m.subset is not None else np.ones(clusters.size, dtype=bool)
+        pos = (runs[0].labels > 0.5) & mask
+        neg = (runs[0].labels <= 0.5) & mask
+        sub = clusters[mask]
+        sub_pos = runs[0].labels[mask] > 0.5
+        aucs[m.name] = (
+            clusters[pos],
+            clusters[neg],
+            [ClusterAuc(r.logits[mask], sub_pos, sub) for r in runs],
+        )
+    by_rows = [m for m in metrics if m.kind == "rows"]
+
+    def run_metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if weights is not None:
+            # einsum, not BLAS: OpenBLAS threads spin badly on a busy machine, these products are small
+            sums = np.einsum("ku,u->k", weights, counts.astype(np.float64))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = sums[:half] / sums[half:]
+            for j, m in enumerate(ratios):
+                out[m.name] = values[j * R : (j + 1) * R]
+        for name, (pos_clusters, neg_clusters, per_run) in aucs.items():
+            total_pos = float(counts[pos_clusters].sum(dtype=np.int64))
+            total_neg = float(counts[neg_clusters].sum(dtype=np.int64))
+            if total_pos == 0 or total_neg == 0:
+                out[name] = np.full(R, np.nan)
+                continue
+            below = np.stack([a.below(counts) for a in per_run]).astype(np.float64)  # (R, P)
+            numerator = np.einsum("rp,p->r", below, counts[pos_clusters].astype(np.float64))
+            out[name] = numerator / (2.0 * total_pos * total_neg)
+        if by_rows:
+            idx = np.repeat(np.arange(clusters.size), counts[clusters])
+            for m in by_rows:
+                out[m.name] = np.array([m.fn(_take(r, idx)) for r in runs])
+        return {m.name: out[m.name] for m in metrics}
+
+    return run_metrics
+
+
+def _take(rows: Rows, idx: np.ndarray) -> Rows:
+    pick = lambda x: None if x is None else x[idx]  # noqa: E731
+    return Rows(rows.logits[idx], rows.labels[idx], pick(rows.users), pick(rows.tail))

@@ -64,7 +64,7 @@ def saved(tmp_path: Path) -> Path:
 
 
 def test_check_files_names_a_truncated_or_missing_file(tmp_path):
-    from trainer.checkpoint_errors import check_files
+    from data_pipeline.checkpoint_files import check_files
 
     path = saved(tmp_path)
     check_files(path)  # whole: nothing to say
@@ -80,7 +80,7 @@ def test_check_files_names_a_truncated_or_missing_file(tmp_path):
 def test_unwrap_turns_dcp_failures_into_checkpoint_errors(tmp_path):
     """DCP's CheckpointException is a BaseException (``except Exception`` misses it) without the file's
     name; `unwrap` names the file when it is unreadable and hands back a mismatch as it is."""
-    from trainer.checkpoint_errors import unwrap
+    from data_pipeline.checkpoint_files import unwrap
 
     def dcp_load(path: Path, state: dict) -> None:  # what CheckpointManager.load runs
         dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))

@@ -13,14 +13,8 @@ import torch.multiprocessing as mp
 from sklearn.metrics import log_loss, roc_auc_score
 
 from data_pipeline.spec import DataError, DatasetSpec
-from trainer.metrics import (
-    auc,
-    evaluate_predictions,
-    gauc,
-    logloss,
-    popularity_buckets,
-    train_split_stats,
-)
+from store.metrics import auc, gauc_and_users, logloss
+from trainer.metrics import evaluate_predictions, popularity_buckets, train_split_stats
 
 
 def sklearn_gauc(users, scores, labels):
@@ -35,12 +29,13 @@ def sklearn_gauc(users, scores, labels):
 
 
 def test_auc_and_logloss_match_sklearn_on_fixed_example():
-    labels = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1, 1, 0], dtype=torch.float32)
-    logits = torch.tensor([-1.0, 0.5, 0.5, 2.0, -0.3, 0.1, 0.1, -2.0, 1.0, 0.0])
-    assert auc(logits, labels) == pytest.approx(roc_auc_score(labels.numpy(), logits.numpy()), abs=1e-7)
-    probs = torch.sigmoid(logits.double()).numpy()
-    assert logloss(logits, labels) == pytest.approx(log_loss(labels.numpy(), probs), abs=1e-9)
-    assert math.isnan(auc(logits, torch.ones(10)))
+    labels = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1, 0], dtype=np.float32)
+    logits = np.array([-1.0, 0.5, 0.5, 2.0, -0.3, 0.1, 0.1, -2.0, 1.0, 0.0])
+    assert auc(logits, labels) == pytest.approx(roc_auc_score(labels, logits), abs=1e-12)
+    probs = torch.sigmoid(torch.from_numpy(logits)).numpy()
+    assert logloss(logits, labels) == pytest.approx(log_loss(labels, probs), abs=1e-12)
+    assert logloss(np.array([800.0, -800.0]), np.array([0.0, 1.0])) == pytest.approx(800.0)
+    assert math.isnan(auc(logits, np.ones(10)))
 
 
 def test_gauc_matches_sklearn_with_ties_and_one_class_users():
@@ -51,7 +46,7 @@ def test_gauc_matches_sklearn_with_ties_and_one_class_users():
     labels = (rng.random(n) < 0.3 + 0.1 * (scores > 0)).astype(np.float32)
     users[users == 7] = 8  # a busy user
     labels[users == 3] = 1.0  # a one-class user: skipped
-    got, used = gauc(torch.from_numpy(users), torch.from_numpy(scores), torch.from_numpy(labels))
+    got, used = gauc_and_users(users * 7 + 3, scores, labels)  # arbitrary user IDs, not 0..U-1
     assert got == pytest.approx(sklearn_gauc(users, scores, labels), abs=1e-10)
     assert used == len([u for u in np.unique(users) if 0 < labels[users == u].mean() < 1])
 

@@ -4,67 +4,22 @@ locations are refused by name where the output must be local. Each case was a bu
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from data_pipeline import outdir
 from data_pipeline.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
-MAINS = {
-    "data_pipeline": "data_pipeline.__main__",
-    "trainer": "trainer.__main__",
-    "store.tokenizer": "store.tokenizer.pipeline",
-    "launch.compare": "launch.compare",
-    "launch.report": "launch.report",
-}
-"""``python -m NAME`` -> the module whose main() it runs (called in this process: one import of torch
-and TorchRec for the whole file instead of one per command)."""
-
-
-@dataclass
-class Done:
-    returncode: int
-    stderr: str
-
-
-@pytest.fixture
-def run(capsys, monkeypatch):
-    """run("-m", NAME, *argv, cwd=DIR): the command's exit code and stderr, as a user would see them."""
-
-    def call(*args: str, cwd: Path | None = None) -> Done:
-        assert args[0] == "-m"
-        if cwd is not None:
-            monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            code = importlib.import_module(MAINS[args[1]]).main(list(args[2:]))
-        except SystemExit as e:
-            code = e.code
-        finally:
-            torch.set_num_threads(threads)
-        return Done(code, capsys.readouterr().err)
-
-    return call
-
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from data_pipeline.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("outputs") / "data"
-    generate_dataset(root, 1200, items=200, users=60, seed=0, progress=False)
-    return root
+def data(tiny_data) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")

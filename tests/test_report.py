@@ -13,6 +13,7 @@ import pytest
 
 from launch import report, stats
 from launch.report import PREDICTIONS, SECTIONS, find_runs, main
+from store import metrics as sm
 
 ROWS, USERS = 3000, 400
 
@@ -46,8 +47,8 @@ def fake_run(
     folder.mkdir(parents=True)
     test: dict = {"bucket_auc": [0.55, 0.7], "bucket_rows": [10, 90]}
     if logits is not None:
-        test |= {"auc": stats.auc(logits, split["label"]), "logloss": stats.logloss(logits, split["label"]),
-                 "gauc": stats.gauc(split["user"], logits, split["label"]), "tail_auc": 0.6}  # fmt: skip
+        test |= {"auc": sm.auc(logits, split["label"]), "logloss": sm.logloss(logits, split["label"]),
+                 "gauc": sm.gauc(split["user"], logits, split["label"]), "tail_auc": 0.6}  # fmt: skip
     valid = [{"split": "valid", "epoch": e, "step": 10 * (e + 1), "auc": 0.6 + 0.01 * e + 0.001 * seed,
               "logloss": 0.5, "gauc": 0.55} for e in range(3)]  # fmt: skip
     summary = {
@@ -94,8 +95,7 @@ def test_report_from_seed_folders_and_repeated_runs(test_split, tmp_path, capsys
     ids = [logits_of(test_split, 0.3, s) for s in range(3)]
     stores = [logits_of(test_split, 0.9, 10 + s) for s in range(3)]
     mean_auc = {
-        n: np.mean([stats.auc(v, test_split["label"]) for v in vs])
-        for n, vs in (("id", ids), ("store", stores))
+        n: np.mean([sm.auc(v, test_split["label"]) for v in vs]) for n, vs in (("id", ids), ("store", stores))
     }
     assert auc["baseline"] == pytest.approx(mean_auc["id"]) and auc["arm"] == pytest.approx(mean_auc["store"])
     assert [d["verdict"] for d in (auc, gauc, logloss)] == ["better"] * 3
@@ -107,7 +107,7 @@ def test_report_from_seed_folders_and_repeated_runs(test_split, tmp_path, capsys
     d0 = stats.delong(ids[0], stores[0], test_split["label"])
     assert delongs[0]["p"] == pytest.approx(d0.p) and delongs[0]["diff"] == pytest.approx(d0.diff)
     # mean ± std over seeds, best and last weights, seeds per arm
-    id_aucs = [stats.auc(v, test_split["label"]) for v in ids]
+    id_aucs = [sm.auc(v, test_split["label"]) for v in ids]
     shown = f"{np.mean(id_aucs):.4f} ± {np.std(id_aucs, ddof=1):.4f}"
     assert f"| ID baseline | best valid (epoch 1, 2, 1) | {shown} |" in md
     assert "| ID baseline | last epoch |" in md and "| 3 |\n" in md

@@ -9,8 +9,8 @@
 Modules: `config` (dataclasses, TOML, flags), `distributed` (process group, sharding plan, DMP,
 every collective), `optim` (dense / rotation optimizers, LR schedule), `train` (build, the loop, the
 step), `evaluate` (predictions of a split, gathered across ranks, and their metrics), `metrics`
-(AUC, GAUC, logloss, tail AUC of gathered predictions), `summary` (timers, throughput, memory,
-summary.json), `checkpoint` (atomic DCP checkpoints; `checkpoint_errors`: why one cannot be read),
+(a split's registered metrics, store.metrics, and the train-split statistics they need), `summary` (timers, throughput, memory,
+summary.json), `checkpoint` (atomic DCP checkpoints, read through `data_pipeline.checkpoint_files`),
 `preflight` (the splits checked before training), `logging` (TensorBoard, console, JSON; the library
 warnings known to be harmless silenced). Outputs in OUT: checkpoints/step_<N>/, tensorboard/,
 metrics.json, summary.json.

@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from torch.distributed.checkpoint.api import CheckpointException
 
+    from data_pipeline import checkpoint_files
     from data_pipeline.spec import DataError
-    from trainer import checkpoint_errors
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError, parse_args
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 4
     except CheckpointException as e:  # DCP's, a BaseException: a checkpoint file unreadable or unfit
-        print(f"error: {checkpoint_errors.describe(cfg.out, e)}", file=sys.stderr)
+        print(f"error: {checkpoint_files.describe(cfg.out, e)}", file=sys.stderr)
         return 4
     except ValueError as e:  # the model zoo rejects a spec / config it cannot serve
         print(f"error: {e}", file=sys.stderr)

@@ -8,19 +8,16 @@ Layout::
                                        looks whole
 
 State is a nested dict whose leaves are tensors only (model and optimizer state dicts hold
-ShardedTensors / DTensors for sharded tables; trainer state is small tensors), so loading never
-unpickles an arbitrary object: DCP's own metadata file goes through an allow-list unpickler, and a
-checkpoint holding pickled values (bytes) is refused.
+ShardedTensors / DTensors for sharded tables; trainer state is small tensors). Reading a checkpoint
+(the safe metadata unpickler, the checks that name a missing or truncated file) is
+``data_pipeline.checkpoint_files``, shared with the tokenizer.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import pickle
 import random
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,75 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
+from data_pipeline.checkpoint_files import (  # noqa: F401  (the trainer's names for them)
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    CheckpointError,
+    SafeFileSystemReader,
+    complete,
+    keys,
+    latest,
+    load,
+)
 from trainer.distributed import barrier
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
-"""OUT/best/step_<N>/: the model weights of the best validation so far (the trainer's --eval.metric)."""
-_STEP_RE = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not fit the run."""
-
-
-# -- safe metadata loading -----------------------------------------------------------------------
-_ALLOWED_MODULE_PREFIXES = (
-    "torch.distributed.checkpoint.",
-    "torch.distributed._shard.",
-    "torch.distributed.tensor",
-)
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"),
-}
-_TORCH_DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype)}
-_TORCH_ENUMS = {"strided", "sparse_coo", "contiguous_format", "preserve_format", "channels_last"}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's `.metadata` (dataclasses of shapes, dtypes, offsets) and nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (
-            module.startswith(_ALLOWED_MODULE_PREFIXES)
-            or (module, name) in _ALLOWED_GLOBALS
-            or (module == "torch" and (name in _TORCH_DTYPES or name in _TORCH_ENUMS))
-        ):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which is not allowed")
-
-
-class SafeFileSystemReader(FileSystemReader):
-    """DCP's file reader with an allow-list unpickler for the metadata file."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        path = Path(self.path) / ".metadata"
-        if not path.is_file():
-            raise CheckpointError(f"{self.path}: no .metadata file (incomplete checkpoint)")
-        try:
-            metadata = _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(f"{path}: {e}") from None
-        if getattr(metadata, "storage_meta", None) is None:
-            from torch.distributed.checkpoint.metadata import StorageMeta
-
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
 
 
 # -- RNG state as tensors -------------------------------------------------------------------------
@@ -156,18 +98,10 @@ class CheckpointManager:
 
     def complete(self) -> list[tuple[int, Path]]:
         """Complete checkpoints (renamed, with .metadata), oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = []
-        for p in self.root.iterdir():
-            m = _STEP_RE.match(p.name)
-            if m and p.is_dir() and (p / ".metadata").is_file():
-                found.append((int(m.group(1)), p))
-        return sorted(found)
+        return complete(self.root)
 
     def latest(self) -> Path | None:
-        done = self.complete()
-        return done[-1][1] if done else None
+        return latest(self.root)
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Write `state` to .tmp-step_<step>/, then rename it to step_<step>/ and prune old ones."""
@@ -198,25 +132,12 @@ class CheckpointManager:
 
     def load(self, path: str | os.PathLike, state: dict[str, Any]) -> None:
         """Load `path` into `state` in place (tensors, sharded tensors are resharded as needed)."""
-        reader = SafeFileSystemReader(str(path))
-        metadata = reader.read_metadata()
-        pickled = [
-            k for k, md in metadata.state_dict_metadata.items() if isinstance(md, BytesStorageMetadata)
-        ]
-        if pickled:
-            raise CheckpointError(f"{path}: holds pickled values {pickled[:5]}; refusing to load them")
-        from trainer.checkpoint_errors import check_files, unwrap
-
-        check_files(path)  # a missing or truncated data file: a CheckpointError naming it, before reading
-        try:
-            dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
-        except CheckpointException as e:  # a BaseException, which `except Exception` would miss
-            raise unwrap(path, e) from None
+        load(path, state)
 
     @staticmethod
     def keys(path: str | os.PathLike) -> set[str]:
         """Flattened state keys stored in a checkpoint (to check what a checkpoint holds before loading)."""
-        return set(SafeFileSystemReader(str(path)).read_metadata().state_dict_metadata)
+        return keys(path)
 
 
 def _fsync_dir(path: Path) -> None:

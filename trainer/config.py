@@ -23,6 +23,7 @@ import tyro
 
 from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
+from store.metrics import METRICS
 from store.models import registry
 from store.models.config import ModelConfig
 
@@ -31,7 +32,6 @@ SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd")
 DECAYS = ("none", "linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
-EVAL_METRICS = ("auc", "logloss")
 
 BoolValues = tyro.conf.FlagConversionOff
 """A group's booleans take a value (``--logging.progress false``); top-level ones are flags."""
@@ -83,7 +83,8 @@ class EvalConfig:
     tail_buckets: int = 5
     """tail_auc is the AUC on items of the least popular tail_buckets buckets."""
     metric: str = "auc"
-    """Validation metric that picks the best weights and stops early: auc (higher is better) or logloss."""
+    """Validation metric that picks the best weights and stops early: a metric of store.metrics.METRICS
+    (auc, gauc, logloss, tail_auc), in its direction (higher or lower is better)."""
     patience: int = 0
     """Stop training after this many validations in a row without a better --eval.metric (0: never stop
     early)."""
@@ -240,7 +241,7 @@ class TrainConfig:
             "--optim.sparse": (self.optim.sparse, SPARSE_OPTIMIZERS),
             "--optim.dense": (self.optim.dense, DENSE_OPTIMIZERS),
             "--optim.decay": (self.optim.decay, DECAYS),
-            "--eval.metric": (self.eval.metric, EVAL_METRICS),
+            "--eval.metric": (self.eval.metric, tuple(METRICS)),
             "--sharding.default": (self.sharding.default, ("auto", *SHARDING_TYPES)),
         }
         for flag, (v, allowed) in choices.items():

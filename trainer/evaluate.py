@@ -112,9 +112,12 @@ def evaluate_split(
     return metrics, Predictions(logits, labels, users if users is not None else empty, items)
 
 
-def write_predictions(path: Path, p: Predictions, with_users: bool, with_items: bool) -> None:
+def write_predictions(
+    path: Path, p: Predictions, with_users: bool, with_items: bool, tail: torch.Tensor | None = None
+) -> None:
     """A split's predictions as parquet, written atomically: ``row`` (position in the split), ``label``,
-    ``logit``, and ``user`` / ``item`` when the dataset has those columns. Runs on the same dataset
+    ``logit``, ``user`` / ``item`` when the dataset has those columns, and ``tail`` (the row's item is
+    in the least popular buckets, what tail AUC is computed on) when given. Runs on the same dataset
     have the same rows, so two runs' files pair row by row (``launch.report``'s paired tests)."""
     import pyarrow as pa
 
@@ -127,6 +130,8 @@ def write_predictions(path: Path, p: Predictions, with_users: bool, with_items: 
         columns["user"] = pa.array(p.users.numpy().astype(np.int64))
     if with_items:
         columns["item"] = pa.array(p.items.numpy().astype(np.int64))
+    if tail is not None:
+        columns["tail"] = pa.array(tail.numpy().astype(bool))
     fs.write_parquet(path, pa.table(columns))  # atomic: temp name, then rename
 
 

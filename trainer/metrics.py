@@ -1,10 +1,9 @@
-"""Evaluation metrics: AUC, GAUC, logloss and tail-item AUC of a whole split.
+"""A whole split's metrics, and the train split's statistics they need (click rate, item popularity).
 
-The functions here see every row of the split: `trainer.evaluate` gathers the ranks' predictions
-first, so the metrics are those of the whole split, not an average of per-rank metrics. AUC is
-torchmetrics' exact `binary_auroc`; GAUC (per-user AUC, weighted by the user's impressions, users
-with a single class skipped) is computed in one vectorised pass with tie-aware ranks (the
-Mann-Whitney statistic per user). A dataset without a user column has no GAUC (``users=None``), one
+``evaluate_predictions`` sees every row of the split: `trainer.evaluate` gathers the ranks'
+predictions first, so the metrics are those of the whole split, not an average of per-rank metrics.
+The scores are those of the registry ``store.metrics.METRICS`` (AUC, GAUC, logloss, tail-item AUC,
+and any metric registered there). A dataset without a user column has no GAUC (``users=None``), one
 without an item column no tail-item AUC (``buckets=None`` or empty).
 """
 
@@ -16,73 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchmetrics.functional.classification import binary_auroc
 
 from data_pipeline import fs
 from data_pipeline.spec import DataError, DatasetSpec, list_shards, split_dir
-
-
-def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC; NaN when only one class is present."""
-    labels = labels.long()
-    if labels.numel() == 0 or labels.min() == labels.max():
-        return math.nan
-    return float(binary_auroc(scores.float(), labels, thresholds=None))
-
-
-def logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean binary cross-entropy of sigmoid(logits) (computed from logits, numerically stable)."""
-    if labels.numel() == 0:
-        return math.nan
-    return float(F.binary_cross_entropy_with_logits(logits.double(), labels.double()))
-
-
-def gauc(users: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Impression-weighted mean of per-user AUC over users with both classes -> (gauc, users used).
-
-    Per user u with n_u rows, P_u positives and N_u negatives, AUC_u = (R_u - P_u (P_u + 1) / 2) /
-    (P_u N_u), where R_u is the sum of the positives' ranks among the user's rows (ties share the
-    mean rank). Vectorised: one sort by (user, score), then segment sums.
-    """
-    n = users.numel()
-    if n == 0:
-        return math.nan, 0
-    scores = scores.double()
-    labels = labels.double()
-    # Sort by score, then stably by user: rows grouped by user, ascending score inside each group.
-    order = torch.argsort(scores, stable=True)
-    order = order[torch.argsort(users[order], stable=True)]
-    u, s, y = users[order], scores[order], labels[order]
-    new_user = torch.ones(n, dtype=torch.bool)
-    new_user[1:] = u[1:] != u[:-1]
-    user_id = torch.cumsum(new_user.long(), 0) - 1
-    num_users = int(user_id[-1]) + 1
-    user_start = torch.nonzero(new_user).squeeze(1)
-    pos_in_user = torch.arange(n, dtype=torch.float64) - user_start[user_id].double() + 1  # ranks 1..n_u
-    # Tie groups: equal score inside the same user share the mean of their ranks.
-    new_tie = new_user.clone()
-    new_tie[1:] |= s[1:] != s[:-1]
-    tie_id = torch.cumsum(new_tie.long(), 0) - 1
-    num_ties = int(tie_id[-1]) + 1
-    tie_sum = torch.zeros(num_ties, dtype=torch.float64).index_add_(0, tie_id, pos_in_user)
-    tie_cnt = torch.zeros(num_ties, dtype=torch.float64).index_add_(
-        0, tie_id, torch.ones(n, dtype=torch.float64)
-    )
-    rank = (tie_sum / tie_cnt)[tie_id]
-
-    count = torch.zeros(num_users, dtype=torch.float64).index_add_(
-        0, user_id, torch.ones(n, dtype=torch.float64)
-    )
-    pos = torch.zeros(num_users, dtype=torch.float64).index_add_(0, user_id, y)
-    rank_pos = torch.zeros(num_users, dtype=torch.float64).index_add_(0, user_id, rank * y)
-    neg = count - pos
-    both = (pos > 0) & (neg > 0)
-    if not bool(both.any()):
-        return math.nan, 0
-    user_auc = (rank_pos[both] - pos[both] * (pos[both] + 1) / 2) / (pos[both] * neg[both])
-    weights = count[both]
-    return float((user_auc * weights).sum() / weights.sum()), int(both.sum())
+from store.metrics import Rows, auc, compute, gauc_and_users
 
 
 # -- the train split's click rate and item popularity ----------------------------------------------
@@ -154,6 +90,13 @@ def popularity_buckets(counts: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return (rank * num_buckets) // n
 
 
+def tail_rows(items: torch.Tensor, buckets: torch.Tensor | None, tail_buckets: int) -> torch.Tensor | None:
+    """(N,) bool: the rows whose item lies in popularity buckets [0, tail_buckets) (None without buckets)."""
+    if buckets is None or not buckets.numel():
+        return None
+    return buckets.cpu()[items.long().cpu().clamp(0, buckets.numel() - 1)] < tail_buckets
+
+
 def evaluate_predictions(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -168,25 +111,23 @@ def evaluate_predictions(
     buckets: popularity bucket per item (`popularity_buckets`); tail_auc is the AUC over rows whose
     item lies in buckets [0, tail_buckets). None or empty (no item column): no tail / bucket metrics.
     """
-    logits, labels, items = logits.float().cpu(), labels.float().cpu(), items.long().cpu()
-    g, g_users = gauc(users.long().cpu(), logits, labels) if users is not None else (None, None)
-    out = {
-        "auc": auc(logits, labels),
-        "gauc": g,
-        "logloss": logloss(logits, labels),
-        "rows": int(labels.numel()),
-        "positive_rate": float(labels.mean()) if labels.numel() else math.nan,
-        "gauc_users": g_users,
-    }
-    if users is None:  # no user column: no GAUC keys at all
-        del out["gauc"], out["gauc_users"]
+    logits, labels = logits.float().cpu().numpy(), labels.float().cpu().numpy()
+    items = items.long().cpu().numpy()
+    tail, item_bucket = None, None
     if buckets is not None and buckets.numel():
-        item_bucket = buckets[items.clamp(0, buckets.numel() - 1)]
+        item_bucket = buckets.cpu().numpy()[np.clip(items, 0, buckets.numel() - 1)]
         tail = item_bucket < tail_buckets
-        out["tail_auc"] = auc(logits[tail], labels[tail])
+    users_np = users.long().cpu().numpy() if users is not None else None
+    out: dict = compute(Rows.of(logits, labels, users_np, tail))
+    out["rows"] = int(labels.size)
+    out["positive_rate"] = float(labels.mean()) if labels.size else math.nan
+    if users_np is not None:
+        out["gauc_users"] = gauc_and_users(users_np, logits, labels)[1]
+    if item_bucket is not None:
         out["tail_rows"] = int(tail.sum())
+        num_buckets = int(buckets.max()) + 1
         out["bucket_auc"] = [
-            auc(logits[item_bucket == b], labels[item_bucket == b]) for b in range(int(buckets.max()) + 1)
+            auc(logits[item_bucket == b], labels[item_bucket == b]) for b in range(num_buckets)
         ]
-        out["bucket_rows"] = [int((item_bucket == b).sum()) for b in range(int(buckets.max()) + 1)]
+        out["bucket_rows"] = [int((item_bucket == b).sum()) for b in range(num_buckets)]
     return out

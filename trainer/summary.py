@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from data_pipeline.batch import Batch
+from store.metrics import METRICS
 from trainer import distributed as D
 from trainer.logging import RunLogger, write_json
 
@@ -159,9 +160,8 @@ def peak_memory_per_rank(device: torch.device) -> list[int]:
 
 
 # -- the summary ---------------------------------------------------------------------------------
-SCORES = ("auc", "gauc", "logloss", "tail_auc")
-"""The test metrics the summary lifts to its top level (gauc / tail_auc are absent without a user /
-item column)."""
+# The summary lifts every registered metric's test score to its top level (store.metrics.METRICS;
+# gauc / tail_auc are absent without a user / item column).
 
 
 def build_summary(
@@ -191,7 +191,7 @@ def build_summary(
 
     samples_per_s = throughput.samples_per_s()
     return {
-        **{k: test[k] for k in SCORES if k in test},
+        **{k: test[k] for k in METRICS if k in test},
         "test": test,
         "test_last": test_last,
         "best": best,
@@ -221,7 +221,7 @@ def write_summary(summary: dict, out: Path, logger: RunLogger) -> None:
     write_json(out / "summary.json", summary)
     logger.hparams(
         {k: v for k, v in summary["config"].items() if k not in ("data", "out", "config")},
-        {k: summary[k] for k in ("auc", "gauc", "logloss", "samples_per_s") if k in summary},
+        {k: summary[k] for k in (*METRICS, "samples_per_s") if k in summary},
     )
-    shown = " ".join(f"{k}={summary[k]:.4f}" for k in SCORES if k in summary)
+    shown = " ".join(f"{k}={summary[k]:.4f}" for k in METRICS if k in summary)
     log.info("test %s | %.0f samples/s -> %s", shown, summary["samples_per_s"], out / "summary.json")

@@ -31,6 +31,7 @@ from data_pipeline import outdir
 from data_pipeline.batch import Batch
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card, feature_list
+from store import metrics
 from trainer import distributed as D
 from trainer.checkpoint import (
     BEST_DIR,
@@ -43,7 +44,7 @@ from trainer.checkpoint import (
 from trainer.config import RUN_ENTRIES, ConfigError, TrainConfig
 from trainer.evaluate import EvalHistory, evaluate_split, item_popularity_buckets, write_predictions
 from trainer.logging import RunLogger
-from trainer.metrics import train_split_stats
+from trainer.metrics import tail_rows, train_split_stats
 from trainer.optim import (
     build_optimizer,
     init_dense_state,
@@ -113,6 +114,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_metric(name: str, spec: DatasetSpec, data: str) -> None:
+    """ConfigError naming --eval.metric when the metric reads a column the dataset lacks (GAUC without
+    a user column, tail AUC without an item column): it would never be defined, so never improve."""
+    columns = {"users": ("user", spec.user_id), "tail": ("item", spec.item_id)}
+    lacking = [columns[need][0] for need in metrics.get(name).needs if not columns[need][1]]
+    if lacking:
+        raise ConfigError(
+            f"--eval.metric {name} needs a {' and '.join(lacking)} column; dataset {data} has none"
+        )
+
+
 class BestTracker:
     """The best validation so far on --eval.metric and the early-stopping count, saved in checkpoints.
 
@@ -123,7 +135,7 @@ class BestTracker:
 
     def __init__(self, metric: str, patience: int) -> None:
         self.metric, self.patience = metric, patience
-        self.higher_is_better = metric != "logloss"
+        self.higher_is_better = metrics.get(metric).higher_is_better
         self.value, self.step, self.epoch, self.bad, self.stopped = math.nan, -1, -1, 0, False
 
     def update(self, result: dict, step: int, epoch: int) -> bool:
@@ -216,6 +228,7 @@ class Trainer:
         if feature_list(cfg.drop):
             self.spec = self.spec.without(feature_list(cfg.drop))
         self.sids = SidTable.load(cfg.sids, self.spec) if cfg.sids else None
+        check_metric(cfg.eval.metric, self.spec, cfg.data)
         transform = batch_transform(cfg.model, self.spec, self.sids)  # STORE's data-time SID lookup
         reader_args = dict(
             rank=env.rank, world_size=env.world_size, seed=cfg.seed, num_workers=cfg.num_workers
@@ -469,8 +482,9 @@ class Trainer:
             self.pipeline.attach(model)
         if predictions and self.env.is_main:
             path = self.out / "predictions" / predictions
+            tail = tail_rows(preds.items, self.buckets, self.cfg.eval.tail_buckets)
             write_predictions(
-                path, preds, with_users=bool(self.spec.user_id), with_items=bool(self.spec.item_id)
+                path, preds, with_users=bool(self.spec.user_id), with_items=bool(self.spec.item_id), tail=tail
             )
         self.timer.start += time.perf_counter() - t0
         self.evals.record(record_as or split, self.step, epoch, result)

@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from data_pipeline import checkpoint_files
+from data_pipeline.checkpoint_files import BEST_DIR, CHECKPOINT_DIR, CheckpointError
 from data_pipeline.cli import ConfigError
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec
@@ -115,8 +117,6 @@ def from_run(run_dir: str | os.PathLike, spec: DatasetSpec, features: list[str])
 
     DataError naming the run when it is not finished, was trained on another dataset, or holds no
     raw-ID table for a feature (e.g. a STORE run, whose IDs went through SIDs)."""
-    from trainer.checkpoint import BEST_DIR, CheckpointError, CheckpointManager
-
     run = Path(run_dir)
     summary_path = run / "summary.json"
     if not summary_path.is_file():
@@ -131,10 +131,10 @@ def from_run(run_dir: str | os.PathLike, spec: DatasetSpec, features: list[str])
             f"{record.get('fingerprint')}), not on dataset {spec.name!r} (fingerprint {spec.fingerprint})"
         )
     # the best validation's weights when the run kept them (what its test metrics were scored with)
-    ckpt = CheckpointManager(run, keep=1, subdir=BEST_DIR).latest() or CheckpointManager(run, keep=1).latest()
+    ckpt = checkpoint_files.latest(run / BEST_DIR) or checkpoint_files.latest(run / CHECKPOINT_DIR)
     if ckpt is None:
         raise DataError(f"--from-run {run}: no complete checkpoint under {run / 'checkpoints'}")
-    keys = CheckpointManager.keys(ckpt)
+    keys = checkpoint_files.keys(ckpt)
     wanted: dict[str, str] = {}
     for f in features:
         table = table_of(spec, f)
@@ -145,14 +145,8 @@ def from_run(run_dir: str | os.PathLike, spec: DatasetSpec, features: list[str])
                 "(train a raw-ID model such as --model id or dnn for the learned source)"
             )
         wanted[f] = found[0]
-    from torch.distributed.checkpoint import FileSystemReader
-
-    meta = FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
-    state = {
-        key: torch.empty(tuple(meta[key].size), dtype=meta[key].properties.dtype) for key in wanted.values()
-    }
     try:
-        CheckpointManager(run, keep=1).load(ckpt, state)
+        state = checkpoint_files.read_tensors(ckpt, list(wanted.values()))
     except CheckpointError as e:
         raise DataError(f"--from-run {run}: {e}") from None
     out = {}

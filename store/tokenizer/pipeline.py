@@ -37,10 +37,11 @@ from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from store.sid import SidTable
 from store.tokenizer import learned, sasrec, select
-from store.tokenizer.embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source, open_source
+from store.tokenizer.embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source
 from store.tokenizer.quantizers import METHODS, SemanticTokenizer, TokenizerConfig, load_tokenizer
 from store.tokenizer.sasrec import SASRecConfig
 from store.tokenizer.select import RARE_MODES, Rule, SelectConfig
+from store.tokenizer.sources import open_source
 
 __all__ = [
     "FitConfig",

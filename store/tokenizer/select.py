@@ -41,6 +41,7 @@ from tqdm import tqdm
 from data_pipeline.batch import Batch
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec
+from store.metrics import auc
 from store.sid import SidTable, sid_sources
 from store.tokenizer import learned
 
@@ -265,7 +266,6 @@ def proxy_auc(
 ) -> float:
     """Valid AUC (best epoch) of the proxy FM trained on ``train`` with the tokenized features as
     their codes (``sids``), or as raw IDs (``sids`` None)."""
-    from trainer.metrics import auc  # the trainer's AUC (NaN for one class), as every score here
 
     def parts(b: Batch) -> tuple[list, Tensor]:
         if sids is None:
@@ -302,7 +302,7 @@ def proxy_auc(
         with torch.no_grad():
             scores = torch.cat([model(kjts, d) for (kjts, d), _ in valid_parts])
         labels = torch.cat([y for _, y in valid_parts])
-        value = auc(scores, labels)
+        value = auc(scores.numpy(), labels.numpy())  # store.metrics: the AUC the trainer reports
         if math.isfinite(value):
             best = max(best, value)
     return best if math.isfinite(best) else math.nan
