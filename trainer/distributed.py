@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchmetrics.utilities.distributed import gather_all_tensors
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
@@ -147,10 +146,13 @@ def all_gather_floats(values: list[float], device: torch.device) -> list[list[fl
 def gather_tensors(t: torch.Tensor) -> torch.Tensor:
     """Concatenate a 1-D tensor from every rank (rank order); ranks may hold different lengths.
 
-    The result is on `t`'s device. torchmetrics pads to the longest rank, all-gathers and trims.
+    The result is on `t`'s device. torchmetrics pads to the longest rank, all-gathers and trims
+    (imported here: the package pulls in scipy and transformers, seconds at every one-process start).
     """
     if not _several_ranks():
         return t
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
     home = t.device
     if dist.get_backend() == "nccl":  # nccl moves only CUDA tensors
         t = t.to(torch.device("cuda", torch.cuda.current_device()))
