@@ -246,7 +246,7 @@ def test_comparison_over_two_seeds(tiny_data, tmp_path, capsys):
     assert not (out / "id" / "summary.json").exists()
     sig = json.loads((out / "report" / "significance.json").read_text())
     store = sig["arms"]["store"]
-    assert [d["metric"] for d in store["bootstrap"]] == ["auc", "gauc", "logloss"]
+    assert [d["metric"] for d in store["bootstrap"]] == ["auc", "gauc", "logloss", "tail_auc"]
     assert [d["seed"] for d in store["delong"]] == ["seed 3", "seed 4"]
     auc = store["bootstrap"][0]
     runs = {

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from data_pipeline.spec import DatasetSpec
+from store import metrics as store_metrics
 from store.tokenizer.learned import from_run
 from tests.test_trainer import _run_in_process, small_flags
 from trainer.metrics import evaluate_predictions, train_positive_rate
@@ -52,7 +53,7 @@ def test_early_stopping_scores_the_test_split_with_the_best_validation_weights(d
 def test_test_predictions_file_holds_the_reported_weights_predictions(data, tmp_path):
     summary = _run_in_process(small_flags(data, tmp_path / "run", *OVERFIT, "--eval.patience", "1"))
     table = pq.read_table(tmp_path / "run" / "predictions" / "test.parquet")
-    assert table.column_names == ["row", "label", "logit", "user", "item"]
+    assert table.column_names == ["row", "label", "logit", "user", "item", "tail"]
     spec = DatasetSpec.load(data)
     labels = np.concatenate(
         [
@@ -67,6 +68,10 @@ def test_test_predictions_file_holds_the_reported_weights_predictions(data, tmp_
     metrics = evaluate_predictions(col["logit"], col["label"], col["user"], col["item"], None, 0)
     assert metrics["auc"] == pytest.approx(summary["auc"], abs=1e-6)
     assert metrics["logloss"] == pytest.approx(summary["logloss"], abs=1e-5)
+    tail = table["tail"].to_numpy()  # the rows tail AUC was computed on
+    assert 0 < tail.sum() < len(tail)
+    tail_auc = store_metrics.auc(table["logit"].to_numpy()[tail], labels[tail])
+    assert tail_auc == pytest.approx(summary["tail_auc"], abs=1e-6, nan_ok=True)
 
 
 def test_output_bias_starts_every_run_at_the_train_click_rate(data, tmp_path):
