@@ -113,7 +113,8 @@ def main() -> None:
             lambda cfg=cfg, n=n_train, train=train: train_tokenizer(x[:n], cfg, train, progress=False)
         )
         tok.encode(x_enc[:4096])  # warm-up
-        # in-memory encode: median of --repeats timings (a shared VM's neighbours make single runs jumpy)
+        # in-memory encode: median of --repeats timings
+        # (other jobs on a shared machine make single runs jumpy)
         runs = sorted(timed(lambda tok=tok: tok.encode(x_enc))[1:] for _ in range(args.repeats))
         w_enc, c_enc = runs[len(runs) // 2]
         out = root / f"sids_{method}"

@@ -32,8 +32,9 @@ Long token sets: the paper's setting of many feature tokens is history_tokens + 
 With the synthetic data's 50-item histories (``generate --history-len 50``), K = 8 SIDs, the item and
 the user tokenized and 8 rotated blocks, that is T = 2*8 + 8 + 50*8 = 424 tokens (K = 4: 212). There,
 with ``--model.moba_block_size 106`` (4 key blocks), a CPU training step at sparsity 0.5 runs 1.28x
-(one VM) to 1.51x (another) the samples/s of dense attention, with test AUC within 0.001 of it
-(benchmarks/bench_moba.py; docs/results.md, "MoBA sparsity sweep with a few hundred tokens").
+(a 2-core Intel Xeon) to 1.51x (a 2-core AMD EPYC) the samples/s of dense attention, with test AUC
+within 0.001 of it (benchmarks/bench_moba.py; docs/results.md, "MoBA sparsity sweep with a few
+hundred tokens").
 
 Sparse lookups: one EmbeddingBagCollection (static features, mean pooled) and one collection for
 the tokenized features (``items.ec``): mean-pooled bags when the history is pooled into one token
