@@ -217,8 +217,8 @@ def tokenize_command(config_file: Path, overwrite: bool = False) -> list[str]:
 
 def learned_embeddings(data: str | Path, high_card: str = "", embedding: str | None = None) -> bool:
     """True when some feature the tokenizer tokenizes in ``data`` (under ``--high-card``, with
-    ``--tokenizer.embedding`` or the default sources) takes its embeddings from the ``learned`` source: then the
-    ID run comes first and the tokenizer reads the tables it learned (``--from-run``)."""
+    ``--tokenizer.embedding`` or the default sources) takes its embeddings from the ``learned`` source:
+    then the ID run comes first and the tokenizer reads the tables it learned (``--from-run``)."""
     from data_pipeline.spec import DatasetSpec, apply_high_card
     from store.tokenizer.embeddings import LEARNED
     from store.tokenizer.pipeline import feature_sources

@@ -214,5 +214,5 @@ def train_fm(
         log.info("FM epoch %d: train logloss %.4f", epoch, loss_sum / max(n, 1))
     bar.close()
     if not math.isfinite(loss_sum):
-        raise DataError(f"{data_dir}: the FM's train loss is not finite (lower --fm-lr)")
+        raise DataError(f"{data_dir}: the FM's train loss is not finite (lower --fm.lr)")
     return {f: model.embeddings(f) for f in features}
