@@ -178,6 +178,15 @@ def test_torchx_local_cwd_two_process_job(tmp_path):
     assert any((tmp_path / "tb" / "t2").glob("events.out.tfevents.*"))
 
 
+def test_components_and_the_tokenizer_options_import_no_torch():
+    """Building an AppDef (and reading the tokenizer's option names for --tokenizer) loads no torch."""
+    code = "import sys, launch.store, store.tokenizer.config; assert 'torch' not in sys.modules, 'torch'"
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env_with_venv(), cwd=REPO
+    )
+    assert r.returncode == 0, r.stderr
+
+
 def test_component_choices_match_the_trainer():
     """launch/store.py repeats these lists so building an AppDef imports no torch: keep them in step."""
     from store.models.zoo import MODEL_NAMES
