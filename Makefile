@@ -34,8 +34,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The suite on every core (pytest-xdist, at most 4 workers): the slow tests wait on subprocesses and
+# servers as much as they compute. `pytest tests/test_x.py` runs one file in one process.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

@@ -54,6 +54,7 @@ from launch.report import (
     spread,
 )
 from store.models import registry
+from store.tokenizer.config import FitConfig, TokenizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -539,8 +540,12 @@ def main() -> int:
     p.add_argument("--sweep-epochs", type=int, default=1, help="epochs of the Figure 2 sweep runs")
     p.add_argument("--batch-size", type=int, default=1024, help="rows per batch")
     p.add_argument("--max-steps", type=int, default=0, help="cap on steps per run (0: none)")
-    p.add_argument("--codebook-size", type=int, default=64, help="C of every tokenization")
-    p.add_argument("--tokenizer-min-steps", type=int, default=500, help="tokenizer training steps")
+    p.add_argument(
+        "--codebook-size", type=int, default=TokenizerConfig.codebook_size, help="C of every tokenization"
+    )
+    p.add_argument(
+        "--tokenizer-min-steps", type=int, default=FitConfig.min_steps, help="tokenizer training steps"
+    )
     p.add_argument("--only", default="", help="comma-separated run names to train (default: all)")
     p.add_argument(
         "--seeds", type=int, default=1, help="train every run with seeds 0 .. N-1; tables: mean ± std"

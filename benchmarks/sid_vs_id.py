@@ -25,8 +25,10 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from data_pipeline.cli import write_config
 from data_pipeline.spec import DatasetSpec, atomic_write_text
 from launch.compare import (
     CompareConfig,
@@ -34,9 +36,11 @@ from launch.compare import (
     run_logged,
     split_trainer_args,
     tokenize_command,
+    tokenize_config,
     train_args,
     trainer_command,
 )
+from store.tokenizer.config import FitConfig, TokenizerConfig, TokenizerOptions
 from store.tokenizer.embeddings import item_sources
 
 
@@ -48,11 +52,13 @@ def summary(run: Path) -> dict | None:
 def run_seed(name: str, data: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
     """Every arm of one dataset and seed; {arm: summary}."""
     out = Path(args.out) / name / f"seed{seed}"
+    tokenizer = TokenizerOptions(
+        model=TokenizerConfig(num_sids=args.num_sids, codebook_size=args.codebook_size),
+        fit=FitConfig(min_steps=args.tokenizer_min_steps), min_count=args.min_count,
+    )  # fmt: skip
     cfg = CompareConfig(
-        data=data, out=str(out), epochs=args.epochs, batch_size=args.batch_size, num_sids=args.num_sids,
-        codebook_size=args.codebook_size, tokenizer_min_steps=args.tokenizer_min_steps,
-        tokenizer_min_count=args.min_count, seed=seed,
-        trainer_args=extra,
+        data=data, out=str(out), epochs=args.epochs, batch_size=args.batch_size, seed=seed,
+        tokenizer=tokenizer, trainer_args=extra,
     )  # fmt: skip
     print(f"# {name} seed {seed}: ID vs STORE", flush=True)
     run_comparison(cfg)
@@ -61,8 +67,13 @@ def run_seed(name: str, data: str, seed: int, args: argparse.Namespace, extra: l
         sids, arm = out / f"sids_{source}", f"store_{source}"
         if not (sids / "meta.json").is_file():
             print(f"# {name} seed {seed}: tokenize with the item from {source}", flush=True)
-            cmd = tokenize_command(cfg, sids, out / "id") + ["--embedding", source]
-            run_logged(cmd, out / "logs" / f"tokenize_{source}.log", f"tokenizer ({source})")
+            alt = replace(cfg, tokenizer=replace(tokenizer, embedding=source))
+            config = write_config(
+                tokenize_config(alt, sids, out / "id"), out / "logs" / f"tokenize_{source}.json"
+            )
+            run_logged(
+                tokenize_command(config), out / "logs" / f"tokenize_{source}.log", f"tokenizer ({source})"
+            )
         if summary(out / arm) is None:
             print(f"# {name} seed {seed}: STORE with the item from {source}", flush=True)
             flags = train_args(cfg, "store", sids, out / arm)
@@ -131,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/sid_vs_id", help="output folder")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--num-sids", type=int, default=4)
-    p.add_argument("--codebook-size", type=int, default=64)
-    p.add_argument("--tokenizer-min-steps", type=int, default=500)
+    p.add_argument("--num-sids", type=int, default=TokenizerConfig.num_sids)
+    p.add_argument("--codebook-size", type=int, default=TokenizerConfig.codebook_size)
+    p.add_argument("--tokenizer-min-steps", type=int, default=FitConfig.min_steps)
     p.add_argument(
         "--min-count",
         type=int,
-        default=CompareConfig.tokenizer_min_count,
+        default=TokenizerOptions.min_count,
         help="learned embeddings: IDs seen fewer times get the reserved code (0: the tokenizer chooses by validation)",
     )
     args = p.parse_args(argv)

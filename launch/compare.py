@@ -2,11 +2,16 @@
 
 Stages (each skipped when its output exists, so an interrupted comparison continues where it stopped):
 
-1. tokenize: ``python -m store.tokenizer`` -> OUT/sids (unless ``--sids`` names an existing table);
+1. tokenize: ``python -m store.tokenizer --config OUT/logs/tokenize.json`` -> OUT/sids (unless ``--sids``
+   names an existing table). The file is the tokenizer's whole configuration: the ``--tokenizer.*``
+   section (``store.tokenizer.config.TokenizerOptions``, the tokenizer's own flags and defaults:
+   ``--tokenizer.num-sids``, ``--tokenizer.min-steps``, ``--tokenizer.select.train-rows``, ...) with
+   the dataset, the output folder, ``--seed``, ``--high-card`` and, for learned embeddings, the ID run;
 2. train the ID baseline (``--model id``) -> OUT/id and STORE (``--model store``) -> OUT/store, on the
    same data with the same epochs, batch size, seed, ``--high-card`` and extra trainer flags
    (``--nproc`` > 1 runs each under torchrun); the ID model projects each high-cardinality feature
-   into K tokens, as many as STORE has SIDs;
+   into K tokens, as many as STORE has SIDs (``--tokenizer.num-sids``, + 1 with
+   ``--tokenizer.disambiguate``);
 3. report: ``launch.report`` (the code ``python -m launch.report`` runs) -> OUT/report (report.md with
    mean +- std over seeds and the paired significance tests, significance.json, PNG plots,
    tensorboard/{id,store}).
@@ -41,13 +46,17 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import tyro
 
 from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError
+from store.tokenizer.config import TokenizerOptions
+
+if TYPE_CHECKING:
+    from store.tokenizer.pipeline import TokenizeConfig
 
 MODELS = ("id", "store")
 """The two runs of a comparison, in the order they are trained."""
@@ -69,24 +78,9 @@ class CompareConfig:
     """Processes per trainer run (torchrun on this machine when > 1)."""
     max_steps: int = 0
     """Stop each run after this many steps (0: all epochs)."""
-    method: str = "opmq"
-    """Tokenizer: opmq, rqvae or opq."""
-    num_sids: int = 4
-    """K: semantic IDs per item."""
-    codebook_size: int = 64
-    """C: codewords per codebook."""
-    embedding: str = ""
-    """The item's embedding source for the tokenizer (empty: its default, see store.tokenizer)."""
     high_card: str = ""
-    """High-cardinality features overriding the spec's, for the tokenizer and both runs."""
-    tokenizer_min_steps: int = 500
-    """At least this many tokenizer training steps (--min-steps of store.tokenizer)."""
-    tokenizer_min_count: int = 0
-    """Learned embeddings: IDs seen fewer times in the train split get the reserved code (--min-count of
-    store.tokenizer). 0 (default): the tokenizer chooses how rare IDs are tokenized by validation."""
-    disambiguate: bool = False
-    """Add a code that makes every tokenized ID's SID tuple unique (K + 1 codes; the ID arm then gets K + 1
-    tokens too): --disambiguate of store.tokenizer."""
+    """High-cardinality features 'f1,f2' overriding the spec's ('none': only the item), for the tokenizer
+    and both runs."""
     sids: str = ""
     """An existing SID table folder (a path or a URI) to use instead of tokenizing."""
     seed: int = 0
@@ -98,6 +92,10 @@ class CompareConfig:
     overwrite: bool = False
     """Redo the stages in --out whose inputs (data, flags, SIDs) changed, replacing their outputs. Without
     it such a stage is refused (exit 2, naming what changed); stages with the same inputs are reused."""
+    tokenizer: TokenizerOptions = field(default_factory=TokenizerOptions)
+    """The tokenizer's options (python -m store.tokenizer's flags as --tokenizer.FLAG: --tokenizer.num-sids,
+    --tokenizer.min-steps, --tokenizer.select.train-rows, ...); compare sets its --data, --out, --seed,
+    --high-card and --from-run."""
     trainer_args: Annotated[list[str], tyro.conf.Suppress] = field(default_factory=list)
     """Extra trainer flags for both runs (e.g. --model.num_layers 3): on the command line, after '--'."""
 
@@ -120,31 +118,15 @@ class CompareConfig:
             ("--epochs", self.epochs),
             ("--batch-size", self.batch_size),
             ("--nproc", self.nproc),
-            ("--num-sids", self.num_sids),
-            ("--codebook-size", self.codebook_size),
             ("--seeds", self.seeds),
         ):
             if value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
-        for flag, value in (
-            ("--max-steps", self.max_steps),
-            ("--tokenizer-min-steps", self.tokenizer_min_steps),
-            ("--tokenizer-min-count", self.tokenizer_min_count),
-        ):
-            if value < 0:
-                raise ConfigError(f"{flag} must be >= 0, got {value}")
-        from store.sid import METHODS
-
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.max_steps < 0:
+            raise ConfigError(f"--max-steps must be >= 0, got {self.max_steps}")
+        self.tokenizer.validate("--tokenizer.")
         if self.sids and not fs.is_file(fs.join(self.sids, "meta.json")):
             raise ConfigError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
-        from store.tokenizer.embeddings import LEARNED, SOURCES
-
-        if self.embedding and self.embedding not in (*SOURCES, LEARNED):
-            raise ConfigError(
-                f"--embedding must be one of {', '.join((*SOURCES, LEARNED))}, got {self.embedding!r}"
-            )
         if self.scaling and not Path(self.scaling).is_dir():
             raise ConfigError(f"--scaling {self.scaling}: folder does not exist")
         for model in MODELS:  # one layout per OUT: a single run or seed folders, not both
@@ -215,25 +197,28 @@ def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
     print(f"   done in {time.perf_counter() - t0:.0f} s (log: {log_path})", flush=True)
 
 
-def tokenize_command(cfg: CompareConfig, out: str | Path, from_run: Path | None = None) -> list[str]:
-    cmd = [
-        sys.executable, "-m", "store.tokenizer", "--data", cfg.data, "--out", str(out),
-        "--method", cfg.method, "--num-sids", str(cfg.num_sids), "--codebook-size", str(cfg.codebook_size),
-        "--min-steps", str(cfg.tokenizer_min_steps), "--min-count", str(cfg.tokenizer_min_count),
-        "--seed", str(cfg.seed), "--no-progress",
-        "--high-card", cfg.high_card,
-    ]  # fmt: skip
-    if cfg.embedding:
-        cmd += ["--embedding", cfg.embedding]
-    if cfg.disambiguate:
-        cmd += ["--disambiguate"]
-    return cmd + (["--from-run", str(from_run)] if from_run else [])
+def tokenize_config(cfg: CompareConfig, out: str | Path, from_run: Path | None = None) -> TokenizeConfig:
+    """The tokenizer stage's whole configuration: the user's --tokenizer.* options with the dataset,
+    the output folder, the seed, --high-card and the ID run its learned rows come from."""
+    from store.tokenizer.pipeline import TokenizeConfig
+
+    return TokenizeConfig(
+        data=cfg.data, out=str(out), seed=cfg.seed, high_card=cfg.high_card,
+        from_run=str(from_run) if from_run else "", progress=False, options=cfg.tokenizer,
+    )  # fmt: skip
+
+
+def tokenize_command(config_file: Path, overwrite: bool = False) -> list[str]:
+    """``python -m store.tokenizer --config FILE`` (FILE: a `tokenize_config` written by
+    ``data_pipeline.cli.write_config``)."""
+    cmd = [sys.executable, "-m", "store.tokenizer", "--config", str(config_file)]
+    return cmd + (["--overwrite"] if overwrite else [])
 
 
 def learned_embeddings(data: str | Path, high_card: str = "", embedding: str | None = None) -> bool:
     """True when some feature the tokenizer tokenizes in ``data`` (under ``--high-card``, with
-    ``--embedding`` or the default sources) takes its embeddings from the ``learned`` source: then the
-    ID run comes first and the tokenizer reads the tables it learned (``--from-run``)."""
+    ``--tokenizer.embedding`` or the default sources) takes its embeddings from the ``learned`` source:
+    then the ID run comes first and the tokenizer reads the tables it learned (``--from-run``)."""
     from data_pipeline.spec import DatasetSpec, apply_high_card
     from store.tokenizer.embeddings import LEARNED
     from store.tokenizer.pipeline import feature_sources
@@ -255,7 +240,7 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
 def train_args(cfg: CompareConfig, model: str, sids: str | Path, out: Path) -> list[str]:
     """The trainer flags of one run; identical for both models except --model, --out and what
     sets the token count (STORE: the SID table; ID: K tokens per high-cardinality feature)."""
-    k = cfg.num_sids + (1 if cfg.disambiguate else 0)  # as many tokens per feature as STORE has SIDs
+    k = cfg.tokenizer.model.num_sids + (1 if cfg.tokenizer.disambiguate else 0)  # as many as STORE's SIDs
     tokens = ["--sids", str(sids)] if model == "store" else ["--model.id_item_tokens", str(k)]
     args = [
         "--data", cfg.data, "--model", model, *tokens, "--out", str(out),
@@ -331,16 +316,6 @@ def stale(cfg: CompareConfig, folder: str | Path, changed: list[str]) -> None:
     )
 
 
-def tokenizer_inputs(cmd: list[str]) -> dict:
-    """The inputs the tokenizer run by ``cmd`` will record (store.tokenizer's TokenizeConfig.inputs)."""
-    from data_pipeline import cli
-    from store.tokenizer.pipeline import OLD_SPELLINGS, TokenizeConfig
-
-    return cli.parse(
-        TokenizeConfig, cmd[3:], prog="python -m store.tokenizer", renames=OLD_SPELLINGS
-    ).inputs()
-
-
 def trainer_inputs(args: list[str]) -> dict:
     """The inputs the trainer run with ``args`` will record (TrainConfig.inputs)."""
     from trainer.config import parse_args
@@ -362,7 +337,7 @@ def run_comparison(cfg: CompareConfig) -> Path:
         owned=OUT_ENTRIES, label="launch.compare",
     ).add(*OUT_ENTRIES)  # fmt: skip
     layouts = seed_layouts(cfg)
-    first = not cfg.sids and learned_embeddings(cfg.data, cfg.high_card, cfg.embedding)
+    first = not cfg.sids and learned_embeddings(cfg.data, cfg.high_card, cfg.tokenizer.embedding)
     # (what, model) in order: learned embeddings come from the ID run, so it goes first
     order = [("train", "id"), ("tokenize", ""), ("train", "store")] if first else [
         ("tokenize", ""), ("train", "id"), ("train", "store")
@@ -376,23 +351,27 @@ def run_comparison(cfg: CompareConfig) -> Path:
             stage += 1
             at = f"== {stage}/{n_stages}"
             if what == "tokenize":
-                source = f"learned from {lay.runs['id']}" if first else (cfg.embedding or "default sources")
+                opts = cfg.tokenizer
+                source = f"learned from {lay.runs['id']}" if first else (opts.embedding or "default sources")
                 if cfg.sids:
                     print(f"{at} SIDs: using {lay.sids}", flush=True)
                     continue
-                cmd = tokenize_command(seed_cfg, lay.sids, lay.runs["id"] if first else None)
-                state, changed = stage_state(lay.sids, "meta.json", tokenizer_inputs(cmd))
+                tok = tokenize_config(seed_cfg, lay.sids, lay.runs["id"] if first else None)
+                state, changed = stage_state(lay.sids, "meta.json", tok.inputs())
                 if state == "done":
                     print(f"{at} SIDs: {lay.sids} exists, made from the same inputs: reused", flush=True)
                     continue
                 if state == "changed":
                     stale(cfg, lay.sids, changed)
+                m = opts.model
                 print(
-                    f"{at} tokenize{of_seed} ({cfg.method}, K={cfg.num_sids}, C={cfg.codebook_size}, "
-                    f"{source}) -> {lay.sids}",
+                    f"{at} tokenize{of_seed} ({m.method}, K={m.num_sids}, C={m.codebook_size}, {source}) "
+                    f"-> {lay.sids}",
                     flush=True,
                 )
-                cmd += [] if state == "new" else ["--overwrite"]  # partial: a run that died midway
+                config_file = cli.write_config(tok, lay.logs / "tokenize.json")
+                # partial (a run that died midway) or changed with --overwrite: its files are replaced
+                cmd = tokenize_command(config_file, overwrite=state != "new")
                 run_logged(cmd, lay.logs / "tokenize.log", "tokenizer")
                 continue
             run_dir = lay.runs[model]

@@ -19,14 +19,17 @@ import torchx.specs as specs
 from torchx.components import dist
 from torchx.specs.finder import ComponentValidationException
 
+from data_pipeline.cli import ConfigError
 from store.models import registry
+from store.tokenizer.config import option_flags
 
 SHARDING = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 """What --sharding accepts (the trainer's --sharding.default)."""
 MODELS = registry.names()
 """The trainer's model zoo (store.models.registry, which imports no torch)."""
 METHODS = ("opmq", "rqvae", "opq")
-"""The tokenizers (store.sid.METHODS, repeated for the same reason; a test checks both lists agree)."""
+"""The tokenizers (store.sid.METHODS, repeated for the same reason; a test checks both lists agree): the
+one tokenizer option checked when the job is built."""
 
 
 class ComponentArgError(ComponentValidationException, ValueError):
@@ -60,6 +63,19 @@ def _path_env(env: Optional[Dict[str, str]], venv: str) -> Dict[str, str]:
         _check("venv", os.path.isdir(bin_dir), "must be a virtualenv folder with a bin/ inside", venv)
         out["PATH"] = bin_dir + (os.pathsep + out["PATH"] if out.get("PATH") else "")
     return out
+
+
+def _tokenizer_flags(options: Dict[str, str]) -> List[str]:
+    """``--tokenizer NAME=VALUE,...`` -> launch.compare's ``--tokenizer.NAME VALUE`` flags: an unknown
+    name, a bad boolean or a method not in METHODS is refused naming ``--tokenizer`` (the other values are
+    checked by launch.compare, as the tokenizer checks them, before any stage runs)."""
+    try:
+        flags = option_flags(options, prefix="--tokenizer.")
+    except ConfigError as e:
+        raise ComponentArgError(f"--tokenizer: {e}") from None
+    method = options.get("method", METHODS[0])
+    _check("tokenizer", method in METHODS, f"method must be one of {', '.join(METHODS)}", method)
+    return flags
 
 
 def train(
@@ -210,9 +226,7 @@ def compare(
     batch_size: int = 512,
     nproc: int = 1,
     max_steps: int = 0,
-    method: str = "opmq",
-    num_sids: int = 4,
-    codebook_size: int = 64,
+    tokenizer: Optional[Dict[str, str]] = None,
     sids: str = "",
     high_card: str = "",
     seed: int = 0,
@@ -231,7 +245,8 @@ def compare(
     Runs ``python -m launch.compare`` on one node; it starts the tokenizer and the two trainer runs
     (each on ``nproc`` processes) and writes OUT/report/report.md with plots and both TensorBoard
     runs. Stages whose outputs exist are skipped, so a restarted job continues. Extra trainer flags
-    (applied to both models) go after ``--``.
+    (applied to both models) go after ``--``; the tokenizer's options are ``--tokenizer NAME=VALUE,...``
+    (launch.compare's ``--tokenizer.NAME VALUE``), each default the tokenizer's own.
 
     Args:
         trainer_args: extra flags for both trainer runs (e.g. --model.num_layers 3)
@@ -241,9 +256,9 @@ def compare(
         batch_size: rows per batch per process
         nproc: processes per trainer run (torchrun on this node)
         max_steps: stop each run after this many steps (0: all epochs)
-        method: tokenizer: opmq, rqvae or opq
-        num_sids: K, semantic IDs per item
-        codebook_size: C, codewords per codebook
+        tokenizer: tokenizer options as NAME=VALUE pairs, e.g. num-sids=8,method=rqvae,min-steps=1000,
+            select.train-rows=5000,disambiguate=true (the flags of python -m store.tokenizer --help; unset:
+            the tokenizer's defaults, K=num-sids and C=codebook-size among them)
         sids: an existing SID table folder to use instead of tokenizing
         high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item)
         seed: seed of the tokenizer and of both runs (the first seed with seeds > 1)
@@ -259,10 +274,8 @@ def compare(
         env: environment variables, e.g. OMP_NUM_THREADS=4
     """
     _check("data", bool(data), "is required (a dataset folder or s3:// / gs:// URI)", data)
-    _check("method", method in METHODS, f"must be one of {', '.join(METHODS)}", method)
+    tokenizer_flags = _tokenizer_flags(tokenizer or {})
     for flag, value in (("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc), ("seeds", seeds)):
-        _check(flag, value > 0, "must be > 0", value)
-    for flag, value in (("num_sids", num_sids), ("codebook_size", codebook_size)):
         _check(flag, value > 0, "must be > 0", value)
     _check("max_steps", max_steps >= 0, "must be >= 0", max_steps)
     for flag, value in (("cpu", cpu), ("memMB", memMB)):
@@ -271,8 +284,7 @@ def compare(
     args = [
         "-m", "launch.compare", "--data", data, "--out", out, "--epochs", str(epochs),
         "--batch-size", str(batch_size), "--nproc", str(nproc), "--max-steps", str(max_steps),
-        "--method", method, "--num-sids", str(num_sids), "--codebook-size", str(codebook_size),
-        "--seed", str(seed), "--seeds", str(seeds),
+        "--seed", str(seed), "--seeds", str(seeds), *tokenizer_flags,
     ]  # fmt: skip
     if sids:
         args += ["--sids", sids]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,8 +18,19 @@ from launch import compare
 from launch import store as components
 from launch.compare import CompareConfig, run_comparison, seed_layouts
 from launch.report import SECTIONS, bayes_optimal, md_table, per_epoch, write_report
+from store.tokenizer.config import TokenizerOptions
 
 TINY_MODEL = ["--model.embedding_dim", "8", "--model.num_layers", "1", "--eval.max_batches", "2"]
+
+
+def options(min_steps: int | None = None, **model) -> TokenizerOptions:
+    """The tokenizer's options with these architecture fields (and --min-steps) set, the rest at the
+    tokenizer's defaults."""
+    opts = TokenizerOptions()
+    opts.model = replace(opts.model, **model)
+    if min_steps is not None:
+        opts.fit = replace(opts.fit, min_steps=min_steps)
+    return opts
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +107,14 @@ def test_compare_config_errors_name_the_flag(tiny_data, tmp_path):
         CompareConfig(data=str(tmp_path), out=str(tmp_path / "o")).validate()
     with pytest.raises(ConfigError, match="--epochs must be >= 1, got 0"):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), epochs=0).validate()
-    with pytest.raises(ConfigError, match="--method"):
-        CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), method="kmeans").validate()
+    with pytest.raises(ConfigError, match="--tokenizer.method must be one of opmq, rqvae, opq, got 'kmeans'"):
+        CompareConfig(
+            data=str(tiny_data), out=str(tmp_path / "o"), tokenizer=options(method="kmeans")
+        ).validate()
+    with pytest.raises(ConfigError, match="--tokenizer.select.train-rows must be >= 1, got 0"):
+        bad = options()
+        bad.select.train_rows = 0
+        CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), tokenizer=bad).validate()
     with pytest.raises(ConfigError, match="--seeds must be >= 1, got 0"):
         CompareConfig(data=str(tiny_data), out=str(tmp_path / "o"), seeds=0).validate()
     with pytest.raises(ConfigError, match="--out s3://b/cmp: must be a local folder"):
@@ -140,16 +158,111 @@ def test_compare_component_passes_seeds():
 def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, capsys, monkeypatch):
     assert compare.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # a bad flag: exit 2
     assert "--data" in capsys.readouterr().err
+    bad = ["--data", str(tiny_data), "--out", str(tmp_path / "o"), "--tokenizer.num-sids", "0"]
+    assert compare.main(bad) == 2  # the tokenizer's rule, its flag as compare spells it
+    assert "--tokenizer.num-sids must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # an old spelling is no compare flag
+        compare.main(["--data", str(tiny_data), "--out", str(tmp_path / "o"), "--num-sids", "2"])
+    assert e.value.code == 2
+    capsys.readouterr()
     seen = []
     monkeypatch.setattr(compare, "run_comparison", lambda cfg: seen.append(cfg) or tmp_path / "report.md")
     argv = ["--data", str(tiny_data), "--out", str(tmp_path / "o"), "--epochs", "2", "--batch-size", "256",
-            "--num-sids", "4", "--codebook_size", "32", "--tokenizer-min-steps", "60", "--high-card", "none",
-            "--seeds", "3", "--", "--model.embedding_dim", "16", "--eval.max_batches", "8"]  # fmt: skip
+            "--tokenizer.num-sids", "4", "--tokenizer.codebook_size", "32", "--tokenizer.min-steps", "60",
+            "--high-card", "none", "--seeds", "3", "--", "--model.embedding_dim", "16", "--eval.max_batches", "8"]  # fmt: skip
     assert compare.main(argv) == 0
     c = seen[0]
-    assert (c.epochs, c.batch_size, c.num_sids, c.codebook_size, c.tokenizer_min_steps) == (2, 256, 4, 32, 60)
+    t = c.tokenizer
+    assert (c.epochs, c.batch_size, t.model.num_sids, t.model.codebook_size, t.fit.min_steps) == (
+        2,
+        256,
+        4,
+        32,
+        60,
+    )
     assert c.seeds == 3
     assert c.high_card == "none" and c.trainer_args == argv[argv.index("--") + 1 :]
+
+
+def test_tokenizer_defaults_are_the_tokenizers_own(tmp_path, capsys):
+    """launch.compare embeds the tokenizer's options (no field of its own for K, C, the method, ...): its
+    --tokenizer.* defaults are python -m store.tokenizer's, its help lists that section, and the TorchX
+    component forwards tokenizer options without declaring any."""
+    import inspect
+
+    from data_pipeline.cli import parse
+    from store.tokenizer.config import option_fields
+    from store.tokenizer.pipeline import OLD_SPELLINGS, TokenizeConfig
+
+    argv = ["--data", "d", "--out", "o"]
+    from_compare = parse(CompareConfig, argv, prog="python -m launch.compare").tokenizer
+    tokenizer = parse(TokenizeConfig, argv, prog="python -m store.tokenizer", renames=OLD_SPELLINGS).options
+    assert from_compare == tokenizer == TokenizerOptions()
+    assert from_compare.model.num_sids == 4 and from_compare.fit.min_steps == 500  # written once, there
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--help"])
+    assert e.value.code == 0
+    shown = capsys.readouterr().out
+    for name in (
+        "num-sids",
+        "codebook-size",
+        "method",
+        "min-count",
+        "min-steps",
+        "embedding",
+        "disambiguate",
+    ):
+        assert f"--tokenizer.{name}" in shown, name
+    assert "--tokenizer.select.train-rows" in shown and "--tokenizer.sasrec.dim" in shown
+    # every tokenizer option is reachable through compare, and none is a compare flag of its own
+    names = set(option_fields())
+    assert {"num-sids", "min-steps", "select.train-rows", "fm.dim", "sasrec.positives-only"} <= names
+    assert not {"method", "num_sids", "codebook_size", "embedding", "disambiguate"} & {
+        f.name for f in dataclasses.fields(CompareConfig)
+    }
+    params = set(inspect.signature(components.compare).parameters)
+    assert "tokenizer" in params and not {"method", "num_sids", "codebook_size", "min_steps"} & params
+
+
+def test_nested_tokenizer_options_reach_the_tokenizer(tiny_data, tmp_path, capsys, monkeypatch):
+    """--tokenizer.select.train-rows and --tokenizer.min-steps reach the tokenizer stage through the
+    config file compare writes (OUT/logs/tokenize.json, read by --config): in its recorded inputs and
+    meta.json; the same options again reuse the SIDs, another value is refused naming it."""
+    from data_pipeline import outdir
+
+    real_run = compare.run_logged
+
+    def tokenizer_only(cmd, log, what):  # the tokenizer runs; training stops the comparison
+        if what != "tokenizer":
+            raise compare.StageFailed("stop before training", 1)
+        real_run(cmd, log, what)
+
+    monkeypatch.setattr(compare, "run_logged", tokenizer_only)
+    out = tmp_path / "o"
+    argv = ["--data", str(tiny_data), "--out", str(out), "--high-card", "none", "--seed", "2",
+            "--tokenizer.num-sids", "2", "--tokenizer.codebook-size", "8", "--tokenizer.min-steps", "10",
+            "--tokenizer.select.train-rows", "5000", "--tokenizer.threads", "1", "--", *TINY_MODEL]  # fmt: skip
+    assert compare.main(argv) == 1
+    assert "stop before training" in capsys.readouterr().err
+    config = json.loads((out / "logs" / "tokenize.json").read_text())
+    assert config["options"]["select"]["train_rows"] == 5000 and config["options"]["fit"]["min_steps"] == 10
+    assert (config["data"], config["seed"], config["high_card"]) == (str(tiny_data), 2, "none")
+    assert "--config" in (out / "logs" / "tokenize.log").read_text().splitlines()[0]
+    flags = outdir.read_record(out / "sids")["inputs"]["flags"]
+    assert (flags["select"]["train_rows"], flags["min_steps"], flags["num_sids"], flags["seed"]) == (
+        5000,
+        10,
+        2,
+        2,
+    )
+    meta = json.loads((out / "sids" / "meta.json").read_text())
+    assert (meta["num_sids"], meta["codewords"]) == (2, 8)
+    # the same options: the SIDs are reused; another value: refused (exit 2) naming it
+    assert compare.main(argv) == 1
+    assert "exists, made from the same inputs: reused" in capsys.readouterr().out
+    other = [a if a != "5000" else "4000" for a in argv]
+    assert compare.main(other) == 2
+    assert "select.train_rows: 5000 -> 4000" in capsys.readouterr().err
 
 
 def test_bad_trainer_flags_exit_2_before_any_stage(tiny_data, tmp_path, capsys, monkeypatch):
@@ -180,8 +293,8 @@ def test_bad_trainer_flags_exit_2_before_any_stage(tiny_data, tmp_path, capsys, 
 @pytest.mark.slow
 def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
     cfg = CompareConfig(
-        data=str(tiny_data), out=str(tmp_path / "cmp"), epochs=2, batch_size=256, num_sids=2,
-        codebook_size=16, tokenizer_min_steps=10, trainer_args=TINY_MODEL,
+        data=str(tiny_data), out=str(tmp_path / "cmp"), epochs=2, batch_size=256,
+        tokenizer=options(num_sids=2, codebook_size=16, min_steps=10), trainer_args=TINY_MODEL,
     )  # fmt: skip
     report = run_comparison(cfg)
     md = report.read_text()
@@ -229,8 +342,9 @@ def test_comparison_over_two_seeds(tiny_data, tmp_path, capsys):
     """--seeds 2: tokenizer and both arms per seed in OUT/<arm>/seed<k>, one report over both seeds
     with the paired test of STORE - ID and its verdict, built from the runs' test predictions."""
     out = tmp_path / "cmp"
-    argv = ["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--batch-size", "256", "--num-sids", "2",
-            "--codebook-size", "16", "--tokenizer-min-steps", "10", "--seed", "3", "--seeds", "2", "--", *TINY_MODEL]  # fmt: skip
+    argv = ["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--batch-size", "256",
+            "--tokenizer.num-sids", "2", "--tokenizer.codebook-size", "16", "--tokenizer.min-steps", "10",
+            "--seed", "3", "--seeds", "2", "--", *TINY_MODEL]  # fmt: skip
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out
     for seed in (3, 4):

@@ -104,23 +104,57 @@ def test_materialize_from_cli_style_args():
 
 
 def test_compare_appdef():
-    app = comp.compare("--model.num_layers", "1", data="d", out="o", epochs=2, nproc=2, num_sids=8)
+    tokenizer = {"num-sids": "8", "select.min-counts": "5,20", "disambiguate": "true"}
+    tokenizer["sasrec.positives_only"] = "false"
+    app = comp.compare("--model.num_layers", "1", data="d", out="o", epochs=2, nproc=2, tokenizer=tokenizer)
     role = app.roles[0]
     assert role.entrypoint == "python" and role.args[:2] == ["-m", "launch.compare"]
     args = " ".join(role.args)
-    assert "--epochs 2" in args and "--nproc 2" in args and "--num-sids 8" in args
+    assert "--epochs 2" in args and "--nproc 2" in args and "--tokenizer.num-sids 8" in args
+    assert "--tokenizer.select.min-counts 5,20 --tokenizer.disambiguate" in args
+    assert "--tokenizer.sasrec.no-positives-only" in args
     assert args.endswith("-- --model.num_layers 1")
-    with pytest.raises(ValueError, match="--method"):
-        comp.compare(data="d", method="kmeans")
+    # the flags it builds are launch.compare's
+    from data_pipeline.cli import parse
+    from launch.compare import CompareConfig
+
+    cfg = parse(CompareConfig, role.args[2 : role.args.index("--")], prog="python -m launch.compare")
+    t = cfg.tokenizer
+    assert (t.model.num_sids, t.select.min_counts, t.disambiguate, t.sasrec.positives_only) == (
+        8,
+        (5, 20),
+        True,
+        False,
+    )
+    with pytest.raises(ValueError, match="--tokenizer method must be one of"):
+        comp.compare(data="d", tokenizer={"method": "kmeans"})
+    with pytest.raises(ValueError, match="--tokenizer: unknown tokenizer option 'num_codes'"):
+        comp.compare(data="d", tokenizer={"num_codes": "4"})
+    with pytest.raises(
+        ValueError, match="--tokenizer: tokenizer option disambiguate: expected true or false"
+    ):
+        comp.compare(data="d", tokenizer={"disambiguate": "maybe"})
+    # torchx's own parsing of --tokenizer NAME=VALUE,... (a comma list stays one value)
+    app = materialize_appdef(
+        comp.compare, ["--data", "d", "--tokenizer", "num-sids=8,select.min-counts=5,20"]
+    )
+    assert "--tokenizer.num-sids 8 --tokenizer.select.min-counts 5,20" in " ".join(app.roles[0].args)
 
 
-def test_torchx_help_lists_the_arguments():
+@pytest.mark.parametrize(
+    "component, flags",
+    [
+        ("train", ("--data", "--max_retries", "--tensorboard_dir", "--sharding", "-j")),
+        ("compare", ("--data", "--tokenizer", "--seeds", "--nproc", "--high_card")),
+    ],
+)
+def test_torchx_help_lists_the_arguments(component, flags):
     r = subprocess.run(
-        [str(VENV_BIN / "torchx"), "run", "-s", "local_cwd", f"{COMPONENT}:train", "--help"],
+        [str(VENV_BIN / "torchx"), "run", "-s", "local_cwd", f"{COMPONENT}:{component}", "--help"],
         capture_output=True, text=True, env=env_with_venv(), cwd=REPO, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    for flag in ("--data", "--max_retries", "--tensorboard_dir", "--sharding", "-j"):
+    for flag in flags:
         assert flag in r.stdout
 
 
@@ -142,6 +176,15 @@ def test_torchx_local_cwd_two_process_job(tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 12
     assert 0.0 <= summary["auc"] <= 1.0
     assert any((tmp_path / "tb" / "t2").glob("events.out.tfevents.*"))
+
+
+def test_components_and_the_tokenizer_options_import_no_torch():
+    """Building an AppDef (and reading the tokenizer's option names for --tokenizer) loads no torch."""
+    code = "import sys, launch.store, store.tokenizer.config; assert 'torch' not in sys.modules, 'torch'"
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env_with_venv(), cwd=REPO
+    )
+    assert r.returncode == 0, r.stderr
 
 
 def test_component_choices_match_the_trainer():

@@ -1,6 +1,6 @@
 """The packages' layering, kept by a scan of every import (module level and inside functions):
-data_pipeline < store < trainer < launch, no package imports one above it, and no two modules import
-each other, directly or around a circle."""
+data_pipeline < store < trainer < launch, no package imports one above it (not even for annotations),
+and no two modules import each other at run time, directly or around a circle."""
 
 from __future__ import annotations
 
@@ -20,11 +20,26 @@ def project_modules() -> dict[str, Path]:
     return {module_name(p): p for layer in LAYERS for p in sorted((REPO / layer).rglob("*.py"))}
 
 
-def imports(path: Path, modules: dict[str, Path]) -> list[tuple[int, str]]:
-    """(line, project module) of every import in ``path``; ``from pkg import name`` counts as an
-    import of pkg.name when that is a module, else of pkg."""
+def type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """The nodes under ``if TYPE_CHECKING:`` (imports for annotations, never run)."""
+    nodes: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            for child in node.body:
+                nodes |= set(ast.walk(child))
+    return nodes
+
+
+def imports(path: Path, modules: dict[str, Path], run_time: bool = False) -> list[tuple[int, str]]:
+    """(line, project module) of every import in ``path`` (``run_time``: not those under ``if
+    TYPE_CHECKING:``); ``from pkg import name`` counts as an import of pkg.name when that is a module,
+    else of pkg."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skip = type_checking_only(tree) if run_time else set()
+    for node in ast.walk(tree):
+        if node in skip:
+            continue
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -47,7 +62,7 @@ def test_no_package_imports_one_above_it():
 def test_no_import_circle():
     modules = project_modules()
     graph = {
-        name: sorted({t for _, t in imports(path, modules) if t in modules and t != name})
+        name: sorted({t for _, t in imports(path, modules, run_time=True) if t in modules and t != name})
         for name, path in modules.items()
     }
     # a package's __init__ importing its own submodules is how packages expose them, not a circle

@@ -371,10 +371,11 @@ def test_cli_flag_spellings():
             "--seed", "3", "--no-progress", "--sasrec-dim", "8", "--sasrec-max-len", "5",
             "--sasrec-negatives", "2", "--sasrec-all-rows", "--sasrec.layers", "1"]  # fmt: skip
     cfg = parse(TokenizeConfig, argv, prog="python -m store.tokenizer", renames=OLD_SPELLINGS)
-    assert (cfg.method, cfg.num_sids, cfg.codebook_size, cfg.rotation) == ("rqvae", 4, 64, False)
+    m, o = cfg.options.model, cfg.options
+    assert (m.method, m.num_sids, m.codebook_size, m.opq_rotation) == ("rqvae", 4, 64, False)
     assert not cfg.progress
-    assert (cfg.fit.min_steps, cfg.fit.batch_size, cfg.fit.lr, cfg.fm_epochs, cfg.seed) == (30, 8, 0.1, 1, 3)
-    s = cfg.sasrec
+    assert (o.fit.min_steps, o.fit.batch_size, o.fit.lr, o.fm.epochs, cfg.seed) == (30, 8, 0.1, 1, 3)
+    s = o.sasrec
     assert (s.dim, s.max_len, s.num_negatives, s.positives_only, s.layers) == (8, 5, 2, False, 1)
 
 
@@ -437,3 +438,27 @@ def test_minilm_text_embeddings_offline(tmp_path, monkeypatch):
     )
     cached = pq.read_table(tmp_path / "o" / "text_embeddings.parquet")
     assert cached.num_rows == 8 and len(cached.column("embedding")[0]) == 384
+
+
+def test_config_file_gives_the_defaults_and_flags_override_it(tmp_path, capsys):
+    """--config FILE (as launch.compare writes OUT/logs/tokenize.json) sets every field; a flag beside it
+    wins; a key that is no option is refused with exit 2, naming it."""
+    from data_pipeline.cli import parse, write_config
+    from store.tokenizer.pipeline import OLD_SPELLINGS, TokenizeConfig
+
+    cfg = TokenizeConfig(data="d", out="o", seed=3, high_card="none")
+    cfg.options.select.min_counts = (7, 9)
+    cfg.options.model.num_sids = 6
+    cfg.options.fit.min_steps = 11
+    path = write_config(cfg, tmp_path / "tokenize.json")
+    argv = ["--config", str(path), "--num-sids", "2"]
+    got = parse(TokenizeConfig, argv, prog="t", renames=OLD_SPELLINGS, config_flag="--config")
+    o = got.options
+    assert (o.select.min_counts, o.model.num_sids, o.fit.min_steps) == ((7, 9), 2, 11)
+    assert (got.data, got.out, got.seed, got.high_card, got.config) == ("d", "o", 3, "none", str(path))
+    assert o.record()["num_sids"] == 2 and "input_dim" not in o.record()
+    (tmp_path / "bad.json").write_text('{"data": "d", "out": "o", "options": {"num_codes": 3}}')
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(tmp_path / "bad.json")])
+    assert e.value.code == 2
+    assert "--config " in (err := capsys.readouterr().err) and "unknown key 'num_codes'" in err

@@ -278,7 +278,7 @@ def test_comparison_never_gives_an_ordinary_verdict_on_all_reserved_sids(tmp_pat
             "--item", "sku", "--time", "ts"]  # fmt: skip
     assert data_main(argv) == 0
     argv = ["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "256",
-            "--tokenizer-min-steps", "10", "--", *TINY_MODEL]  # fmt: skip
+            "--tokenizer.min-steps", "10", "--", *TINY_MODEL]  # fmt: skip
     capsys.readouterr()
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,39 +36,14 @@ from tqdm import tqdm
 
 from data_pipeline import checkpoint_files
 from data_pipeline.checkpoint_files import BEST_DIR, CHECKPOINT_DIR, CheckpointError
-from data_pipeline.cli import ConfigError
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec
 from store.sid import sid_sources
+from store.tokenizer.config import FMConfig
 
 log = logging.getLogger(__name__)
 
 RAW_ITEM_TABLE = "t_item"  # the trainer's raw item table (store.models.layers.RAW_ITEM_TABLE)
-
-
-@dataclass
-class FMConfig:
-    """The tokenizer's own short raw-ID run (``--embedding learned`` without ``--from-run``)."""
-
-    dim: int = 16
-    """D: factor width (the embeddings the tokenizer quantizes are D + 1 wide)."""
-    epochs: int = 2
-    """Passes over the train split."""
-    batch_size: int = 512
-    """Rows per step."""
-    lr: float = 0.01
-    """Adam learning rate (sparse Adam for the tables)."""
-    l2: float = 1e-6
-    """L2 penalty on the factors of the IDs in each batch."""
-    seed: int = 0
-    """Seed of the init and the shuffling."""
-
-    def validate(self) -> None:
-        for name in ("dim", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--fm-{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.l2 < 0:
-            raise ConfigError(f"--fm-lr must be > 0 and --fm-l2 >= 0, got {self.lr} and {self.l2}")
 
 
 def table_of(spec: DatasetSpec, feature: str) -> str:
@@ -240,5 +214,5 @@ def train_fm(
         log.info("FM epoch %d: train logloss %.4f", epoch, loss_sum / max(n, 1))
     bar.close()
     if not math.isfinite(loss_sum):
-        raise DataError(f"{data_dir}: the FM's train loss is not finite (lower --fm-lr)")
+        raise DataError(f"{data_dir}: the FM's train loss is not finite (lower --fm.lr)")
     return {f: model.embeddings(f) for f in features}

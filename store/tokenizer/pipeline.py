@@ -28,7 +28,6 @@ from typing import Annotated
 
 import numpy as np
 import torch
-import tyro
 from torch import Tensor
 from tqdm import tqdm
 
@@ -37,10 +36,10 @@ from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, apply_high_card
 from store.sid import SidTable
 from store.tokenizer import learned, sasrec, select
-from store.tokenizer.embeddings import LEARNED, SOURCES, ItemEmbeddings, default_source
-from store.tokenizer.quantizers import METHODS, SemanticTokenizer, TokenizerConfig, load_tokenizer
-from store.tokenizer.sasrec import SASRecConfig
-from store.tokenizer.select import RARE_MODES, Rule, SelectConfig
+from store.tokenizer.config import FLAT, FitConfig, TokenizerConfig, TokenizerOptions
+from store.tokenizer.embeddings import LEARNED, ItemEmbeddings, default_source
+from store.tokenizer.quantizers import SemanticTokenizer, load_tokenizer
+from store.tokenizer.select import Rule
 from store.tokenizer.sources import open_source
 
 __all__ = [
@@ -59,35 +58,6 @@ log = logging.getLogger(__name__)
 SID_TABLE = "sid_table.parquet"
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
-
-
-@dataclass
-class FitConfig:
-    """How a tokenizer is fitted to the embeddings."""
-
-    epochs: int = 10
-    """Passes over the training embeddings (more if needed to reach min_steps)."""
-    min_steps: int = 1000
-    """At least this many optimiser steps (small catalogs need several passes)."""
-    batch_size: int = 1024
-    """Items per Adam step."""
-    lr: float = 2e-3
-    """Adam learning rate."""
-    kmeans_sample: int = 20_000
-    """Items used for the k-means initialisation of the codebooks."""
-    kmeans_iters: int = 20
-    """Lloyd iterations of that k-means."""
-    reseed_every: int = 100
-    """Every this many steps, codewords unused since the last check are re-seeded from the batch."""
-    seed: Annotated[int, tyro.conf.Suppress] = 0
-    """Seed for init, shuffling and re-seeding (the CLI's --seed)."""
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "kmeans_sample", "kmeans_iters", "reseed_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.min_steps < 0 or not self.lr > 0:
-            raise ConfigError(f"--min-steps must be >= 0 and --lr > 0, got {self.min_steps} and {self.lr}")
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -326,13 +296,7 @@ def learned_embeddings(
         return {}, ""
     if args.from_run:
         return learned.from_run(args.from_run, spec, features), f"run {args.from_run}"
-    fm = learned.FMConfig(
-        dim=args.fm_dim,
-        epochs=args.fm_epochs,
-        batch_size=args.fm_batch_size,
-        lr=args.fm_lr,
-        seed=args.seed,
-    )
+    fm = replace(args.options.fm, seed=args.seed)
     return learned.train_fm(args.data, spec, features, fm, progress), "fm (train split)"
 
 
@@ -411,106 +375,41 @@ class TokenizeConfig:
     """Dataset folder (DIR/spec.json, DIR/items/*.parquet)."""
     out: str
     """Output folder for sid_table.parquet, meta.json, tokenizer/."""
-    method: str = TokenizerConfig.method
-    """Tokenizer: opmq, rqvae or opq."""
-    num_sids: int = TokenizerConfig.num_sids
-    """K: semantic IDs per feature."""
-    codebook_size: int = TokenizerConfig.codebook_size
-    """C: codewords per codebook."""
-    embedding: str = ""
-    """The item's embedding source: content, text, sasrec, content+sasrec or learned (empty: content if the
-    item table has embeddings, else learned); other features always use learned."""
+    seed: int = 0
+    """Seed of the sample, the tokenizer's training, the FM and SASRec."""
+    high_card: str = ""
+    """High-cardinality features 'f1,f2' to tokenize, overriding the spec's ('none': only the item)."""
     from_run: str = ""
     """learned: read the embedding tables of this finished trainer run (a raw-ID model such as --model id)
     instead of training a small FM on the train split."""
-    high_card: str = ""
-    """High-cardinality features 'f1,f2' to tokenize, overriding the spec's ('none': only the item)."""
-    min_count: int = 0
-    """learned: IDs seen fewer than this many times in the train split get the reserved code (or, with
-    --rare neighbours, their neighbours' SIDs). 0 (default): chosen from the data, by validation
-    (store.tokenizer.select): every candidate rule is scored by a proxy model on the valid split."""
-    rare: str = ""
-    """learned: what IDs under the cut-off get: reserved (the reserved code) or neighbours (the SIDs of
-    the row their co-occurrence predicts). Empty: both are candidates (--min-count 0), else reserved."""
-    disambiguate: bool = False
-    """Add one code per feature that makes the SID tuples of the IDs with real SIDs unique (the most
-    frequent of IDs sharing a tuple gets 0, the next 1, ...): K + 1 codes per ID."""
-    select: SelectConfig = field(default_factory=SelectConfig)
-    """The validation that picks the rule for learned IDs (--min-count 0)."""
-    fm_dim: int = learned.FMConfig.dim
-    """learned (no --from-run): FM factor width."""
-    fm_epochs: int = learned.FMConfig.epochs
-    """learned: FM passes over the train split."""
-    fm_batch_size: int = learned.FMConfig.batch_size
-    """learned: FM rows per step."""
-    fm_lr: float = learned.FMConfig.lr
-    """learned: FM learning rate."""
-    latent_dim: int = TokenizerConfig.latent_dim
-    """OPMQ / RQ-VAE latent dim per code."""
-    expert_hidden: int = TokenizerConfig.expert_hidden
-    """OPMQ expert hidden width (0: linear)."""
-    hidden_dim: int = TokenizerConfig.hidden_dim
-    """Decoder / RQ-VAE encoder hidden width."""
-    ortho_weight: float = TokenizerConfig.ortho_weight
-    """OPMQ orthogonal loss weight."""
-    commitment: float = TokenizerConfig.commitment
-    """Commitment loss weight."""
-    rotation: bool = TokenizerConfig.opq_rotation
-    """OPQ: learn a rotation before product quantization (--no-rotation: plain PQ)."""
-    max_train_items: int = 1_000_000
-    """Train on a sample of this many items."""
-    encode_batch_size: int = 8192
-    """Items per batch when assigning SIDs."""
-    seed: int = 0
-    """Seed of the sample, the tokenizer's training, the FM and SASRec."""
-    threads: int = 0
-    """Torch intra-op threads (0: torch's default; 1 is much faster on a CPU shared with other jobs)."""
     progress: bool = True
     """Progress bars (--no-progress: none)."""
     overwrite: bool = False
     """Replace the SID table an earlier tokenizer run wrote in --out (only its files; others are kept).
     Without it an --out holding SIDs is refused: runs trained on them would silently change meaning."""
-    fit: Annotated[FitConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=FitConfig)
-    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
-    """SASRec embeddings (--embedding sasrec or content+sasrec; --sasrec-dim is --sasrec.dim)."""
+    config: str = ""
+    """A JSON file with this command's settings (as launch.compare writes OUT/logs/tokenize.json); flags
+    given beside it override its values."""
+    options: Annotated[TokenizerOptions, FLAT] = field(default_factory=TokenizerOptions)
+    """How the SIDs are made (store.tokenizer.config; launch.compare's --tokenizer.* section)."""
 
     def validate(self) -> None:
         """ConfigError naming the flag, the value and the rule."""
-        for flag in ("num_sids", "codebook_size", "latent_dim", "hidden_dim", "max_train_items"):
-            if getattr(self, flag) < 1:
-                raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
-        if self.encode_batch_size < 1:
-            raise ConfigError(f"--encode-batch-size must be >= 1, got {self.encode_batch_size}")
-        if self.min_count < 0:
-            raise ConfigError(f"--min-count must be >= 0 (0: chosen by validation), got {self.min_count}")
-        if self.rare and self.rare not in RARE_MODES:
-            raise ConfigError(f"--rare must be one of {', '.join(RARE_MODES)}, got {self.rare!r}")
-        self.select.validate()
-        if self.threads < 0:
-            raise ConfigError(f"--threads must be >= 0, got {self.threads}")
-        if self.expert_hidden < 0:
-            raise ConfigError(f"--expert-hidden must be >= 0, got {self.expert_hidden}")
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.embedding and self.embedding not in (*SOURCES, LEARNED):
-            choices = ", ".join((*SOURCES, LEARNED))
-            raise ConfigError(f"--embedding must be one of {choices}, got {self.embedding!r}")
+        self.options.validate("--")
         if not fs.is_dir(self.data):  # a path or an object-store URI
             raise fs.missing(self.data, "dataset folder does not exist", flag="--data")
         if self.from_run and not Path(self.from_run).is_dir():
             raise ConfigError(f"--from-run {self.from_run}: folder does not exist")
-        self.fit.validate()
 
     def inputs(self) -> dict:
         """What the SID table is made from, recorded in --out (`data_pipeline.outdir`): the data's
         fingerprint, the finished run the learned rows come from (--from-run), and every flag that
-        changes the codes (not --out, --progress, --threads, --overwrite or the paths)."""
-        d = asdict(self)
-        volatile = ("data", "out", "from_run", "threads", "progress", "overwrite")
+        changes the codes (`TokenizerOptions.record`, --seed and --high-card; not --out, --progress,
+        --threads, --overwrite, --config or the paths)."""
         return {
             "data": DatasetSpec.load(self.data).fingerprint,
             "from_run": outdir.folder_fingerprint(self.from_run, ("summary.json",)) if self.from_run else "",
-            "flags": {k: v for k, v in d.items() if k not in volatile},
+            "flags": {**self.options.record(), "seed": self.seed, "high_card": self.high_card},
             "paths": {"data": self.data, "from_run": self.from_run},
         }
 
@@ -529,21 +428,24 @@ def claim_output(args: TokenizeConfig) -> outdir.Output:
 
 
 OLD_SPELLINGS = {f"--sasrec-{old}": f"--sasrec.{new}" for old, new in sasrec.OLD_SPELLINGS.items()}
-"""The SASRec flags' old spellings (``--sasrec-dim``) -> their group's (``--sasrec.dim``)."""
+OLD_SPELLINGS |= {f"--fm-{name}": f"--fm.{name}" for name in ("dim", "epochs", "batch-size", "lr")}
+OLD_SPELLINGS |= {"--rotation": "--opq-rotation", "--no-rotation": "--no-opq-rotation"}
+"""Flags' old spellings -> their fields': SASRec's (``--sasrec-dim``: ``--sasrec.dim``), the FM's
+(``--fm-dim``: ``--fm.dim``) and OPQ's rotation (``--no-rotation``: ``--no-opq-rotation``)."""
 
 
 def run(args: TokenizeConfig) -> dict:
     """The whole stage; returns meta.json's content. ConfigError for bad flags, DataError for bad input."""
     args.validate()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.options.threads:
+        torch.set_num_threads(args.options.threads)
     spec = apply_high_card(DatasetSpec.load(args.data), args.high_card)
     if not spec.high_cardinality:
         raise DataError(
             f"{args.data}: dataset {spec.name!r} has no item and no high-cardinality feature to tokenize "
             "(name some with --high-card)"
         )
-    sources = feature_sources(spec, args.embedding or None)
+    sources = feature_sources(spec, args.options.embedding or None)
     output = claim_output(args)
     output.set_inputs(args.inputs())
     out = Path(args.out)
@@ -567,9 +469,9 @@ def run(args: TokenizeConfig) -> dict:
             if source == LEARNED:
                 factors = sample.factors.get(f) if sample else None
                 emb, real = rule_embeddings(learned_rows[f], counts[f], rule, factors)
-                rows, unseen_code = spec.table_rows(f), args.codebook_size
+                rows, unseen_code = spec.table_rows(f), args.options.model.codebook_size
             else:
-                sas_cfg = replace(args.sasrec, seed=args.seed)
+                sas_cfg = replace(args.options.sasrec, seed=args.seed)
                 emb = open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=progress)
                 rows, unseen_code, real = emb.num_items, None, torch.ones(emb.num_items, dtype=torch.bool)
             tok = (fitted or {}).get(f)
@@ -585,12 +487,14 @@ def run(args: TokenizeConfig) -> dict:
                 fixed[f] = built[f]
         return built
 
-    forced = not learned_features or args.min_count > 0
+    forced = not learned_features or args.options.min_count > 0
     if forced:
-        rule = Rule(max(1, args.min_count), args.rare or "reserved")
+        rule = Rule(max(1, args.options.min_count), args.options.rare or "reserved")
         sample = None
         if rule.rare == "neighbours" and rule.min_count > 1:
-            sample = select.load_sample(args.data, spec, learned_features, args.select, args.seed, progress)
+            sample = select.load_sample(
+                args.data, spec, learned_features, args.options.select, args.seed, progress
+            )
         chosen, selection = build(rule, sample), {"forced": True, "chosen": rule.name, "candidates": []}
     else:
         chosen, selection, rule = choose(args, spec, learned_features, build, progress)
@@ -598,24 +502,24 @@ def run(args: TokenizeConfig) -> dict:
     for f, b in chosen.items():
         if b.tokenizer is not None:
             b.tokenizer.save(out / tokenizer_dir(spec, f))
-        if args.disambiguate:
+        if args.options.disambiguate:
             real = (
                 b.codes[:, 0] != b.unseen_code
                 if b.unseen_code is not None
                 else torch.ones(len(b.codes), dtype=torch.bool)
             )
-            b.codes, extra = disambiguate(b.codes, real, counts[f], args.codebook_size)
+            b.codes, extra = disambiguate(b.codes, real, counts[f], args.options.model.codebook_size)
             b.stats |= extra
     per_feature = {f: b.stats for f, b in chosen.items()}
-    codebook_rows = args.codebook_size + (1 if unseen else 0)
-    K = args.num_sids + (1 if args.disambiguate else 0)
+    codebook_rows = args.options.model.codebook_size + (1 if unseen else 0)
+    K = args.options.model.num_sids + (1 if args.options.disambiguate else 0)
     cfg = next((b.tokenizer.cfg for b in chosen.values() if b.tokenizer is not None), None)
     meta = {
-        "method": args.method,
+        "method": args.options.model.method,
         "num_sids": K,
-        "disambiguation_code": args.disambiguate,
+        "disambiguation_code": args.options.disambiguate,
         "codebook_size": codebook_rows,
-        "codewords": args.codebook_size,
+        "codewords": args.options.model.codebook_size,
         "tokenizer_config": asdict(cfg) if cfg is not None else {},
         "dataset": spec.record(),
         "learned_from": origin,
@@ -628,7 +532,7 @@ def run(args: TokenizeConfig) -> dict:
         "total_seconds": time.perf_counter() - t0,
     }
     if unseen:
-        meta["unseen_code"] = args.codebook_size
+        meta["unseen_code"] = args.options.model.codebook_size
         meta["min_count"] = rule.min_count
         meta["rare"] = rule.rare
     if spec.item_id:  # the item's figures at the top level, as before per-feature SIDs
@@ -637,7 +541,7 @@ def run(args: TokenizeConfig) -> dict:
         meta["tokenizer"] = TOKENIZER_DIR
     item_feature = spec.item_id if spec.item_id else ""
     tables = {f: b.codes for f, b in chosen.items()}
-    SidTable(tables, codebook_rows, args.method, item_feature=item_feature, meta=meta).save(out)
+    SidTable(tables, codebook_rows, args.options.model.method, item_feature=item_feature, meta=meta).save(out)
     return json.loads((out / META_FILE).read_text())
 
 
@@ -684,33 +588,22 @@ def tokenize_feature(
 ) -> Built:  # fmt: skip
     """Fit a tokenizer to one feature's embeddings (or reuse ``tok``) and assign every row its codes."""
     log.info("%s: embeddings %s, dim %d, %d of %d rows", f, source, emb.dim, int(real.sum()), rows)
-    cfg = TokenizerConfig(
-        method=args.method,
-        num_sids=args.num_sids,
-        codebook_size=args.codebook_size,
-        input_dim=emb.dim,
-        latent_dim=args.latent_dim,
-        expert_hidden=args.expert_hidden,
-        hidden_dim=args.hidden_dim,
-        commitment=args.commitment,
-        ortho_weight=args.ortho_weight,
-        opq_rotation=args.rotation,
-    )
-    x = sample_embeddings(emb, args.max_train_items, seed=args.seed)
+    cfg = replace(args.options.model, input_dim=emb.dim)
+    x = sample_embeddings(emb, args.options.max_train_items, seed=args.seed)
     if len(x) == 0:
         if unseen_code is None:
             raise DataError(f"{args.data}: no embeddings found for feature {f!r} (--embedding {source})")
         log.warning("%s: no ID gets real SIDs under this rule; every row gets the reserved code", f)
-        codes = torch.full((rows, args.num_sids), unseen_code, dtype=torch.long)
+        codes = torch.full((rows, args.options.model.num_sids), unseen_code, dtype=torch.long)
         stats = {"embedding_source": source, "rows": rows, "items_tokenized": 0, "coverage": 0.0,
                  "collision_rate": 0.0, "collision_rate_rows": 0.0, "unique_sids": 0}  # fmt: skip
         return Built(codes, stats, None, unseen_code)
     t1 = time.perf_counter()
     if tok is None:
-        tok = train_tokenizer(x, cfg, replace(args.fit, seed=args.seed), progress=progress)
+        tok = train_tokenizer(x, cfg, replace(args.options.fit, seed=args.seed), progress=progress)
     train_seconds = time.perf_counter() - t1
     recon = relative_recon_error(tok, x[:100_000])
-    codes, stats = assign_codes(emb, tok, rows, unseen_code, args.encode_batch_size, progress)
+    codes, stats = assign_codes(emb, tok, rows, unseen_code, args.options.encode_batch_size, progress)
     stats = {
         "embedding_source": source,
         "embedding_dim": emb.dim,
@@ -722,7 +615,7 @@ def tokenize_feature(
         "reseeded_codewords": tok.reseeded,
         "recon_error_rel": recon,
         **stats,
-        "collision_rate_rows": row_collisions(codes, real, count, args.codebook_size),
+        "collision_rate_rows": row_collisions(codes, real, count, args.options.model.codebook_size),
     }
     return Built(codes, stats, tok, unseen_code)
 
@@ -733,14 +626,14 @@ def choose(
     """Every candidate rule built and scored by the proxy on the valid split; the best one wins
     (``store.tokenizer.select``). Returns its features, meta.json's ``selection`` and the rule."""
     t0 = time.perf_counter()
-    sample = select.load_sample(args.data, spec, features, args.select, args.seed, progress)
-    raw = select.proxy_auc(sample.train, sample.valid, spec, None, args.select, args.seed)
+    sample = select.load_sample(args.data, spec, features, args.options.select, args.seed, progress)
+    raw = select.proxy_auc(sample.train, sample.valid, spec, None, args.options.select, args.seed)
     log.info("selection: proxy on raw IDs, valid AUC %.4f", raw)
     candidates, best, best_key, best_rule = [], None, (False, -math.inf), None
     item_feature = spec.item_id if spec.item_id else ""
     # one tokenizer per feature, fitted to every seen ID's row, encodes every candidate (the rules differ
     # in which IDs get which row); the chosen rule's tokenizers are then fitted to its own rows
-    rules = select.candidate_rules(args.select.min_counts, args.rare)  # the first is `all`
+    rules = select.candidate_rules(args.options.select.min_counts, args.options.rare)  # the first is `all`
     fitted: dict[str, SemanticTokenizer] = {}
     for rule in rules:
         built = build(rule, sample, fitted)
@@ -749,10 +642,10 @@ def choose(
             fitted = {f: built[f].tokenizer for f in features if built[f].tokenizer is not None}
         unseen = any(b.unseen_code is not None for b in built.values())
         table = SidTable(
-            {f: b.codes for f, b in built.items()}, args.codebook_size + (1 if unseen else 0), args.method,
+            {f: b.codes for f, b in built.items()}, args.options.model.codebook_size + (1 if unseen else 0), args.options.model.method,
             item_feature=item_feature,
         )  # fmt: skip
-        auc = select.proxy_auc(sample.train, sample.valid, spec, table, args.select, args.seed)
+        auc = select.proxy_auc(sample.train, sample.valid, spec, table, args.options.select, args.seed)
         # a rule that leaves most of the valid rows' known IDs without real SIDs would make the comparison
         # "not comparable" (launch.report): it is chosen only when every rule does
         cover = {f: built[f].stats.get("valid_coverage") for f in features}
@@ -860,7 +753,9 @@ def report(meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse(TokenizeConfig, argv, prog="python -m store.tokenizer", renames=OLD_SPELLINGS)
+    args = cli.parse(
+        TokenizeConfig, argv, prog="python -m store.tokenizer", renames=OLD_SPELLINGS, config_flag="--config"
+    )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         meta = run(args)

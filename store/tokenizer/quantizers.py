@@ -29,46 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_pipeline.spec import DataError, atomic_write_text
-from store.sid import METHODS
+from store.tokenizer.config import TokenizerConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
-
-
-@dataclass
-class TokenizerConfig:
-    """Architecture of a tokenizer; saved as OUT/tokenizer/config.json."""
-
-    method: str = "opmq"
-    """'opmq' (orthogonal parallel experts), 'rqvae' (residual quantization) or 'opq' (product quantization)."""
-    num_sids: int = 4
-    """K: codes per item (experts / residual levels / subspaces)."""
-    codebook_size: int = 64
-    """C: codewords per codebook."""
-    input_dim: int = 0
-    """D: item embedding dim (set from the data)."""
-    latent_dim: int = 16
-    """d for OPMQ and RQ-VAE: dim of each expert's latent / of the RQ latent. OPQ uses ceil(D / K)."""
-    expert_hidden: int = 0
-    """OPMQ: hidden width of a GELU layer inside each expert; 0 (default): each expert is one linear map
-    D -> d, the cheapest expert (SID assignment at K=32, C=300 is then dominated by the codeword search)."""
-    hidden_dim: int = 256
-    """Hidden width of the OPMQ decoder and of the RQ-VAE encoder/decoder."""
-    commitment: float = 0.25
-    """Weight of the commitment term ||z - sg(s)||^2."""
-    ortho_weight: float = 0.1
-    """OPMQ: weight of the orthogonal regulariser ||V V^T - I||_F^2 on the experts' weights."""
-    opq_rotation: bool = True
-    """OPQ: learn a rotation before product quantization (False: plain PQ)."""
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("num_sids", "codebook_size", "input_dim", "latent_dim", "hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.expert_hidden < 0:
-            raise ValueError(f"expert_hidden must be >= 0, got {self.expert_hidden}")
 
 
 @dataclass

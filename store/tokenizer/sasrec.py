@@ -30,55 +30,10 @@ from tqdm import tqdm
 from data_pipeline import cli
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, list_shards, open_shard, split_dir
+from store.tokenizer.config import SASRecConfig
 from store.tokenizer.embeddings import num_items_of, write_embeddings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SASRecConfig:
-    """Model and training settings of SASRec."""
-
-    dim: int = 64
-    """d: item embedding / hidden size."""
-    max_len: int = 50
-    """L: positions per sequence (the most recent items are kept)."""
-    layers: int = 2
-    """Transformer blocks."""
-    heads: int = 2
-    """Attention heads (must divide dim)."""
-    dropout: float = 0.2
-    """Dropout in embeddings and blocks."""
-    epochs: int = 3
-    """Passes over the train split."""
-    batch_size: int = 256
-    """Sequences per step."""
-    lr: float = 1e-3
-    """Adam learning rate."""
-    num_negatives: int = 1
-    """M: uniformly sampled negative items per position."""
-    positives_only: bool = True
-    """Learn only from rows whose label is positive (a click is the next item); False uses every row."""
-    read_rows: int = 65_536
-    """Rows read from parquet at a time; sequences are shuffled within such a block."""
-    seed: Annotated[int, tyro.conf.Suppress] = 0
-    """Seed for init, shuffling and negatives (the CLI's --seed)."""
-
-    def validate(self) -> None:
-        for name in (
-            "dim",
-            "max_len",
-            "layers",
-            "heads",
-            "epochs",
-            "batch_size",
-            "num_negatives",
-            "read_rows",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise ConfigError(f"--heads ({self.heads}) must divide --dim ({self.dim})")
 
 
 class SASRec(nn.Module):

@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from data_pipeline.batch import Batch
-from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec
 from store.metrics import auc
 from store.sid import SidTable, sid_sources
 from store.tokenizer import learned
+from store.tokenizer.config import RARE_MODES, SelectConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,6 @@ COVERAGE_FLOOR = 0.5
 """A tokenized feature whose coverage (of the evaluated rows whose ID occurs in the train split, the share
 whose ID has real SIDs) is below this leaves STORE without most of what the ID arm learned: the report
 calls such a comparison not comparable, and the selection prefers rules above it."""
-RARE_MODES = ("reserved", "neighbours")
-"""What an ID seen fewer than min-count times in train gets: the reserved code, or its neighbours' SIDs."""
 
 
 @dataclass(frozen=True)
@@ -76,39 +74,6 @@ def candidate_rules(min_counts: tuple[int, ...], rare: str = "") -> list[Rule]:
         if m > 1:
             rules += [Rule(m, r) for r in RARE_MODES if not rare or r == rare]
     return rules
-
-
-@dataclass
-class SelectConfig:
-    """The validation that picks the rule (a bounded budget: a sample of the train and valid splits)."""
-
-    min_counts: tuple[int, ...] = (5, 20, 50)
-    """Cut-offs tried (besides ``all``), each with the reserved code and with the neighbours' SIDs."""
-    train_rows: int = 200_000
-    """At most this many train rows (the first ones) for the proxy and the co-occurrence counts."""
-    valid_rows: int = 50_000
-    """At most this many valid rows score the proxy."""
-    proxy_dim: int = 8
-    """The proxy FM's factor width."""
-    proxy_epochs: int = 2
-    """Passes of the proxy over its train rows (the best epoch's valid AUC counts)."""
-    proxy_batch_size: int = 512
-    """The proxy's rows per step (small steps, as the trainer takes: a leak shows once the rows are fitted)."""
-    proxy_lr: float = 0.01
-    """The proxy's Adam learning rate."""
-    cooc_dim: int = 32
-    """Width of the co-occurrence factors (truncated SVD) the neighbours' rows are predicted from."""
-
-    def validate(self) -> None:
-        for name in ("train_rows", "valid_rows", "proxy_dim", "proxy_epochs", "proxy_batch_size", "cooc_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"--select.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
-        if not self.min_counts or min(self.min_counts) < 2:
-            raise ConfigError(f"--select.min-counts must be values >= 2, got {self.min_counts}")
-        if not self.proxy_lr > 0:
-            raise ConfigError(f"--select.proxy-lr must be > 0, got {self.proxy_lr}")
 
 
 # -- a bounded sample of the splits, read once -------------------------------------------------------
