@@ -27,8 +27,6 @@ from store.metrics import METRICS
 
 BASELINE = "id"
 """The arm the others are tested against when present (else the first arm)."""
-
-
 RESAMPLES = 1000
 """Bootstrap resamples of the significance tests."""
 

@@ -41,18 +41,10 @@ SECTIONS = (
     "Projection to a large cluster",
 )
 """The report's '## ' sections, in order."""
-
-
 PLOT = "auc_vs_epoch.png"
-
-
 SIGNIFICANCE = "significance.json"
 """The tests' figures, machine-readable, next to report.md."""
-
-
 REPORT_FILE = "report.md"
-
-
 REPORT_ENTRIES = (REPORT_FILE, SIGNIFICANCE, "*.png", "tensorboard")
 """What a report folder holds (an earlier report is replaced; other files there are refused)."""
 
