@@ -14,16 +14,18 @@ about 1.6 % relative error above), so memory does not grow with the data.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import tyro
 from tqdm import tqdm
 
 from data_pipeline import fs
@@ -243,24 +245,23 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> None:
+@dataclass
+class InspectArgs:
+    """Print a dataset's spec, row counts and column stats."""
+
+    dir: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="DIR")]
+    """Dataset folder (with spec.json): a path or a URI (s3://bucket/prefix ...)."""
+    split: Literal["train", "valid", "test", "all"] = "all"
+    """Splits to compute column stats over."""
+    max_rows: int = 0
+    """Stats over the first N rows of each split (0: all)."""
+    json: bool = False
+    """Print the report as JSON."""
+
+
+def run(args: InspectArgs) -> None:
     if args.max_rows < 0:
         raise DataError(f"--max-rows must be >= 0, got {args.max_rows}")
     splits = SPLITS if args.split == "all" else (args.split,)
     report = inspect_dataset(args.dir, splits, args.max_rows)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "inspect", help="print a dataset's spec, row counts and column stats", description=__doc__
-    )
-    p.add_argument("dir", help="dataset folder (with spec.json): a path or a URI (s3://bucket/prefix ...)")
-    p.add_argument(
-        "--split", choices=[*SPLITS, "all"], default="all", help="splits to compute column stats over"
-    )
-    p.add_argument(
-        "--max-rows", type=int, default=0, help="stats over the first N rows of each split (0: all)"
-    )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)

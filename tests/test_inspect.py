@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_pipeline import cli
 from data_pipeline.__main__ import main
-from data_pipeline.inspect import KMV_K, IdStats, format_report, inspect_dataset
-from data_pipeline.spec import DataError, DatasetSpec, ItemTable, SparseFeature
+from data_pipeline.inspect import KMV_K, IdStats, InspectArgs, format_report, inspect_dataset
+from data_pipeline.spec import SPLITS, DataError, DatasetSpec, ItemTable, SparseFeature
 from data_pipeline.writer import ShardWriter, arrow_schema
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -115,6 +117,32 @@ def test_cli_and_bad_input(tmp_path, capsys):
     (tmp_path / "ds" / "train" / "part-00001.parquet").unlink()
     with pytest.raises(DataError, match="no .parquet shards"):
         inspect_dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--split", "tests"], ["--split", "'tests'"]),
+        (["--max-rows", "ten"], ["--max-rows", "'ten'"]),
+        (["--rows", "3"], ["--rows"]),
+    ],
+)
+def test_malformed_flags_exit_2_naming_the_flag(tmp_path, capsys, flags, named):
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and all(s in err for s in named), err
+
+
+def test_flags_parse_to_the_same_settings(tmp_path, capsys):
+    """--max-rows / --max_rows, --json, each split and all: the flags of the command lines in use;
+    --split offers every split of the dataset format."""
+    args = cli.parse(InspectArgs, [str(tmp_path), "--max_rows", "5", "--json", "--split", "test"], prog="t")
+    assert (args.dir, args.max_rows, args.json, args.split) == (str(tmp_path), 5, True, "test")
+    assert cli.parse(InspectArgs, [str(tmp_path)], prog="t") == InspectArgs(str(tmp_path))
+    assert get_args(get_type_hints(InspectArgs)["split"]) == (*SPLITS, "all")
+    assert main(["inspect", str(tmp_path), "--max-rows", "-1"]) == 2
+    assert "--max-rows must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_converted_movielens(tmp_path):

@@ -203,3 +203,28 @@ def test_tokenizer_section_says_whether_no_sid_table_was_given_or_its_meta_is_mi
     assert "No SID table was given" in report.section_tokenizer(None)
     missing = report.section_tokenizer(tmp_path / "sids")
     assert "No tokenizer meta.json" in missing and str(tmp_path / "sids") in missing
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--resamples", "many"], ["--resamples", "'many'"]),
+        (["--bogus", "1"], ["--bogus"]),
+    ],
+)
+def test_malformed_flags_exit_2_naming_the_flag(tmp_path, capsys, flags, named):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run", f"id={tmp_path}", "--out", str(tmp_path / "r"), *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and all(s in err for s in named), err
+
+
+def test_missing_or_out_of_range_flags_exit_2_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # no --out
+        main(["--run", f"id={tmp_path}"])
+    assert exit_.value.code == 2 and "--out" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "r")]) == 2
+    assert "--run is required" in capsys.readouterr().err
+    assert main(["--run", f"id={tmp_path}", "--out", str(tmp_path / "r"), "--resamples", "0"]) == 2
+    assert "--resamples must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
