@@ -19,7 +19,7 @@ if [ ! -f "$OUT/data/spec.json" ]; then
     --overwrite --no-progress
 fi
 "$PY" -m launch.compare --data "$OUT/data" --out "$OUT/compare" --epochs 2 --batch-size 256 \
-  --tokenizer.num-sids 4 --tokenizer.codebook-size 32 --tokenizer.min-steps 60 \
+  --tokenizer.num-sids 4 --tokenizer.codebook-size 32 \
   -- --model.embedding_dim 16 --model.num_layers 1 --eval.max_batches 8
 echo
 echo "Demo done. Open $OUT/compare/report/report.md (its Significance section: the verdict with its"
