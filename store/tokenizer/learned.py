@@ -40,6 +40,7 @@ from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec
 from store.sid import sid_sources
 from store.tokenizer.config import FMConfig
+from store.tokenizer.fit import fit
 
 log = logging.getLogger(__name__)
 
@@ -196,22 +197,26 @@ def train_fm(
     opts = [torch.optim.SparseAdam(sparse, lr=cfg.lr), torch.optim.Adam(dense, lr=cfg.lr)]
     reader = split_reader(data_dir, spec, cfg.batch_size, cfg.seed, shuffle=True)
     bar = tqdm(total=cfg.epochs * len(reader), desc="learn FM embeddings", unit="step", disable=not progress)
-    loss_sum, n = 0.0, 0
-    for epoch in range(cfg.epochs):
+    train_loss = [0.0, 0]  # this epoch's summed BCE and rows
+
+    def epoch_batches(epoch: int):
         reader.set_epoch(epoch)
-        loss_sum, n = 0.0, 0
-        for batch in reader:
-            logits, v = model(batch)
-            bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels.float())
-            loss = bce + cfg.l2 * v.pow(2).sum() / len(logits)
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in opts:
-                opt.step()
-            loss_sum, n = loss_sum + float(bce.detach()) * len(logits), n + len(logits)
-            bar.update(1)
-        log.info("FM epoch %d: train logloss %.4f", epoch, loss_sum / max(n, 1))
+        train_loss[:] = [0.0, 0]
+        return reader
+
+    def loss(batch) -> Tensor:
+        logits, v = model(batch)
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels.float())
+        train_loss[0] += float(bce.detach()) * len(logits)
+        train_loss[1] += len(logits)
+        bar.update(1)
+        return bce + cfg.l2 * v.pow(2).sum() / len(logits)
+
+    def end_epoch(epoch: int) -> None:
+        log.info("FM epoch %d: train logloss %.4f", epoch, train_loss[0] / max(train_loss[1], 1))
+
+    fit(cfg.epochs, epoch_batches, loss, opts, end_epoch)
+    loss_sum = train_loss[0]
     bar.close()
     if not math.isfinite(loss_sum):
         raise DataError(f"{data_dir}: the FM's train loss is not finite (lower --fm.lr)")

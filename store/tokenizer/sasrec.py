@@ -32,6 +32,7 @@ from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError, DatasetSpec, list_shards, open_shard, split_dir
 from store.tokenizer.config import SASRecConfig
 from store.tokenizer.embeddings import num_items_of, write_embeddings
+from store.tokenizer.fit import fit
 
 log = logging.getLogger(__name__)
 
@@ -152,21 +153,19 @@ def train_sasrec(
     model = SASRec(num_items_of(spec), cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     total_rows = spec.num_rows.get("train") or None
-    for epoch in range(cfg.epochs):
+    losses: list[float] = []  # this epoch's
+
+    def epoch_batches(epoch: int):
+        """The epoch's batches of sequences (blocks of the stream, cut into --sasrec.batch-size)."""
         model.train()
-        losses, seen = [], 0
+        losses.clear()
+        seen = 0
         bar = tqdm(
             total=total_rows, desc=f"SASRec epoch {epoch + 1}/{cfg.epochs}", unit="seq", disable=not progress
         )
         for block in iter_sequences(data_dir, spec, cfg, rng):
             for s in range(0, len(block), cfg.batch_size):
-                loss = sasrec_loss(
-                    model, torch.from_numpy(block[s : s + cfg.batch_size]), cfg.num_negatives, gen
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+                yield torch.from_numpy(block[s : s + cfg.batch_size])
             seen += len(block)
             bar.update(len(block))
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}" if losses else "-")
@@ -177,6 +176,13 @@ def train_sasrec(
                 "history); try --all-rows"
             )
         log.info("SASRec epoch %d: %d sequences, mean loss %.4f", epoch + 1, seen, float(np.mean(losses)))
+
+    def loss(seqs: Tensor) -> Tensor:
+        value = sasrec_loss(model, seqs, cfg.num_negatives, gen)
+        losses.append(value.item())
+        return value
+
+    fit(cfg.epochs, epoch_batches, loss, [opt])
     return model.eval()
 
 

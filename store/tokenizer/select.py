@@ -44,6 +44,7 @@ from store.metrics import auc
 from store.sid import SidTable, sid_sources
 from store.tokenizer import learned
 from store.tokenizer.config import RARE_MODES, SelectConfig
+from store.tokenizer.fit import fit
 
 log = logging.getLogger(__name__)
 
@@ -252,25 +253,27 @@ def proxy_auc(
     # coalescing costs more than the whole step at these sizes
     opts = [torch.optim.Adam(model.parameters(), lr=cfg.proxy_lr)]
     gen = torch.Generator().manual_seed(seed)
-    best = -math.inf
-    for _ in range(cfg.proxy_epochs):
+    best = [-math.inf]
+
+    def epoch_batches(epoch: int):
         model.train()
-        for i in torch.randperm(len(train_parts), generator=gen).tolist():
-            (kjts, dense_x), y = train_parts[i]
-            loss = nn.functional.binary_cross_entropy_with_logits(model(kjts, dense_x), y.float())
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in opts:
-                opt.step()
+        return [train_parts[i] for i in torch.randperm(len(train_parts), generator=gen).tolist()]
+
+    def loss(part) -> Tensor:
+        (kjts, dense_x), y = part
+        return nn.functional.binary_cross_entropy_with_logits(model(kjts, dense_x), y.float())
+
+    def end_epoch(epoch: int) -> None:
         model.eval()
         with torch.no_grad():
             scores = torch.cat([model(kjts, d) for (kjts, d), _ in valid_parts])
         labels = torch.cat([y for _, y in valid_parts])
         value = auc(scores.numpy(), labels.numpy())  # store.metrics: the AUC the trainer reports
         if math.isfinite(value):
-            best = max(best, value)
-    return best if math.isfinite(best) else math.nan
+            best[0] = max(best[0], value)
+
+    fit(cfg.proxy_epochs, epoch_batches, loss, opts, end_epoch)
+    return best[0] if math.isfinite(best[0]) else math.nan
 
 
 @dataclass
