@@ -327,7 +327,7 @@ def _sharded_vs_unsharded(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from trainer import distributed as D
-    from trainer.train import TrainModule
+    from trainer.step import TrainModule
 
     env = D.init_distributed("cpu")
     torch.manual_seed(0)

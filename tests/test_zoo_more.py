@@ -361,7 +361,7 @@ def _sharded_vs_unsharded(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     from trainer import distributed as D
-    from trainer.train import TrainModule
+    from trainer.step import TrainModule
 
     env = D.init_distributed("cpu")
     results = {}

@@ -7,8 +7,10 @@
     torchx run -s local_cwd dist.ddp -j 1x2 -m trainer -- ...
 
 Modules: `config` (dataclasses, TOML, flags), `distributed` (process group, sharding plan, DMP,
-every collective), `optim` (dense / rotation optimizers, LR schedule), `train` (build, the loop, the
-step), `evaluate` (predictions of a split, gathered across ranks, and their metrics), `metrics`
+every collective), `optim` (dense / rotation optimizers, LR schedule), `build` (a run's readers,
+sharded model, optimizer and pipeline), `step` (the model plus its loss; seeding), `train` (the
+loop), `best` (the best validation, early stopping), `run_state` (the run folder; loading a
+checkpoint to resume), `evaluate` (predictions of a split, gathered across ranks, and their metrics), `metrics`
 (a split's registered metrics, store.metrics, and the train-split statistics they need), `summary` (timers, throughput, memory,
 summary.json), `checkpoint` (atomic DCP checkpoints, read through `data_pipeline.checkpoint_files`),
 `preflight` (the splits checked before training), `logging` (TensorBoard, console, JSON; the library

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from trainer.train import NonFiniteLossError, train
+    from trainer.step import NonFiniteLossError
+    from trainer.train import train
 
     try:
         train(cfg)

@@ -1,7 +1,9 @@
-"""The training loop: build, (resume,) train with periodic evaluation and checkpoints, test, summarise.
+"""The training loop: (resume,) train with periodic evaluation and checkpoints, test, summarise.
 
-Evaluation lives in `trainer.evaluate`, timings / memory / summary.json in `trainer.summary`, every
-collective in `trainer.distributed`; this module builds the run and steps it.
+The run's readers, sharded model, optimizer and pipeline are built by `trainer.build`; the model's
+step is `trainer.step`, the best validation `trainer.best`, the run folder and resuming
+`trainer.run_state`; evaluation lives in `trainer.evaluate`, timings / memory / summary.json in
+`trainer.summary`, every collective in `trainer.distributed`. This module steps the run.
 
 Steps run in *segments*: a segment ends where an evaluation, a checkpoint, the end of an epoch or
 `--max-steps` falls. TorchRec's pipeline drains at the end of each segment, so at every such
@@ -14,48 +16,29 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
-from data_pipeline import outdir
 from data_pipeline.batch import Batch
-from data_pipeline.reader import ParquetBatchReader
-from data_pipeline.spec import DataError, DatasetSpec, apply_high_card, feature_list
-from store import metrics
+from data_pipeline.spec import DataError
 from trainer import distributed as D
-from trainer.checkpoint import (
-    BEST_DIR,
-    CHECKPOINT_DIR,
-    CheckpointError,
-    CheckpointManager,
-    rng_state,
-    set_rng_state,
-)
-from trainer.config import RUN_ENTRIES, ConfigError, TrainConfig
-from trainer.evaluate import EvalHistory, evaluate_split, item_popularity_buckets, write_predictions
+from trainer.best import BestTracker
+from trainer.build import build
+from trainer.checkpoint import BEST_DIR, CheckpointManager, rng_state, set_rng_state
+from trainer.config import ConfigError, TrainConfig
+from trainer.evaluate import EvalHistory, evaluate_split, write_predictions
 from trainer.logging import RunLogger
-from trainer.metrics import tail_rows, train_split_stats
-from trainer.optim import (
-    build_optimizer,
-    init_dense_state,
-    load_scheduler_state,
-    scheduler_state,
-    scheduler_state_at,
-)
-from trainer.preflight import check_splits
+from trainer.metrics import tail_rows
+from trainer.optim import init_dense_state, load_scheduler_state, scheduler_state, scheduler_state_at
+from trainer.run_state import claim_run, load_run_state
+from trainer.step import NonFiniteLossError, StepOutput, seed_everything
 from trainer.summary import (
     Throughput,
-    TimedOptimizer,
     Timer,
     build_summary,
     embedding_footprint_per_rank,
@@ -67,240 +50,24 @@ from trainer.summary import (
 log = logging.getLogger("trainer")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-@dataclass
-class StepOutput:
-    """What one forward returns next to the loss (all detached)."""
-
-    loss: torch.Tensor
-    """() total loss = bce + sum(aux)."""
-    bce: torch.Tensor
-    """() binary cross-entropy."""
-    aux: dict[str, torch.Tensor]
-    """Each regulariser (already weighted by the model)."""
-    logits: torch.Tensor
-    """(B,) logits."""
-
-
-class TrainModule(nn.Module):
-    """A zoo model plus the BCE loss: forward(batch) -> (loss, StepOutput), the shape
-    `TrainPipelineSparseDist` expects. bf16 autocast wraps the model's forward on GPU."""
-
-    def __init__(self, model: nn.Module, autocast: bool, device_type: str) -> None:
-        super().__init__()
-        self.model = model
-        self.autocast = autocast
-        self.device_type = device_type
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, StepOutput]:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.model(batch)
-        logits = out.logits.float()
-        bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        aux = {name: value.float() for name, value in out.aux_losses.items()}
-        loss = bce + sum(aux.values()) if aux else bce
-        detached = StepOutput(
-            loss.detach(), bce.detach(), {k: v.detach() for k, v in aux.items()}, logits.detach()
-        )
-        return loss, detached
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def check_metric(name: str, spec: DatasetSpec, data: str) -> None:
-    """ConfigError naming --eval.metric when the metric reads a column the dataset lacks (GAUC without
-    a user column, tail AUC without an item column): it would never be defined, so never improve."""
-    columns = {"users": ("user", spec.user_id), "tail": ("item", spec.item_id)}
-    lacking = [columns[need][0] for need in metrics.get(name).needs if not columns[need][1]]
-    if lacking:
-        raise ConfigError(
-            f"--eval.metric {name} needs a {' and '.join(lacking)} column; dataset {data} has none"
-        )
-
-
-class BestTracker:
-    """The best validation so far on --eval.metric and the early-stopping count, saved in checkpoints.
-
-    ``update(result, step, epoch)`` -> True when `result` is better than every earlier validation
-    (strictly: ties keep the earlier, shorter-trained weights). ``stopped`` turns True once
-    ``patience`` (> 0) validations in a row brought no improvement.
-    """
-
-    def __init__(self, metric: str, patience: int) -> None:
-        self.metric, self.patience = metric, patience
-        self.higher_is_better = metrics.get(metric).higher_is_better
-        self.value, self.step, self.epoch, self.bad, self.stopped = math.nan, -1, -1, 0, False
-
-    def update(self, result: dict, step: int, epoch: int) -> bool:
-        value = float(result.get(self.metric, math.nan))
-        if math.isnan(value):
-            return False  # e.g. AUC of a split with one class: says nothing
-        better = self.step < 0 or (value > self.value if self.higher_is_better else value < self.value)
-        if better:
-            self.value, self.step, self.epoch, self.bad = value, step, epoch, 0
-            return True
-        self.bad += 1
-        self.stopped = self.patience > 0 and self.bad >= self.patience
-        return False
-
-    def record(self) -> dict:
-        """For summary.json: the best validation's metric, value, epoch (as in metrics.json) and step."""
-        return {
-            "metric": self.metric,
-            "value": None if self.step < 0 else self.value,
-            "epoch": None if self.step < 0 else self.epoch,
-            "step": None if self.step < 0 else self.step,
-            "early_stopped": self.stopped,
-        }
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "best_value": torch.tensor(self.value, dtype=torch.float64),
-            "best_step": torch.tensor(self.step, dtype=torch.int64),
-            "best_epoch": torch.tensor(self.epoch, dtype=torch.int64),
-            "best_bad": torch.tensor(self.bad, dtype=torch.int64),
-            "best_stopped": torch.tensor(int(self.stopped), dtype=torch.int64),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if "best_step" not in state:
-            return
-        self.value, self.step = float(state["best_value"]), int(state["best_step"])
-        self.epoch, self.bad = int(state["best_epoch"]), int(state["best_bad"])
-        self.stopped = bool(int(state["best_stopped"]))
-
-
-def claim_run(cfg: TrainConfig, is_main: bool) -> outdir.Output:
-    """Take --out for this run (`data_pipeline.outdir.claim`): a folder holding an earlier run is refused
-    (exit 2) unless --resume (continued: exit 4 when its data, SID table or model changed since) or
-    --overwrite (its files removed, the user's kept); the run's inputs are recorded there."""
-    kw = dict(
-        overwrite=cfg.overwrite, resume=cfg.resume, local=True, legacy=("summary.json", CHECKPOINT_DIR),
-        owned=RUN_ENTRIES, label="trainer run", hint="--resume to continue it",
-    )  # fmt: skip
-    if not is_main:  # every rank decides on the folder as it is before the main rank changes it
-        outdir.claim(cfg.out, "train", write=False, clear=False, **kw)
-    D.barrier()
-    output = outdir.claim(cfg.out, "train", write=is_main, **kw)
-    inputs = cfg.inputs()
-    before = (output.previous or {}).get("inputs", {})
-    if cfg.resume and before.get("checkpoint"):
-        changed = outdir.differences(before["checkpoint"], inputs["checkpoint"])
-        if changed:
-            was = before.get("paths", {})
-            raise CheckpointError(
-                f"--resume: the run in {cfg.out} was trained on other inputs ({'; '.join(changed)}; it used "
-                f"--data {was.get('data')!r}, --sids {was.get('sids')!r}); resume with those, or pass "
-                "--overwrite to start a new run there"
-            )
-    output.set_inputs(inputs)
-    output.add(*RUN_ENTRIES)
-    D.barrier()  # the earlier run's files are gone before any rank writes
-    return output
-
-
-# -------------------------------------------------------------------------------------------------
 class Trainer:
     """Holds what one run builds. `run()` does everything; see the module docstring."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.env = D.init_distributed(cfg.device)
-        env = self.env
+        self.env = env = D.init_distributed(cfg.device)
         self.out = Path(cfg.out)
         self.output = claim_run(cfg, env.is_main)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.seed)  # same initial dense weights on every rank
-
-        from store.models.layers import init_output_bias
-        from store.models.zoo import batch_transform, build_model, rotation_parameters
-        from store.sid import SidTable
-
-        self.spec = apply_high_card(DatasetSpec.load(cfg.data), cfg.high_card)
-        if feature_list(cfg.drop):
-            self.spec = self.spec.without(feature_list(cfg.drop))
-        self.sids = SidTable.load(cfg.sids, self.spec) if cfg.sids else None
-        check_metric(cfg.eval.metric, self.spec, cfg.data)
-        transform = batch_transform(cfg.model, self.spec, self.sids)  # STORE's data-time SID lookup
-        reader_args = dict(
-            rank=env.rank, world_size=env.world_size, seed=cfg.seed, num_workers=cfg.num_workers
-        )
-        self.train_reader = ParquetBatchReader(
-            cfg.data, "train", cfg.batch_size, spec=self.spec, shuffle=True, drop_remainder=True,
-            transform=transform, **reader_args,
-        )  # fmt: skip
-        eval_bs = cfg.eval.batch_size or cfg.batch_size
-        self.eval_readers = {
-            split: ParquetBatchReader(
-                cfg.data,
-                split,
-                eval_bs,
-                spec=self.spec,
-                shuffle=False,
-                drop_remainder=False,
-                transform=transform,
-                **reader_args,
-            )  # fmt: skip
-            for split in ("valid", "test")
-        }
-        if len(self.train_reader) == 0:
-            raise ConfigError(
-                f"--batch-size {cfg.batch_size}: the train split has {self.train_reader.index.num_rows} rows, "
-                f"fewer than one batch per rank ({env.world_size} ranks)"
-            )
-        check_splits(self.spec, {"train": self.train_reader, **self.eval_readers})  # before any step
-
-        # Model on the meta device for the tables: DMP materialises only this rank's shards.
-        model = build_model(cfg.model, self.spec, cfg.model_config, self.sids, device=torch.device("meta"))
-        # one pass over the train split on rank 0: its click rate now, its item popularity below
-        train_stats = train_split_stats(cfg.data, self.spec) if env.is_main else None
-        rate = torch.tensor(
-            [train_stats.positive_rate if train_stats is not None else 0.0], dtype=torch.float64
-        )
-        self.positive_rate = float(D.broadcast_from_main(rate, env.device)[0])
-        init_output_bias(model, self.positive_rate)  # start at the train click rate, not at p = 0.5
-        rotation_params = rotation_parameters(model)
-        autocast = cfg.bf16 and env.device.type == "cuda"
-        module = TrainModule(model, autocast, env.device.type)
-        self.tables = D.embedding_tables(module)
-        kinds = D.choose_sharding_types(
-            self.tables, cfg.sharding.default, cfg.table_overrides(), env.world_size, env.device,
-            cfg.sharding.replicate_max_rows,
-        )  # fmt: skip
-        self.dmp, plan = D.shard_model(
-            module, env, kinds, cfg.optim.sparse, cfg.optim.sparse_lr, cfg.optim.embedding_weight_decay
-        )
-        self.plan_rows = D.describe_plan(plan)
-        steps_per_epoch = len(self.train_reader)
-        self.total_steps = steps_per_epoch * cfg.epochs
-        if cfg.max_steps:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.optimizer, self.scheduler, self.lr_groups = build_optimizer(
-            self.dmp, rotation_params, cfg.optim, self.total_steps, {t.name for t in self.tables}
-        )
         self.timer = Timer()
-        self.pipeline = None
-        self.pipeline_blocker = D.pipeline_blocker(self.dmp) if cfg.pipeline else None
-        if self.pipeline_blocker and env.is_main:
-            log.warning(
-                "--pipeline: model %r cannot be fx-traced down to its embedding collections (%s); "
-                "training without TorchRec's pipeline",
-                cfg.model, self.pipeline_blocker,
-            )  # fmt: skip
-        if cfg.pipeline and not self.pipeline_blocker:
-            from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
-            self.pipeline = TrainPipelineSparseDist(
-                self.dmp, TimedOptimizer(self.optimizer, self.timer), env.device
-            )
+        b = build(cfg, env, self.timer)
+        self.spec, self.train_reader, self.eval_readers = b.spec, b.train_reader, b.eval_readers
+        self.positive_rate, self.buckets = b.positive_rate, b.buckets
+        self.dmp, self.tables, self.plan_rows, self.total_steps = b.dmp, b.tables, b.plan_rows, b.total_steps
+        self.optimizer, self.scheduler, self.lr_groups = b.optimizer, b.scheduler, b.lr_groups
+        self.pipeline, self.pipeline_blocker = b.pipeline, b.pipeline_blocker
         self.ckpt = CheckpointManager(self.out, keep=cfg.checkpoint.keep, rank=env.rank)
         self.best_ckpt = CheckpointManager(self.out, keep=1, rank=env.rank, subdir=BEST_DIR)
         self.best = BestTracker(cfg.eval.metric, cfg.eval.patience)
@@ -310,10 +77,6 @@ class Trainer:
             tensorboard=cfg.logging.tensorboard,
             tensorboard_dir=cfg.logging.tensorboard_dir,
         )
-        counts = train_stats.item_counts if train_stats is not None else None
-        self.buckets = item_popularity_buckets(counts, self.spec, cfg.eval.popularity_buckets, env)
-        if not self.spec.user_id and env.is_main:
-            log.info("the dataset has no user column: no GAUC")
         self.evals = EvalHistory(self.logger, self.out / "metrics.json", write=env.is_main)
         self.throughput = Throughput()
         self.step = 0
@@ -349,31 +112,7 @@ class Trainer:
             return False
         init_dense_state(self.optimizer)  # before the weights: the dummy step may apply weight decay
         state = self._state(0)
-        saved = CheckpointManager.keys(path)
-        rng_key = f"rng.rank{self.env.rank}.torch"
-        same_ranks = rng_key in saved and not any(
-            k.startswith(f"rng.rank{self.env.world_size}.") for k in saved
-        )
-        if not same_ranks:
-            del state["rng"]  # saved by another number of ranks: re-seed below instead
-        if "scheduler.last_epoch" not in saved:
-            del state["scheduler"]  # written before the scheduler was saved: its position is the step
-        if "train.best_step" not in saved:  # written before early stopping: no best weights kept
-            state["train"] = {"step": state["train"]["step"]}
-        try:
-            self.ckpt.load(path, state)
-        except CheckpointError:
-            raise
-        except Exception as e:  # DCP reports missing keys / shape mismatches as generic errors
-            hint = ""
-            if "Missing key" in str(e) and "optim." in str(e):
-                hint = (
-                    " -- a table changed between sharded (fused optimizer) and data_parallel (dense "
-                    "optimizer); resume with the same --sharding.* flags"
-                )
-            raise CheckpointError(
-                f"{path}: does not fit this model/run ({type(e).__name__}: {e}){hint}"
-            ) from None
+        same_ranks = load_run_state(self.ckpt, path, state, self.env)
         self.optimizer.load_state_dict(state["optim"])
         self.step = int(state["train"]["step"])
         self.best.load_state_dict(state["train"])
