@@ -5,8 +5,8 @@ its evaluations (`EvalEntry`: a row of OUT/metrics.json, a summary's ``valid`` e
 Each record has ``from_dict(d)``, which reads the current files and older ones (a missing field gets
 its default; a file without ``version`` is version 1), and ``to_dict()``, which writes the JSON keys
 the trainer and the tokenizer write, plus ``version`` for the versioned records. Keys a record does
-not know are kept in its ``extra`` and written back; a record read from a file writes its keys in the
-file's order. Torch-free: the report and the benchmarks read these without the trainer.
+not know are kept in its ``extra`` and written back; a record read from a file writes back the keys
+it had, in the file's order (`Record.to_dict`). Torch-free: the report and the benchmarks read these without the trainer.
 """
 
 from __future__ import annotations
@@ -52,15 +52,26 @@ class Record:
         return cls(**kw, keys=tuple(d))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object: every field, then ``extra``; in the order the record was read with."""
+        """The JSON object: every field, then ``extra``. A record read from a file writes its keys in
+        the file's order, and of the fields the file did not have only those that differ from their
+        defaults; one built here writes every field."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name in ("extra", "keys") or (f.name == "version" and self.VERSION is None):
                 continue
-            out[f.name] = _write(f, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if self.keys and f.name not in self.keys and f.name != "version" and value == _default(f):
+                continue
+            out[f.name] = _write(f, value)
         out |= self.extra
         order = [k for k in self.keys if k in out]
         return {k: out[k] for k in [*order, *(k for k in out if k not in self.keys)]}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _read(f: dataclasses.Field, value: Any) -> Any:
@@ -271,9 +282,12 @@ class RunSummary(Record):
     def to_dict(self) -> dict[str, Any]:
         """summary.json's keys: ``scores`` at the top level, where the trainer writes them (first)."""
         body = super().to_dict()
-        body["test"] = self.test.to_dict()
-        body["test_last"] = self.test_last.to_dict() if self.test_last is not None else None
-        body["valid"] = [e.to_dict() for e in self.valid]
+        if "test" in body:
+            body["test"] = self.test.to_dict()
+        if "test_last" in body:
+            body["test_last"] = self.test_last.to_dict() if self.test_last is not None else None
+        if "valid" in body:
+            body["valid"] = [e.to_dict() for e in self.valid]
         flat: dict[str, Any] = {}
         for k, v in body.items():
             if k == "scores":
@@ -328,11 +342,6 @@ class SidFeature(Record):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The figures the feature has (fields left None are written only when read with that key)."""
-        out = super().to_dict()
-        return {k: v for k, v in out.items() if v is not None or k in self.keys}
-
     @property
     def real_sids(self) -> bool:
         """Whether some ID of the feature has real SIDs (tables from before that count: assumed)."""
@@ -381,10 +390,6 @@ class SidSelection(Record):
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        return {k: v for k, v in out.items() if v is not None or k in self.keys}
-
 
 @dataclass
 class SidTableMeta(Record):
@@ -413,11 +418,6 @@ class SidTableMeta(Record):
     item_feature: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """meta.json's keys (fields left None are written only when read with that key)."""
-        out = super().to_dict()
-        return {k: v for k, v in out.items() if v is not None or k in self.keys or k == "version"}
 
     @property
     def codeword_count(self) -> int | None:
