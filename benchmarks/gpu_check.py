@@ -368,31 +368,33 @@ def build_stages(sizes: Sizes, out: Path, work: Path) -> list[Stage]:
 
 def collect_train(stage: Stage, data: Path, sids: Path, size_cache: dict) -> None:
     """Read the run's summary.json into stage.results (and per-table bytes from the plan)."""
+    from store.records import RunSummary
+
     run = Path(stage.results["run_dir"])
     summary_path = run / "summary.json"
     if not summary_path.is_file():
         stage.status, stage.note = "FAILED", f"no {summary_path}"
         return
-    s = json.loads(summary_path.read_text())
+    s = RunSummary.from_dict(json.loads(summary_path.read_text()))
     model = stage.results["model"]
     res = stage.results
     res.update(
-        samples_per_s=s.get("samples_per_s"),
-        steps=s.get("steps"),
-        device=s.get("device"),
-        world_size=s.get("world_size"),
-        pipeline=s.get("pipeline"),
-        peak_memory_bytes_per_rank=s.get("peak_memory_bytes_per_rank"),
-        embedding_bytes_per_rank=s.get("embedding_bytes_per_rank"),
-        embedding_optimizer_bytes_per_rank=s.get("embedding_optimizer_bytes_per_rank"),
-        step_time_ms_rank0=s.get("step_time_ms_rank0"),
-        sharding_plan=s.get("sharding_plan", []),
-        auc=s.get("auc"),
-        versions=s.get("versions"),
+        samples_per_s=s.samples_per_s,
+        steps=s.steps,
+        device=s.device,
+        world_size=s.world_size,
+        pipeline=s.pipeline,
+        peak_memory_bytes_per_rank=s.peak_memory_bytes_per_rank,
+        embedding_bytes_per_rank=s.embedding_bytes_per_rank,
+        embedding_optimizer_bytes_per_rank=s.embedding_optimizer_bytes_per_rank,
+        step_time_ms_rank0=s.step_time_ms_rank0,
+        sharding_plan=[p.to_dict() for p in s.sharding_plan],
+        auc=s.scores.get("auc"),
+        versions=s.versions,
     )
     if model not in size_cache:
         try:
-            cfg = (s.get("config") or {}).get("model_config", {})
+            cfg = s.config.model_config.to_dict()
             # the ID model trains without SIDs when tokenize failed
             used = sids if "--sids" in stage.cmd else None
             size_cache[model] = table_sizes(data, used, model, cfg)

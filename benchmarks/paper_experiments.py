@@ -54,6 +54,7 @@ from launch.report import (
     spread,
 )
 from store.models import registry
+from store.records import RunConfig, RunSummary
 from store.tokenizer.config import FitConfig, TokenizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,28 +226,36 @@ def finished_seeds(args: argparse.Namespace, ds: str, name: str) -> list[Path]:
     return [d for d in folders if (d / "summary.json").is_file()]
 
 
-def load_seeds(args: argparse.Namespace, ds: str, name: str) -> list[dict]:
+def load_seeds(args: argparse.Namespace, ds: str, name: str) -> list[RunSummary]:
     """The summaries of run ``name``'s finished seeds, in seed order."""
-    return [json.loads((d / "summary.json").read_text()) for d in finished_seeds(args, ds, name)]
+    return [
+        RunSummary.from_dict(json.loads((d / "summary.json").read_text()))
+        for d in finished_seeds(args, ds, name)
+    ]
 
 
-def load(args: argparse.Namespace, ds: str, name: str) -> dict | None:
+def load(args: argparse.Namespace, ds: str, name: str) -> RunSummary | None:
     """The first finished seed's summary (the per-epoch table, the sweeps and the figure read one run)."""
     runs = load_seeds(args, ds, name)
     return runs[0] if runs else None
 
 
-def cell(summaries: list[dict], key: str, one=fmt) -> str:
-    """Mean +- sd of ``key`` over the seeds' summaries (the value alone for one seed)."""
-    return spread([s.get(key) for s in summaries], one)
+def cell(summaries: list[RunSummary], metric: str, one=fmt) -> str:
+    """Mean +- sd of test ``metric`` over the seeds' summaries (the value alone for one seed)."""
+    return spread([s.scores.get(metric) for s in summaries], one)
 
 
-def seeds_note(args: argparse.Namespace, summaries: list[dict]) -> str:
+def throughput(summaries: list[RunSummary]) -> str:
+    """Mean +- sd of the seeds' training samples/s."""
+    return spread([s.samples_per_s for s in summaries], count)
+
+
+def seeds_note(args: argparse.Namespace, summaries: list[RunSummary]) -> str:
     """The row label's suffix " (k/N seeds)" when some of its seeds are missing, else ""."""
     return "" if len(summaries) == args.seeds else f" ({len(summaries)}/{args.seeds} seeds)"
 
 
-def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, float | None] | None:
+def flops(args: argparse.Namespace, ds: str, summary: RunSummary) -> tuple[float, float | None] | None:
     """(model forward TFLOPs, attention TFLOPs) per batch of the run's model. Analytical for STORE / ID
     and the linear-layer baselines (attention None for the latter); for the other baselines torch's
     FlopCounterMode over one forward of a test batch of that size (``counted_flops``)."""
@@ -258,20 +267,20 @@ def flops(args: argparse.Namespace, ds: str, summary: dict) -> tuple[float, floa
     from store.models.zoo import build_model
     from store.sid import SidTable
 
-    cfg = summary["config"]
-    mc = ModelConfig.from_dict(cfg["model_config"])
-    spec = DatasetSpec.load(cfg["data"])
-    if registry.get(cfg["model"]).flops is None:
+    cfg = summary.config
+    mc = ModelConfig.from_dict(cfg.model_config.to_dict())
+    spec = DatasetSpec.load(cfg.data)
+    if registry.get(cfg.model).flops is None:
         return counted_flops(cfg, spec, mc) / 1e12, None
-    sids = SidTable.load(cfg["sids"], spec) if cfg.get("sids") else None
-    model = build_model(cfg["model"], spec, mc, sids, device=torch.device("meta"))
-    if cfg["model"] not in ("store", "id"):
-        return model_flops(cfg["model"], model, cfg["batch_size"]) / 1e12, None
-    report = store_model_flops(model, cfg["batch_size"])
+    sids = SidTable.load(cfg.sids, spec) if cfg.sids else None
+    model = build_model(cfg.model, spec, mc, sids, device=torch.device("meta"))
+    if cfg.model not in ("store", "id"):
+        return model_flops(cfg.model, model, cfg.batch_size) / 1e12, None
+    report = store_model_flops(model, cfg.batch_size)
     return report.total_tflops, report.attention_tflops
 
 
-def counted_flops(cfg: dict, spec, model_config) -> int:
+def counted_flops(cfg: RunConfig, spec, model_config) -> int:
     """Forward FLOPs of the run's (untrained) baseline on the first test batch of its batch size, as
     torch's FlopCounterMode counts them (matmuls and attention; a multiply-add is 2)."""
     import torch
@@ -280,8 +289,8 @@ def counted_flops(cfg: dict, spec, model_config) -> int:
     from data_pipeline.reader import ParquetBatchReader
     from store.models.zoo import build_model
 
-    model = build_model(cfg["model"], spec, model_config, None, device=torch.device("cpu")).eval()
-    reader = ParquetBatchReader(cfg["data"], "test", cfg["batch_size"], spec=spec, shuffle=False)
+    model = build_model(cfg.model, spec, model_config, None, device=torch.device("cpu")).eval()
+    reader = ParquetBatchReader(cfg.data, "test", cfg.batch_size, spec=spec, shuffle=False)
     batch = next(iter(reader))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -289,8 +298,8 @@ def counted_flops(cfg: dict, spec, model_config) -> int:
     return counter.get_total_flops()
 
 
-def emb_params(s: dict) -> int | None:
-    v = s.get("embedding_params_per_rank")
+def emb_params(s: RunSummary) -> int | None:
+    v = s.embedding_params_per_rank
     return v[0] if v else None
 
 
@@ -346,7 +355,7 @@ def table1(args: argparse.Namespace, ds: str, ceiling: dict | None) -> str:
             rows.append([shown, "not run", "", "", "", "", "", "", ""])
             continue
         s = runs[0]
-        sps = cell(runs, "samples_per_s", count)
+        sps = throughput(runs)
         f = flops(args, ds, s)
         mflops = f"{f[0] * 1e6:,.4g}" if f else "-"  # TFLOPs -> MFLOPs
         metrics = [cell(runs, k) for k in ("auc", "gauc", "logloss", "tail_auc")]
@@ -386,7 +395,7 @@ def table2(args: argparse.Namespace, ds: str) -> str:
             rows.append([shown, "not run", "", "", "", "", ""])
             continue
         f = flops(args, ds, runs[0])
-        sps = cell(runs, "samples_per_s", count)
+        sps = throughput(runs)
         tf = (f"{f[0]:.3e}", f"{f[1]:.3e}" if f[1] is not None else "-") if f else ("-", "-")
         metrics = [cell(runs, k) for k in ("auc", "gauc", "logloss")]
         rows.append([shown + seeds_note(args, runs), *metrics, tf[0], tf[1], sps])
@@ -412,8 +421,8 @@ def sweep_table(args: argparse.Namespace, ds: str) -> str:
             if not runs:
                 rows.append([sweep, x, "not run", "", "", ""])
                 continue
-            ep1 = spread([per_epoch(s)[0].get("auc") if per_epoch(s) else None for s in runs])
-            epochs = runs[0]["config"]["epochs"]
+            ep1 = spread([per_epoch(s)[0].value("auc") if per_epoch(s) else None for s in runs])
+            epochs = runs[0].config.epochs
             rows.append(
                 [sweep + seeds_note(args, runs), x, epochs, ep1, cell(runs, "auc"), cell(runs, "gauc")]
             )
@@ -425,7 +434,7 @@ def epoch_table(args: argparse.Namespace, ds: str) -> str:
     for name, shown in (("id", "ID baseline"), ("store", "STORE")):
         s = load(args, ds, name)
         for e in per_epoch(s) if s else []:
-            rows.append([shown, e["epoch"], e.get("auc"), e.get("gauc"), e.get("logloss"), e.get("tail_auc")])
+            rows.append([shown, e.epoch, *(e.value(k) for k in ("auc", "gauc", "logloss", "tail_auc"))])
     return md_table(["model", "epoch", "valid AUC", "valid GAUC", "valid logloss", "valid tail AUC"], rows)
 
 
@@ -443,7 +452,7 @@ def figure2(args: argparse.Namespace, ds: str, ceiling: dict | None, path: Path)
         if s:
             rows = per_epoch(s)
             ax.plot(
-                [r["epoch"] for r in rows], [r.get("auc") or math.nan for r in rows], marker="o", label=shown
+                [r.epoch for r in rows], [r.value("auc") or math.nan for r in rows], marker="o", label=shown
             )
             drawn = True
     ax.set_title("valid AUC vs epoch")
@@ -453,9 +462,9 @@ def figure2(args: argparse.Namespace, ds: str, ceiling: dict | None, path: Path)
         xs, ys = [], []
         for name, x in points:
             s = load(args, ds, name)
-            if s and s.get("auc") is not None:
+            if s and s.scores.get("auc") is not None:
                 xs.append(x)
-                ys.append(s["auc"])
+                ys.append(s.scores["auc"])
         ax.plot(xs, ys, marker="o", color="C1")
         ax.set_title(f"test AUC vs {sweep}")
         ax.set_xlabel(sweep)

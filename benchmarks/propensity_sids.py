@@ -21,6 +21,7 @@ import sys
 import torch
 
 from data_pipeline.spec import DatasetSpec
+from store.records import SidTableMeta
 from store.sid import SidTable
 from store.tokenizer import learned
 from store.tokenizer.embeddings import ItemEmbeddings
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     count = learned.train_counts(args.data, spec, [item], False)[item]
     seen = (count >= args.min_count).nonzero().flatten()
     src = SidTable.load(args.sids, spec)
-    reserved = json.loads(open(f"{args.sids}/meta.json").read())["unseen_code"]
+    reserved = SidTableMeta.from_dict(json.loads(open(f"{args.sids}/meta.json").read())).unseen_code
     cfg = TokenizerConfig(num_sids=src.num_sids, codebook_size=reserved, input_dim=emb.shape[1])
     tok = train_tokenizer(emb[seen], cfg, FitConfig(min_steps=500, seed=args.seed), progress=False)
     codes, stats = assign_codes(

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from data_pipeline.spec import atomic_write_text
+from store.records import RunSummary
 
 
 def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -40,7 +41,7 @@ def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def run_one(data: str, model: str, flags: list[str], out: Path, log: Path) -> dict:
+def run_one(data: str, model: str, flags: list[str], out: Path, log: Path) -> RunSummary:
     summary = out / "summary.json"
     if not summary.is_file():
         cmd = [sys.executable, "-m", "trainer", "--data", data, "--model", model, "--out", str(out), *flags]
@@ -52,7 +53,7 @@ def run_one(data: str, model: str, flags: list[str], out: Path, log: Path) -> di
         if rc != 0:
             sys.exit(f"run failed (exit {rc}); see {log}")
         print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)
-    return json.loads(summary.read_text())
+    return RunSummary.from_dict(json.loads(summary.read_text()))
 
 
 def mean_sd(xs: list[float], digits: int = 4) -> str:
@@ -63,10 +64,10 @@ def mean_sd(xs: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(xs):.{digits}f} +- {statistics.stdev(xs):.{digits}f}"
 
 
-def row(data: str, model: str, variant: str, runs: list[dict]) -> dict:
-    epochs = max(len(r["valid"]) for r in runs)
+def row(data: str, model: str, variant: str, runs: list[RunSummary]) -> dict:
+    epochs = max(len(r.valid) for r in runs)
     valid = [
-        statistics.mean(r["valid"][e]["auc"] for r in runs if len(r["valid"]) > e) for e in range(epochs)
+        statistics.mean(r.valid[e].value("auc") for r in runs if len(r.valid) > e) for e in range(epochs)
     ]
     return {
         "data": data,
@@ -74,11 +75,11 @@ def row(data: str, model: str, variant: str, runs: list[dict]) -> dict:
         "variant": variant,
         "seeds": len(runs),
         "valid_auc_per_epoch": valid,
-        "best_epochs": [r["best"]["epoch"] for r in runs],
-        "test_auc_best": [r["auc"] for r in runs],
-        "test_auc_last": [r["test_last"]["auc"] for r in runs],
-        "test_logloss_best": [r["logloss"] for r in runs],
-        "test_logloss_last": [r["test_last"]["logloss"] for r in runs],
+        "best_epochs": [r.best.epoch for r in runs],
+        "test_auc_best": [r.scores["auc"] for r in runs],
+        "test_auc_last": [r.test_last.value("auc") for r in runs],
+        "test_logloss_best": [r.scores["logloss"] for r in runs],
+        "test_logloss_last": [r.test_last.value("logloss") for r in runs],
     }
 
 

@@ -51,6 +51,7 @@ from launch.compare import split_trainer_args
 from launch.report import spread
 from store.metrics import auc, gauc_and_users, logloss
 from store.models.config import ModelConfig
+from store.records import RunSummary
 
 LABELS = {
     "dnn": "DNN",
@@ -216,8 +217,9 @@ def ours_result(run: Path) -> dict | None:
     path = run / "summary.json"
     if not path.is_file():
         return None
-    s = json.loads(path.read_text())
-    return {"valid": {"auc": s["best"]["value"]}, "test": s["test"], "best_epoch": s.get("best_epoch")}
+    s = RunSummary.from_dict(json.loads(path.read_text()))
+    best = s.best.value if s.best is not None else None
+    return {"valid": {"auc": best}, "test": s.test.to_dict(), "best_epoch": s.best_epoch}
 
 
 def library_result(path: Path) -> dict | None:

@@ -99,7 +99,7 @@ def test_report_includes_scaling_outputs_and_rejects_missing_runs(tmp_path):
 def test_helpers():
     assert md_table(["a", "b"], [[1.23456, None]]) == "| a | b |\n|---|---|\n| 1.2346 | - |"
     summary = {"valid": [{"epoch": 0, "auc": 0.1}, {"epoch": 0, "auc": 0.2}, {"epoch": 1, "auc": 0.3}]}
-    assert [(r["epoch"], r["auc"]) for r in per_epoch(summary)] == [(1, 0.2), (2, 0.3)]
+    assert [(r.epoch, r.value("auc")) for r in per_epoch(summary)] == [(1, 0.2), (2, 0.3)]
 
 
 def test_compare_config_errors_name_the_flag(tiny_data, tmp_path):
@@ -302,7 +302,7 @@ def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
         assert f"## {section}\n" in md
     for model in ("id", "store"):
         summary = json.loads((tmp_path / "cmp" / model / "summary.json").read_text())
-        assert [e["epoch"] for e in per_epoch(summary)] == [1, 2]
+        assert [e.epoch for e in per_epoch(summary)] == [1, 2]
         assert summary["config"]["epochs"] == 2 and summary["config"]["batch_size"] == 256
         assert (report.parent / "tensorboard" / model).is_dir()
     assert "| ID baseline | 2 |" in md and "| STORE (SIDs) | 2 |" in md  # epoch-2 rows

@@ -22,6 +22,7 @@ from torch import nn
 
 from data_pipeline.batch import Batch
 from store.metrics import METRICS
+from store.records import BestRecord, DatasetRef, EvalEntry, PlanEntry, RunConfig, RunSummary
 from trainer import distributed as D
 from trainer.logging import RunLogger, write_json
 
@@ -183,37 +184,39 @@ def build_summary(
     config: dict,
     dataset: dict,
 ) -> dict:
-    """The content of OUT/summary.json. test: the reported weights' test metrics (the best validation's
+    """The content of OUT/summary.json (`RunSummary.to_dict`). test: the reported weights' test metrics (the best validation's
     with --eval.restore_best), test_last: the last weights'; best: `BestTracker.record`;
     footprint: `embedding_footprint_per_rank`; dataset: the spec's record (what a tokenizer reading
     this run's tables checks)."""
     import torchrec
 
     samples_per_s = throughput.samples_per_s()
-    return {
-        **{k: test[k] for k in METRICS if k in test},
-        "test": test,
-        "test_last": test_last,
-        "best": best,
-        "best_epoch": best["epoch"],
-        "train_positive_rate": train_positive_rate,
-        "valid": valid,
-        "steps": steps,
-        "samples_per_s": samples_per_s,
-        "samples_per_s_per_rank": samples_per_s / env.world_size,
-        "step_time_ms_rank0": throughput.step_ms(),
-        "world_size": env.world_size,
-        "pipeline": pipeline,
-        "pipeline_blocker": pipeline_blocker,
-        "device": env.device.type,
-        "peak_memory_bytes_per_rank": peak_memory,
-        **footprint,
-        "sharding_plan": sharding_plan,
-        "wall_s": wall_s,
-        "versions": {"torch": torch.__version__, "torchrec": torchrec.__version__},
-        "config": config,
-        "dataset": dataset,
-    }
+    return RunSummary(
+        scores={k: test[k] for k in METRICS if k in test},
+        test=EvalEntry.from_dict(test),
+        test_last=EvalEntry.from_dict(test_last),
+        best=BestRecord.from_dict(best),
+        best_epoch=best["epoch"],
+        train_positive_rate=train_positive_rate,
+        valid=[EvalEntry.from_dict(e) for e in valid],
+        steps=steps,
+        samples_per_s=samples_per_s,
+        samples_per_s_per_rank=samples_per_s / env.world_size,
+        step_time_ms_rank0=throughput.step_ms(),
+        world_size=env.world_size,
+        pipeline=pipeline,
+        pipeline_blocker=pipeline_blocker,
+        device=env.device.type,
+        peak_memory_bytes_per_rank=peak_memory,
+        embedding_params_per_rank=footprint["embedding_params_per_rank"],
+        embedding_bytes_per_rank=footprint["embedding_bytes_per_rank"],
+        embedding_optimizer_bytes_per_rank=footprint["embedding_optimizer_bytes_per_rank"],
+        sharding_plan=[PlanEntry.from_dict(p) for p in sharding_plan],
+        wall_s=wall_s,
+        versions={"torch": torch.__version__, "torchrec": torchrec.__version__},
+        config=RunConfig.from_dict(config),
+        dataset=DatasetRef.from_dict(dataset),
+    ).to_dict()
 
 
 def write_summary(summary: dict, out: Path, logger: RunLogger) -> None:

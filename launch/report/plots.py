@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.report.runs import Run, as_summaries, epoch_rows
+from launch.report.runs import Run, Summaries, as_summaries, epoch_rows
 from launch.report.text import finite_mean, finite_sd, label
 
 
-def plot_epochs(summaries: Mapping[str, dict | Sequence[dict]], path: Path) -> None:
+def plot_epochs(summaries: Mapping[str, Summaries], path: Path) -> None:
     """Validation AUC, tail AUC and logloss per epoch for every arm (the 'one-epoch' effect): the mean
     over its seeds, and a band of one standard deviation when it has several."""
     import matplotlib
@@ -31,7 +31,7 @@ def plot_epochs(summaries: Mapping[str, dict | Sequence[dict]], path: Path) -> N
         for name, runs in as_summaries(summaries).items():
             epochs = epoch_rows(runs)
             xs = list(epochs)
-            values = [[e.get(key) for e in entries] for entries in epochs.values()]
+            values = [[e.value(key) for e in entries] for entries in epochs.values()]
             ys = np.array([finite_mean(v) for v in values])
             (line,) = ax.plot(xs, ys, marker="o", label=label(name))
             if len(runs) > 1:

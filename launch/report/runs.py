@@ -5,17 +5,16 @@ runs' test predictions aligned row by row for the paired tests."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from data_pipeline import fs
 from data_pipeline.spec import DataError, open_shard
-from store.metrics import METRICS
+from store.records import EvalEntry, RunSummary, as_summary
 
 PREDICTIONS = Path("predictions") / "test.parquet"
 """Where a run keeps its test predictions (row, label, logit[, user, item]), relative to its folder."""
@@ -27,22 +26,22 @@ class Run:
 
     arm: str
     path: Path
-    summary: dict
+    summary: RunSummary
 
     @property
     def seed(self) -> str:
         """'seed <k>' from the run's config, else its folder name."""
-        seed = self.summary.get("config", {}).get("seed")
+        seed = self.summary.seed
         return f"seed {seed}" if seed is not None else self.path.name
 
 
-def load_summary(run_dir: str | Path) -> dict:
+def load_summary(run_dir: str | Path) -> RunSummary:
     """A run's summary.json; DataError naming the file when it is missing or not JSON."""
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise DataError(f"{path}: missing (the run did not finish; see its log)")
     try:
-        return json.loads(path.read_text())
+        return RunSummary.from_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
@@ -76,10 +75,10 @@ def find_runs(folder: str | Path) -> list[Path]:
 
 def dataset_key(run: Run) -> tuple[str, str]:
     """(what, value) identifying the run's dataset: its fingerprint, else (older runs) its data path."""
-    record = run.summary.get("dataset") or {}
-    if record.get("fingerprint"):
-        return "fingerprint", str(record["fingerprint"])
-    data = run.summary.get("config", {}).get("data", "?")
+    record = run.summary.dataset
+    if record is not None and record.fingerprint:
+        return "fingerprint", str(record.fingerprint)
+    data = run.summary.config.data if run.summary.config.data is not None else "?"
     return "data folder", str(Path(fs.local_path(data)).resolve()) if fs.is_local(data) else data
 
 
@@ -94,11 +93,11 @@ def load_runs(runs: Mapping[str, str | Path | Sequence[str | Path]]) -> dict[str
         arms[arm] = [Run(arm, p, load_summary(p)) for f in folders for p in find_runs(f)]
     first = next(r for rs in arms.values() for r in rs)
     want = dataset_key(first)
-    name = (first.summary.get("dataset") or {}).get("name", "?")
+    name = dataset_name(first.summary)
     for run in (r for rs in arms.values() for r in rs):
         got = dataset_key(run)
         if got != want:
-            other = (run.summary.get("dataset") or {}).get("name", "?")
+            other = dataset_name(run.summary)
             raise DataError(
                 f"{run.path}: trained on dataset {other!r} ({got[0]} {got[1]}), but {first.path} on "
                 f"{name!r} ({want[0]} {want[1]}); the runs of one report must share their dataset"
@@ -122,56 +121,67 @@ def load_runs(runs: Mapping[str, str | Path | Sequence[str | Path]]) -> dict[str
     return arms
 
 
-def as_summaries(summaries: Mapping[str, dict | Sequence[dict]]) -> dict[str, list[dict]]:
-    """{arm: summary or [summary per seed]} -> {arm: [summary per seed]}."""
-    return {n: [s] if isinstance(s, dict) else list(s) for n, s in summaries.items()}
+def dataset_name(summary: RunSummary) -> str:
+    """The name of the run's dataset ('?' when the run does not record it)."""
+    name = summary.dataset.name if summary.dataset is not None else None
+    return name if name is not None else "?"
 
 
-def scores_of(summary: dict, which: str = "best") -> dict:
+Summaries = RunSummary | Mapping | Sequence[RunSummary | Mapping]
+"""An arm's runs as the sections take them: one summary or one per seed (each a RunSummary, or the
+content of a summary.json)."""
+
+
+def as_summaries(summaries: Mapping[str, Summaries]) -> dict[str, list[RunSummary]]:
+    """{arm: summary or [summary per seed]} -> {arm: [RunSummary per seed]}."""
+    return {
+        n: [as_summary(s)] if isinstance(s, RunSummary | Mapping) else [as_summary(x) for x in s]
+        for n, s in summaries.items()
+    }
+
+
+def scores_of(summary: RunSummary | Mapping, which: str = "best") -> dict:
     """The test metrics of the reported weights ('best': the best validation's with --eval.restore_best,
     else the last) or of the last weights ('last': test_last, empty in runs from before it existed)."""
-    if which == "last":
-        return summary.get("test_last") or {}
-    return {**summary.get("test", {}), **{k: summary[k] for k in METRICS if k in summary}}
+    return as_summary(summary).test_scores(which)
 
 
-def auc_of(summary: dict) -> float:
+def auc_of(summary: RunSummary | Mapping) -> float:
     """The reported test AUC of a run (NaN when it has none)."""
-    v = scores_of(summary).get("auc")
-    return float(v) if v is not None else math.nan
+    return as_summary(summary).auc()
 
 
-def reported_weights(runs: Sequence[dict]) -> str:
+def reported_weights(runs: Sequence[RunSummary]) -> str:
     """What the 'test' metrics of these runs were scored with, for the table."""
-    if not any("test_last" in s for s in runs):
+    if not any(s.test_last is not None for s in runs):
         return "end of training"
-    if not all(s.get("config", {}).get("eval", {}).get("restore_best", True) for s in runs):
+    if not all(s.config.eval.restore_best is not False for s in runs):
         return "last epoch"
-    epochs = [s.get("best_epoch") for s in runs]
+    epochs = [s.best_epoch for s in runs]
     shown = ", ".join(str(e + 1) for e in epochs if isinstance(e, int))
     return f"best valid (epoch {shown})" if shown else "best valid"
 
 
-def per_epoch(summary: dict) -> list[dict]:
+def per_epoch(summary: RunSummary | Mapping) -> list[EvalEntry]:
     """The last validation entry of each epoch, in epoch order (epoch numbers from 1)."""
-    last: dict[int, dict] = {}
-    for entry in summary.get("valid", []):
-        last[int(entry["epoch"])] = entry
-    return [{**last[e], "epoch": e + 1} for e in sorted(last)]
+    last: dict[int, EvalEntry] = {}
+    for entry in as_summary(summary).valid:
+        last[int(entry.epoch)] = entry
+    return [replace(last[e], epoch=e + 1) for e in sorted(last)]
 
 
-def epoch_rows(runs: Sequence[dict]) -> dict[int, list[dict]]:
+def epoch_rows(runs: Sequence[RunSummary]) -> dict[int, list[EvalEntry]]:
     """{epoch (from 1): [the last validation entry of that epoch, per run that reached it]}."""
-    out: dict[int, list[dict]] = {}
+    out: dict[int, list[EvalEntry]] = {}
     for s in runs:
         for e in per_epoch(s):
-            out.setdefault(e["epoch"], []).append(e)
+            out.setdefault(e.epoch, []).append(e)
     return dict(sorted(out.items()))
 
 
-def run_name(summary: dict, index: int) -> str:
+def run_name(summary: RunSummary, index: int) -> str:
     """'seed <k>' from a run's config, else 'run <index + 1>'."""
-    seed = summary.get("config", {}).get("seed")
+    seed = summary.seed
     return f"seed {seed}" if seed is not None else f"run {index + 1}"
 
 

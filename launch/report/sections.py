@@ -13,7 +13,7 @@ import numpy as np
 
 from data_pipeline import fs
 from data_pipeline.spec import DataError, DatasetSpec
-from launch.report.runs import Run, as_summaries, epoch_rows, reported_weights, scores_of
+from launch.report.runs import Run, Summaries, as_summaries, epoch_rows, reported_weights, scores_of
 from launch.report.text import count, finite_mean, human_bytes, label, md_table, spread
 from store.metrics import METRICS, Rows, compute
 
@@ -51,35 +51,33 @@ def bayes_optimal(data: str | Path, split: str = "test") -> dict | None:
 
 def section_setup(arms: Mapping[str, Sequence[Run]]) -> str:
     first = next(iter(arms.values()))[0].summary
-    cfg = first.get("config", {})
-    data = cfg.get("data", "?")
+    cfg = first.config
+    data = cfg.data if cfg.data is not None else "?"
     try:
         spec = DatasetSpec.load(data)
         rows = spec.num_rows or {}
         data_line = f"`{data}` ({spec.name}; rows {', '.join(f'{k} {v:,}' for k, v in rows.items())})"
     except (DataError, OSError):
         data_line = f"`{data}`"
-    mc = cfg.get("model_config", {})
-    ev = cfg.get("eval", {})
+    mc, ev, opt = cfg.model_config, cfg.eval, cfg.optim
     lines = [
         f"- data: {data_line}",
-        f"- epochs {cfg.get('epochs')}, batch size {cfg.get('batch_size')} per rank, "
-        f"{first.get('world_size')} rank(s) on {first.get('device')}"
-        + (f", max steps {cfg['max_steps']}" if cfg.get("max_steps") else ""),
-        f"- model: embedding dim {mc.get('embedding_dim')}, {mc.get('num_layers')} layers, "
-        f"{mc.get('num_heads')} heads, MoBA block {mc.get('moba_block_size')} sparsity {mc.get('moba_sparsity')}"
-        f"{' (vanilla attention)' if mc.get('vanilla_attention') else ''}, rotation {mc.get('rotation')}",
-        f"- optimizers: sparse {cfg.get('optim', {}).get('sparse')} lr {cfg.get('optim', {}).get('sparse_lr')}, "
-        f"dense {cfg.get('optim', {}).get('dense')} lr {cfg.get('optim', {}).get('dense_lr')}",
+        f"- epochs {cfg.epochs}, batch size {cfg.batch_size} per rank, "
+        f"{first.world_size} rank(s) on {first.device}"
+        + (f", max steps {cfg.max_steps}" if cfg.max_steps else ""),
+        f"- model: embedding dim {mc.embedding_dim}, {mc.num_layers} layers, "
+        f"{mc.num_heads} heads, MoBA block {mc.moba_block_size} sparsity {mc.moba_sparsity}"
+        f"{' (vanilla attention)' if mc.vanilla_attention else ''}, rotation {mc.rotation}",
+        f"- optimizers: sparse {opt.sparse} lr {opt.sparse_lr}, dense {opt.dense} lr {opt.dense_lr}",
     ]
-    if "restore_best" in ev:
+    if ev.restore_best is not None:
         lines.append(
-            f"- test split scored with {'the best validation' if ev['restore_best'] else 'the last'} weights "
-            f"(valid {ev.get('metric')}; early stopping "
-            + (f"after {ev['patience']} validations without improvement)" if ev.get("patience") else "off)")
+            f"- test split scored with {'the best validation' if ev.restore_best else 'the last'} weights "
+            f"(valid {ev.metric}; early stopping "
+            + (f"after {ev.patience} validations without improvement)" if ev.patience else "off)")
         )
     lines += [
-        f"- versions: {first.get('versions')}",
+        f"- versions: {first.versions}",
         "- seeds: "
         + "; ".join(f"{label(n)} {len(rs)} ({', '.join(r.seed for r in rs)})" for n, rs in arms.items()),
         "- runs: "
@@ -88,19 +86,19 @@ def section_setup(arms: Mapping[str, Sequence[Run]]) -> str:
     return "\n".join(lines)
 
 
-def section_test(summaries: Mapping[str, dict | Sequence[dict]], ceiling: dict | None) -> str:
+def section_test(summaries: Mapping[str, Summaries], ceiling: dict | None) -> str:
     """Test metrics per arm (mean ± std over its seeds), with the reported and the last weights."""
     arms = as_summaries(summaries)
     rows = []
     for n, runs in arms.items():
         for which in ("best", "last"):
-            if which == "last" and not any("test_last" in s for s in runs):
+            if which == "last" and not any(s.test_last is not None for s in runs):
                 continue
             metrics = [scores_of(s, which) for s in runs]
             rows.append([
                 label(n), reported_weights(runs) if which == "best" else "last epoch",
                 *[spread(m.get(k) for m in metrics) for k in METRICS],
-                spread((s.get("steps") for s in runs), count), len(runs),
+                spread((s.steps for s in runs), count), len(runs),
             ])  # fmt: skip
     if ceiling:
         row = ceiling_row(ceiling, 2)
@@ -117,16 +115,16 @@ def section_test(summaries: Mapping[str, dict | Sequence[dict]], ceiling: dict |
     return text
 
 
-def section_epochs(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
+def section_epochs(summaries: Mapping[str, Summaries]) -> str:
     rows = []
     effect = []
     for name, runs in as_summaries(summaries).items():
         epochs = epoch_rows(runs)
         for epoch, entries in epochs.items():
             rows.append([
-                label(name), epoch, *[spread(e.get(k) for e in entries) for k in METRICS], len(entries),
+                label(name), epoch, *[spread(e.value(k) for e in entries) for k in METRICS], len(entries),
             ])  # fmt: skip
-        means = {e: finite_mean(x.get("auc") for x in entries) for e, entries in epochs.items()}
+        means = {e: finite_mean(x.value("auc") for x in entries) for e, entries in epochs.items()}
         finite = {e: v for e, v in means.items() if math.isfinite(v)}
         if len(finite) >= 2:
             first, last = min(finite), max(finite)
@@ -144,14 +142,14 @@ def section_epochs(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
     return text
 
 
-def section_tail(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
+def section_tail(summaries: Mapping[str, Summaries]) -> str:
     arms = as_summaries(summaries)
     tests = {n: [scores_of(s) for s in runs] for n, runs in arms.items()}
     buckets = max((len(t.get("bucket_auc") or []) for ts in tests.values() for t in ts), default=0)
     if not buckets:
         return "No per-bucket AUC in the runs' summaries."
     first = next(iter(arms.values()))[0]
-    tail_buckets = first.get("config", {}).get("eval", {}).get("tail_buckets")
+    tail_buckets = first.config.eval.tail_buckets
     bucket_rows = next((t["bucket_rows"] for ts in tests.values() for t in ts if t.get("bucket_rows")), None)
     rows = []
     for b in range(buckets):
@@ -165,26 +163,23 @@ def section_tail(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
     return head + md_table(["bucket", "test rows", *[f"{label(n)} AUC" for n in arms]], rows)
 
 
-def section_throughput(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
+def section_throughput(summaries: Mapping[str, Summaries]) -> str:
     arms = as_summaries(summaries)
     rows = []
     for n, runs in arms.items():
         s = runs[0]
         rows.append([
-            label(n), spread((r.get("samples_per_s") for r in runs), count),
-            spread((r.get("samples_per_s_per_rank") for r in runs), count), s.get("world_size"),
-            s.get("device"), s.get("pipeline"),
-            spread((max(r.get("peak_memory_bytes_per_rank") or [math.nan]) for r in runs), human_bytes),
-            spread((r.get("wall_s") for r in runs), lambda v: f"{v:.1f}"),
+            label(n), spread((r.samples_per_s for r in runs), count),
+            spread((r.samples_per_s_per_rank for r in runs), count), s.world_size, s.device, s.pipeline,
+            spread((max(r.peak_memory_bytes_per_rank or [math.nan]) for r in runs), human_bytes),
+            spread((r.wall_s for r in runs), lambda v: f"{v:.1f}"),
         ])  # fmt: skip
     text = md_table(
         ["model", "samples/s (total)", "samples/s per rank", "ranks", "device", "TorchRec pipeline",
          "peak memory per rank", "wall s"],
         rows,
     )  # fmt: skip
-    blockers = {
-        label(n): rs[0]["pipeline_blocker"] for n, rs in arms.items() if rs[0].get("pipeline_blocker")
-    }
+    blockers = {label(n): rs[0].pipeline_blocker for n, rs in arms.items() if rs[0].pipeline_blocker}
     if blockers:
         text += "\n\nTrained without TorchRec's pipeline (model not traceable): " + "; ".join(
             f"{k}: {v}" for k, v in blockers.items()
@@ -195,30 +190,32 @@ def section_throughput(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
     )
 
 
-def section_embeddings(summaries: Mapping[str, dict | Sequence[dict]]) -> str:
+def section_embeddings(summaries: Mapping[str, Summaries]) -> str:
     arms = as_summaries(summaries)
     rows = []
     for n, runs in arms.items():
-        ranks = max(len(s.get("embedding_params_per_rank") or []) for s in runs)
+        ranks = max(len(s.embedding_params_per_rank) for s in runs)
 
-        def at(key: str, r: int, runs=runs) -> list:
-            return [(s.get(key) or [])[r] if r < len(s.get(key) or []) else None for s in runs]
+        def at(values: list[list[int]], r: int) -> list:
+            return [v[r] if r < len(v) else None for v in values]
 
+        params = [s.embedding_params_per_rank for s in runs]
+        nbytes = [s.embedding_bytes_per_rank for s in runs]
+        opt = [s.embedding_optimizer_bytes_per_rank for s in runs]
         for r in range(ranks):
             rows.append([
-                label(n), r, spread(at("embedding_params_per_rank", r), count),
-                spread(at("embedding_bytes_per_rank", r), human_bytes),
-                spread(at("embedding_optimizer_bytes_per_rank", r), human_bytes),
+                label(n), r, spread(at(params, r), count), spread(at(nbytes, r), human_bytes),
+                spread(at(opt, r), human_bytes),
             ])  # fmt: skip
     text = md_table(
         ["model", "rank", "embedding parameters", "embedding bytes", "optimizer state bytes"], rows
     )
     for n, runs in arms.items():
-        plan = runs[0].get("sharding_plan") or []
+        plan = runs[0].sharding_plan
         if plan:
             text += f"\n\nSharding plan, {label(n)}:\n\n" + md_table(
                 ["table", "sharding", "kernel", "ranks"],
-                [[p["table"], p["sharding"], p["kernel"], str(p["ranks"])] for p in plan],
+                [[p.table, p.sharding, p.kernel, str(p.ranks)] for p in plan],
             )
     return text
 

@@ -12,6 +12,7 @@ import numpy as np
 from launch.report.runs import (
     PREDICTIONS,
     Run,
+    Summaries,
     as_summaries,
     auc_of,
     pair_label,
@@ -24,6 +25,7 @@ from launch.report.text import label, md_table, signed
 from launch.report.tokenizer import sid_reasons
 from launch.stats import NO_DIFFERENCE, delong, paired_bootstrap
 from store.metrics import METRICS
+from store.records import SidTableMeta
 
 BASELINE = "id"
 """The arm the others are tested against when present (else the first arm)."""
@@ -43,8 +45,8 @@ def interval(low: float, high: float) -> str:
 
 
 def comparability(
-    summaries: Mapping[str, dict | Sequence[dict]],
-    metas: Sequence[dict] = (),
+    summaries: Mapping[str, Summaries],
+    metas: Sequence[SidTableMeta] = (),
     labels: np.ndarray | None = None,
     logits: Mapping[str, Sequence[np.ndarray]] | None = None,
 ) -> list[str]:
@@ -96,7 +98,7 @@ def significance(
     baseline: str,
     resamples: int = RESAMPLES,
     seed: int = 0,
-    metas: Sequence[dict] = (),
+    metas: Sequence[SidTableMeta] = (),
 ) -> dict:
     """The paired tests of every arm against `baseline` on the test split (what significance.json holds):
     {"baseline", "rows", "users", "dropped_rows", "resamples", "comparable", "reasons", "arms": {arm:

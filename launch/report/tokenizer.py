@@ -11,11 +11,12 @@ from pathlib import Path
 
 from data_pipeline import fs
 from data_pipeline.spec import DataError
-from launch.report.runs import Run, dataset_key
+from launch.report.runs import Run, dataset_key, dataset_name
 from launch.report.text import finite, fmt, md_table
+from store.records import RunSummary, SidFeature, SidSelection, SidTableMeta
 
 
-def read_meta(sids: str | Path | None) -> dict | None:
+def read_meta(sids: str | Path | None) -> SidTableMeta | None:
     """The tokenizer's meta.json in the SID folder ``sids`` (a path or a URI); None without one.
     DataError when it is not JSON; StorageError when the store holding it cannot be read."""
     if not sids:
@@ -24,12 +25,14 @@ def read_meta(sids: str | Path | None) -> dict | None:
     if not fs.is_file(path):
         return None
     try:
-        return json.loads(fs.read_text(path))
+        return SidTableMeta.from_dict(json.loads(fs.read_text(path)))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-def check_sids(arms: Mapping[str, Sequence[Run]], metas: Sequence[dict], sid_dirs: Sequence[str]) -> None:
+def check_sids(
+    arms: Mapping[str, Sequence[Run]], metas: Sequence[SidTableMeta], sid_dirs: Sequence[str]
+) -> None:
     """DataError when an SID table was built for another dataset than the runs' (its dataset fingerprint
     differs from theirs): its statistics would describe a table the runs did not use."""
     first = next(r for rs in arms.values() for r in rs)
@@ -37,34 +40,36 @@ def check_sids(arms: Mapping[str, Sequence[Run]], metas: Sequence[dict], sid_dir
     if kind != "fingerprint":
         return
     for where, meta in zip(sid_dirs, metas, strict=True):
-        record = meta.get("dataset") or {}
-        got = record.get("fingerprint")
+        record = meta.dataset
+        got = record.fingerprint if record is not None else None
         if got and got != want:
             raise DataError(
-                f"--sids {where}: built for dataset {record.get('name')!r} (fingerprint {got}), but the runs "
-                f"were trained on {(first.summary.get('dataset') or {}).get('name')!r} (fingerprint {want})"
+                f"--sids {where}: built for dataset {record.name!r} (fingerprint {got}), but the runs "
+                f"were trained on {dataset_name(first.summary)!r} (fingerprint {want})"
             )
 
 
-def sid_features(meta: dict) -> dict[str, dict]:
+def as_meta(meta: SidTableMeta | Mapping) -> SidTableMeta:
+    """A SidTableMeta of ``meta`` (a SidTableMeta, or the content of a meta.json)."""
+    return meta if isinstance(meta, SidTableMeta) else SidTableMeta.from_dict(meta)
+
+
+def sid_features(meta: SidTableMeta | Mapping) -> dict[str, SidFeature]:
     """{tokenized feature: its figures} of a meta.json (older tables: the item's, at the top level)."""
-    return meta.get("features") or {meta.get("item_feature", "item_id"): meta}
+    return as_meta(meta).tokenized()
 
 
-def has_real_sids(m: dict) -> bool:
+def has_real_sids(m: SidFeature) -> bool:
     """Whether some ID of the feature has real SIDs (items_tokenized 0: every row has the reserved code;
     tables from before that count: assumed)."""
-    return m.get("items_tokenized") != 0
+    return m.real_sids
 
 
-def coverage_of(m: dict) -> float | None:
+def coverage_of(m: SidFeature) -> float | None:
     """Of the test rows whose ID occurs in the train split, the share whose ID has real SIDs; None when
     unknown (tables from before the tokenizer measured it, unless no ID has real SIDs: 0) or undefined
     (no test row's ID occurs in the train split)."""
-    if "test_coverage" in m:
-        v = m["test_coverage"]
-        return float(v) if v is not None else None
-    return None if has_real_sids(m) else 0.0
+    return m.test_coverage_of
 
 
 @dataclass
@@ -82,17 +87,17 @@ class FeatureSids:
     """Every table gives some ID of the feature real SIDs."""
 
 
-def worst_features(metas: Sequence[dict]) -> list[FeatureSids]:
+def worst_features(metas: Sequence[SidTableMeta | Mapping]) -> list[FeatureSids]:
     """One FeatureSids per tokenized feature of the tables, in the first table's order."""
-    figures: dict[str, list[dict]] = {}
+    figures: dict[str, list[SidFeature]] = {}
     for meta in metas:
         for f, m in sid_features(meta).items():
             figures.setdefault(f, []).append(m)
     out = []
     for f, ms in figures.items():
         coverage = finite(coverage_of(m) for m in ms)
-        ids = finite(m.get("collision_rate") for m in ms)
-        rows = finite(m.get("collision_rate_rows") for m in ms)
+        ids = finite(m.collision_rate for m in ms)
+        rows = finite(m.collision_rate_rows for m in ms)
         out.append(FeatureSids(
             f, min(coverage, default=None), max(ids, default=None), max(rows, default=None),
             all(has_real_sids(m) for m in ms),
@@ -100,7 +105,7 @@ def worst_features(metas: Sequence[dict]) -> list[FeatureSids]:
     return out
 
 
-def sid_reasons(metas: Sequence[dict]) -> list[str]:
+def sid_reasons(metas: Sequence[SidTableMeta | Mapping]) -> list[str]:
     """Why the tables make the arms not comparable, per tokenized feature: test coverage below
     COVERAGE_FLOOR (the worst over the tables), or no ID with real SIDs."""
     from store.tokenizer.select import COVERAGE_FLOOR  # the floor the tokenizer's selection keeps to
@@ -117,7 +122,7 @@ def sid_reasons(metas: Sequence[dict]) -> list[str]:
     return reasons
 
 
-def feature_lines(metas: Sequence[dict]) -> list[str]:
+def feature_lines(metas: Sequence[SidTableMeta | Mapping]) -> list[str]:
     """One console line per tokenized feature: its test coverage and collision rates (the worst over
     the tables)."""
     several = f" (worst of {len(metas)} SID tables)" if len(metas) > 1 else ""
@@ -131,27 +136,27 @@ def feature_lines(metas: Sequence[dict]) -> list[str]:
     return lines
 
 
-def embedding_dim(summaries: Mapping[str, Sequence[dict]]) -> int | None:
+def embedding_dim(summaries: Mapping[str, Sequence[RunSummary]]) -> int | None:
     """D of the runs' tables, from their config (None when no run records it)."""
     for s in (s for runs in summaries.values() for s in runs):
-        dim = s.get("config", {}).get("model_config", {}).get("embedding_dim")
+        dim = s.config.model_config.embedding_dim
         if dim:
             return int(dim)
     return None
 
 
-def section_selection(selection: dict) -> str:
-    """The tokenizer's choice among SID variants (meta["selection"]): one row per candidate, and the
+def section_selection(selection: SidSelection) -> str:
+    """The tokenizer's choice among SID variants (meta.json's selection): one row per candidate, and the
     proxy on raw IDs as a reference when recorded. Keys it does not know are ignored."""
-    forced = " (forced by a flag)" if selection.get("forced") else ""
-    rows = [[c.get("name", "?"), c.get("valid_auc"), "yes" if c.get("chosen") else ""]
-            for c in selection.get("candidates") or []]  # fmt: skip
+    forced = " (forced by a flag)" if selection.forced else ""
+    rows = [[c.name if c.name is not None else "?", c.valid_auc, "yes" if c.chosen else ""]
+            for c in selection.candidates]  # fmt: skip
     if not rows:  # forced (--min-count / --rare): nothing was tried
-        return f"SID variant: {selection.get('chosen')}{forced}."
-    if "raw_id_valid_auc" in selection:
-        rows.append(["raw IDs (reference)", selection["raw_id_valid_auc"], ""])
-    metric = selection.get("metric", "valid AUC")
-    head = f"SID variants the tokenizer tried (by {metric}): chosen {selection.get('chosen')}{forced}"
+        return f"SID variant: {selection.chosen}{forced}."
+    if selection.raw_id_valid_auc is not None:
+        rows.append(["raw IDs (reference)", selection.raw_id_valid_auc, ""])
+    metric = selection.metric if selection.metric is not None else "valid AUC"
+    head = f"SID variants the tokenizer tried (by {metric}): chosen {selection.chosen}{forced}"
     return head + ".\n\n" + md_table(["candidate", "valid AUC", "chosen"], rows)
 
 
@@ -165,15 +170,14 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
     meta = read_meta(sids)
     if meta is None:
         return f"No tokenizer meta.json in `{sids}` (`python -m store.tokenizer --data DIR --out SIDS` writes it)."
-    features = sid_features(meta)
-    codewords = meta.get("codewords", meta.get("codebook_size"))
+    features = meta.tokenized()
     head = (
-        f"From `{meta_path}`: method {meta.get('method')}, K = {meta.get('num_sids')} semantic IDs per feature, "
-        f"C = {codewords} codewords per codebook"
+        f"From `{meta_path}`: method {meta.method}, K = {meta.num_sids} semantic IDs per feature, "
+        f"C = {meta.codeword_count} codewords per codebook"
     )
-    if "unseen_code" in meta:
-        m = meta.get("min_count", 1)
-        if meta.get("rare") == "neighbours" and m > 1:
+    if meta.unseen_code is not None:
+        m = meta.min_count if meta.min_count is not None else 1
+        if meta.rare == "neighbours" and m > 1:
             rare = (
                 f" (IDs seen there fewer than {m} times have the SIDs their co-occurrence neighbours predict)"
             )
@@ -183,16 +187,16 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
             rare = ""
         head += (
             f", plus one reserved code for IDs absent from the train split{rare} "
-            f"(learned from {meta.get('learned_from')})"
+            f"(learned from {meta.learned_from})"
         )
     rows = []
     for f, m in features.items():
-        util, ppl = m.get("utilisation") or [], m.get("perplexity") or []
+        util, ppl = m.utilisation or [], m.perplexity or []
         rows.append([
-            f, m.get("embedding_source"), m.get("rows", meta.get("num_items")), m.get("coverage"),
-            coverage_of(m), m.get("recon_error_rel"),
+            f, m.embedding_source, m.rows if m.rows is not None else meta.num_items, m.coverage,
+            coverage_of(m), m.recon_error_rel,
             f"{fmt(sum(util) / len(util), 3)} / {fmt(sum(ppl) / len(ppl), 1)}" if util else "-",
-            m.get("collision_rate"), m.get("collision_rate_rows"), m.get("unique_sids"),
+            m.collision_rate, m.collision_rate_rows, m.unique_sids,
         ])  # fmt: skip
     text = head + ".\n\n" + md_table(
         ["feature", "embedding", "rows", "IDs tokenized", "test coverage", "recon error (rel.)",
@@ -208,20 +212,20 @@ def section_tokenizer(sids: str | Path | None, dim: int | None = None) -> str:
         f"('-': not recorded by this tokenizer); below {COVERAGE_FLOOR:.2f} the verdict reads not comparable. "
         "Collision rate: the share of tokenized IDs (of train rows) whose SID tuple another ID shares."
     )
-    if meta.get("selection"):
-        text += "\n\n" + section_selection(meta["selection"])
-    params = meta.get("embedding_params")
+    if meta.selection is not None:
+        text += "\n\n" + section_selection(meta.selection)
+    params = meta.embedding_params
     if params:
         mib = (lambda n: f"{n * dim * 4 / 2**20:,.2f}") if dim else (lambda n: "-")
-        real = {f: has_real_sids(features.get(f, {})) for f in params}
+        real = {f: features.get(f, SidFeature()).real_sids for f in params}
         sizes = [
-            [f, f"{p['raw_id']:,}", mib(p["raw_id"]), f"{p['sid']:,}", mib(p["sid"]),
-             f"{p['raw_id'] / p['sid']:,.0f}x" if real[f] else "no real SIDs"]
+            [f, f"{p.raw_id:,}", mib(p.raw_id), f"{p.sid:,}", mib(p.sid),
+             f"{p.raw_id / p.sid:,.0f}x" if real[f] else "no real SIDs"]
             for f, p in params.items()
         ]  # fmt: skip
         saved = {f: p for f, p in params.items() if real[f]}
         if saved:
-            raw, sid = sum(p["raw_id"] for p in saved.values()), sum(p["sid"] for p in saved.values())
+            raw, sid = sum(p.raw_id for p in saved.values()), sum(p.sid for p in saved.values())
             sizes.append(["all tokenized", f"{raw:,}", mib(raw), f"{sid:,}", mib(sid), f"{raw / sid:,.0f}x"])
         text += (
             f"\n\nEmbedding rows and MiB (fp32, D = {dim}) per tokenized feature: the ID arm's raw-ID table "

@@ -75,7 +75,7 @@ def write_report(
         owned=REPORT_ENTRIES, label="launch.report",
     ).path  # fmt: skip
     summaries = {n: [r.summary for r in rs] for n, rs in arms.items()}
-    data = next(iter(summaries.values()))[0].get("config", {}).get("data", "")
+    data = next(iter(summaries.values()))[0].config.data or ""
     ceiling = bayes_optimal(data) if data else None
     # locations, not Path: Path("s3://b/sids") would be s3:/b/sids
     sid_dirs = [fs.location(sids)] if isinstance(sids, str | Path) else [fs.location(s) for s in sids or []]
