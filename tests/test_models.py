@@ -28,7 +28,7 @@ from store.models.layers import (
     output_bias,
 )
 from store.models.rankmixer import RankMixerConfig
-from store.models.store import store_inputs
+from store.models.store import hashed_kjt, store_inputs
 from store.models.zoo import batch_transform, build_model
 from tests.test_sid import NUM_ITEMS, tiny_batch, tiny_sids, tiny_spec
 
@@ -38,6 +38,7 @@ VARIANTS = [(name, {}) for name in registry.names()] + [
     ("store", {"rotation": False}),
     ("store", {"history_tokens": True}),
     ("id", {"history_tokens": True}),
+    ("id-hash", {"history_tokens": True}),
     ("store", {"orthogonal_parametrization": False}),
 ]
 
@@ -110,7 +111,9 @@ def test_fx_traceable_down_to_collections_which_take_batch_kjts_directly(variant
     """What TorchRec's TrainPipelineSparseDist needs. Its tracer (torchrec's
     ``_get_leaf_module_names``) makes every direct child of a module holding a collection a leaf
     by name (unless it holds a collection too); the rest must trace, and each collection must be
-    called on ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) itself."""
+    called on ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) itself. ID-hash's token collection
+    is the one exception, and the one collection the pipeline leaves in the forward: it is called on
+    ``hashed_kjt(batch.sparse)``."""
     collections = (EmbeddingBagCollection, EmbeddingCollection)
     model, _ = _setup(*variant)
 
@@ -139,6 +142,9 @@ def test_fx_traceable_down_to_collections_which_take_batch_kjts_directly(variant
     fields = []
     for node in calls:
         (arg,) = node.args
+        if arg.op == "call_function" and arg.target is hashed_kjt:
+            assert variant[0] == "id-hash" and node.target == "items.ec"
+            arg = arg.args[0]
         assert arg.op == "call_function" and arg.args[0].op == "placeholder"
         fields.append(arg.args[1])
     assert sorted(fields) == (["sid", "sparse"] if variant[0] == "store" else ["sparse"] * len(calls))

@@ -38,7 +38,9 @@ def test_every_name_resolves_to_its_modules_spec(name):
 
 
 def test_an_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'gbdt'; choose one of store, id, dnn, .*, ssr"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'gbdt'; choose one of store, id, id-hash, dnn, .*, ssr"
+    ):
         registry.get("gbdt")
 
 
@@ -46,7 +48,7 @@ def test_each_models_own_config_is_its_flag_group():
     from store.models.config import ModelConfig
     from trainer.config import parse_args
 
-    groups = {s.name: s.config for s in registry.specs() if s.config is not None}
+    groups = {s.group: s.config for s in registry.specs() if s.config is not None}
     assert {"dcn", "gdcn", "autoint", "rankmixer", "masknet", "ssr"} <= set(groups)
     cfg = ModelConfig()
     assert all(isinstance(getattr(cfg, name), group) for name, group in groups.items())

@@ -122,7 +122,7 @@ class SharedModelConfig:
             raise bad("num_heads", f"must divide --model.embedding_dim={self.embedding_dim}")
         parse_feature_groups(self.feature_groups)
         for spec in registry.specs():
-            group = getattr(self, spec.name, None)
+            group = getattr(self, spec.group, None)
             if hasattr(group, "validate"):
                 group.validate(self)
 
@@ -148,9 +148,9 @@ class SharedModelConfig:
 
 
 def _with_model_groups(base: type) -> type:
-    """``base`` plus one field per model with a config of its own: ``<name>: <its config>``."""
+    """``base`` plus one field per model with a config of its own: ``<group>: <its config>``."""
     groups = [
-        (spec.name, spec.config, dataclasses.field(default_factory=spec.config))
+        (spec.group, spec.config, dataclasses.field(default_factory=spec.config))
         for spec in registry.specs()
         if spec.config is not None
     ]

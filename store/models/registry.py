@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 MODELS = {
     "store": "store.models.store",
     "id": "store.models.store",
+    "id-hash": "store.models.store",
     "dnn": "store.models.dnn",
     "deepfm": "store.models.deepfm",
     "dcn": "store.models.dcn",
@@ -57,7 +58,8 @@ class ModelSpec:
     on the device (``store.models.zoo.build_model`` validates the config and moves the rest there)."""
     config: type | None = None
     """The model's own hyper-parameters: a dataclass whose fields (defaults and docstrings) are the flags
-    ``--model.<name>.<field>``, found on ``ModelConfig`` as attribute ``<name>``; it may define
+    ``--model.<group>.<field>``, found on ``ModelConfig`` as attribute ``<group>`` (``group``: the name
+    with ``-`` as ``_``, "id-hash" -> ``--model.id_hash.rows``); it may define
     ``validate(model_config)``. None: the model reads the shared ``--model.*`` fields only."""
     needs_sids: bool = False
     """Takes batches through ``SidTable.transform`` and needs ``--sids``."""
@@ -66,6 +68,11 @@ class ModelSpec:
     flops: Callable[[nn.Module, int], int] | None = None
     """(built model, batch size) -> analytical forward FLOPs per batch (``store.models.flops``); None:
     no analytical count (use torch's FlopCounterMode)."""
+
+    @property
+    def group(self) -> str:
+        """The attribute of ``ModelConfig`` holding ``config`` (the name, ``-`` as ``_``: a Python name)."""
+        return self.name.replace("-", "_")
 
 
 def names() -> tuple[str, ...]:

@@ -44,9 +44,17 @@ history_tokens=True. For STORE the batch must already be transformed by ``SidTab
 item-valued ones through the item's codes), and the SID collection reads ``batch.sid`` only, so the
 trainer can replicate it. For ID the raw batch is used; t_item serves every item-valued feature.
 
+ID-hash ("id-hash", ``--model.id_hash.rows`` B): the ID twin with every raw-ID table of a tokenized
+feature cut to B rows, its IDs hashed into them (``IdHash``: ID 0, the converters' missing value,
+keeps row 0; the others share rows 1..B-1, collisions allowed). The hash runs inside the model, on
+the tokenized collection's input KJT (``hashed_kjt``, an fx leaf): the reader's batch transform
+(``store.models.zoo.batch_transform``) is built without ``--model.*``, so it cannot know B. TorchRec's
+pipeline therefore runs that one collection's lookup in the forward, not ahead of it; the static
+collection stays pipelined.
+
 The model takes explicit inputs (``StoreInputs``: tables, feature lists, groups; ``store_inputs``
 makes them from the spec and the SID table) and ``--model.*`` (``ModelConfig``: STORE's options are
-shared fields, read by both "store" and "id").
+shared fields, read by "store", "id" and "id-hash"; "id-hash" has its group ``--model.id_hash.*``).
 """
 
 from __future__ import annotations
@@ -54,10 +62,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
+from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import DatasetSpec
 from store.models.attention import TransformerEncoder
 from store.models.flops import store_flops
@@ -74,12 +85,11 @@ from store.models.layers import (
     item_collection,
     low_cardinality_features,
     masked_mean,
-    num_item_rows,
     padded,
     sequence_length,
     static_table_name,
 )
-from store.models.registry import ModelSpec
+from store.models.registry import ModelSpec, flag_error
 from store.models.rotation import OrthogonalRotation
 from store.sid import SidTable, sid_feature_name, sid_sources
 
@@ -87,6 +97,63 @@ if TYPE_CHECKING:
     from store.models.config import ModelConfig
 
 DENSE_GROUP = "dense"
+HASH_PRIME = (1 << 31) - 1
+"""p of ``IdHash``'s ((a * x + b) mod p): a Mersenne prime small enough that a * x + b stays in int64."""
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+"""SplitMix64's state increment, 2^64 / phi."""
+
+
+@dataclass
+class IdHashConfig:
+    """ID-hash's own hyper-parameters (--model.id_hash.*): the row budget of its hashed raw-ID tables."""
+
+    rows: int = 256
+    """The row budget B of each tokenized feature's raw-ID table (the item table, shared by every
+    item-valued feature, and one table per other high-cardinality feature). ID 0 keeps row 0 and every
+    other ID is hashed into the B - 1 other rows. The default is as many rows as one tokenized
+    feature's codebooks hold in STORE with the tokenizer's defaults (4 SIDs x 64 codes)."""
+    seed: int = 0
+    """Seed of the hash function (the same seed, the same ID -> row map in every process and run)."""
+
+    def validate(self, model_config: ModelConfig) -> None:
+        if not 2 <= self.rows < HASH_PRIME:
+            raise flag_error("id_hash.rows", self.rows, f"must be in [2, {HASH_PRIME - 1}] (row 0 is ID 0's)")
+        if self.seed < 0:
+            raise flag_error("id_hash.seed", self.seed, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class IdHash:
+    """The map of raw IDs to the ``rows`` rows of a hashed table: ID 0 -> row 0 (the converters' missing
+    value; a raw table gives it its own row too), ID x > 0 -> 1 + ((a * (x mod p) + b) mod p) mod
+    (rows - 1), with p = 2^31 - 1 and a, b drawn from ``seed`` by SplitMix64 (a universal hash family:
+    any two IDs below p share a row with probability about 1 / (rows - 1))."""
+
+    rows: int
+    a: int
+    b: int
+
+    @classmethod
+    def from_seed(cls, rows: int, seed: int) -> IdHash:
+        # SplitMix64's first two outputs from state ``seed`` (the state advances by 2^64 / phi)
+        states = [(seed + k * GOLDEN_GAMMA) % (1 << 64) for k in (1, 2)]
+        a, b = (int(v) for v in splitmix64(np.array(states, dtype=np.uint64)))
+        return cls(rows, 1 + a % (HASH_PRIME - 1), b % HASH_PRIME)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """Raw int64 IDs (>= 0) -> rows in [0, rows), same shape."""
+        h = 1 + ((ids % HASH_PRIME) * self.a + self.b) % HASH_PRIME % (self.rows - 1)
+        return torch.where(ids == 0, torch.zeros_like(ids), h)
+
+
+def hashed_kjt(kjt: KeyedJaggedTensor, id_hash: IdHash) -> KeyedJaggedTensor:
+    """``kjt`` with every value through ``id_hash`` (same keys and lengths; empty lists stay empty)."""
+    return KeyedJaggedTensor(
+        keys=kjt.keys(), values=id_hash(kjt.values()), lengths=kjt.lengths(), stride=kjt.stride()
+    )
+
+
+torch.fx.wrap("hashed_kjt")  # one leaf call in TorchRec's trace of the model
 
 
 @dataclass
@@ -112,6 +179,8 @@ class StoreInputs:
     """The H item-valued features other than the target item."""
     num_dense: int
     """Dense features (one more static group when > 0)."""
+    id_hash: IdHash | None = None
+    """ID-hash: the raw-ID token tables have ``id_hash.rows`` rows, the IDs hashed into them."""
 
 
 def sid_table_name(feature: str, k: int, item_feature: str) -> str:
@@ -191,6 +260,7 @@ class RawTokens(nn.Module):
     high-cardinality feature f), each feature's embedding projected into K tokens.
 
     pooled=True: an EmbeddingBagCollection (mean-pooled history); else an EmbeddingCollection.
+    id_hash (ID-hash): the tables have ``id_hash.rows`` rows and the IDs go through it before the lookup.
     """
 
     def __init__(
@@ -202,18 +272,22 @@ class RawTokens(nn.Module):
         dim: int,
         pooled: bool,
         device: torch.device | None,
+        id_hash: IdHash | None = None,
     ) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.lengths = lengths  # {history feature: HistoryFeature.max_len}
         self.pooled = pooled
+        self.id_hash = id_hash
         self.ec = item_collection(tables, dim, pooled, device)
         self.split = nn.ModuleList([nn.Linear(dim, num_tokens * dim) for _ in tables])
         self.index = {f: i for i, f in enumerate(tokenized)}  # tables are in token order
         self.table_index = {f: i for i, t in enumerate(tables) for f in t.features}  # batch feature -> table
 
     def lookup(self, batch: Batch):
-        out = self.ec(batch.sparse)
+        # Every feature's IDs are hashed, the static ones too: this collection reads only its own.
+        kjt = batch.sparse if self.id_hash is None else hashed_kjt(batch.sparse, self.id_hash)
+        out = self.ec(kjt)
         return out.to_dict() if self.pooled else out
 
     def feature_tokens(self, jts, feature: str) -> torch.Tensor:
@@ -256,7 +330,9 @@ class StoreModel(nn.Module):
         if inputs.sid_tokens and inputs.token_tables:
             self.items = SidTokens(inputs.token_tables, k, lengths, d, pooled, device)
         elif inputs.token_tables:
-            self.items = RawTokens(inputs.token_tables, inputs.tokenized, k, lengths, d, pooled, device)
+            self.items = RawTokens(
+                inputs.token_tables, inputs.tokenized, k, lengths, d, pooled, device, inputs.id_hash
+            )
         self.num_item_tokens = k
         self.tokenized = list(inputs.tokenized)
         self.static = StaticEmbedder(inputs.static_tables, d, device)
@@ -351,9 +427,11 @@ def store_inputs(
     sids: SidTable | None,
     num_tokens: int,
     init_std: float = EMBEDDING_INIT_STD,
+    id_hash: IdHash | None = None,
 ) -> StoreInputs:
     """STORE's inputs when given ``sids`` (its codebooks, ``num_tokens`` = its num_sids), else the ID
-    twin's (one raw-ID table per tokenized feature, ``num_tokens`` tokens each).
+    twin's (one raw-ID table per tokenized feature, ``num_tokens`` tokens each; ``id_hash.rows`` rows
+    each with ``id_hash``).
 
     ``feature_groups``: ``--model.feature_groups`` (see ``resolve_groups``).
     """
@@ -367,9 +445,12 @@ def store_inputs(
         ]  # fmt: skip
     else:
         token_tables = [
-            Table(RAW_ITEM_TABLE, num_item_rows(spec), tuple(served), init_std)
-            if src == spec.item_id
-            else Table(static_table_name(src), spec.feature(src).vocab_size, tuple(served), init_std)
+            Table(
+                RAW_ITEM_TABLE if src == spec.item_id else static_table_name(src),
+                id_hash.rows if id_hash is not None else spec.table_rows(src),
+                tuple(served),
+                init_std,
+            )
             for src, served in sources.items()
         ]
     return StoreInputs(
@@ -381,6 +462,7 @@ def store_inputs(
         sid_tokens=sids is not None,
         history=history_inputs(spec),
         num_dense=len(spec.dense),
+        id_hash=id_hash,
     )
 
 
@@ -420,14 +502,30 @@ def build_store(
 def build_id(
     spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
 ) -> StoreModel:
-    """The ID twin: raw-ID tables, each embedding projected into as many tokens as the SID table has
-    SIDs (when ``sids`` is given; else ``--model.id_item_tokens``, default 1)."""
-    tokens = cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
-    inputs = store_inputs(spec, cfg.feature_groups, None, tokens, cfg.embedding_init_std)
+    """The ID twin: raw-ID tables, each embedding projected into ``--model.id_item_tokens`` tokens (0:
+    as many as the SID table has SIDs when ``sids`` is given, else 1)."""
+    inputs = store_inputs(spec, cfg.feature_groups, None, _id_tokens(cfg, sids), cfg.embedding_init_std)
     return StoreModel(inputs, cfg, device)
+
+
+def build_id_hash(
+    spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
+) -> StoreModel:
+    """ID-hash: the ID twin (same tokens) with each tokenized feature's raw-ID table cut to
+    ``--model.id_hash.rows`` rows, the IDs hashed into them (``IdHash``)."""
+    id_hash = IdHash.from_seed(cfg.id_hash.rows, cfg.id_hash.seed)
+    inputs = store_inputs(
+        spec, cfg.feature_groups, None, _id_tokens(cfg, sids), cfg.embedding_init_std, id_hash
+    )
+    return StoreModel(inputs, cfg, device)
+
+
+def _id_tokens(cfg: ModelConfig, sids: SidTable | None) -> int:
+    return cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
 
 
 SPECS = (
     ModelSpec("store", build_store, needs_sids=True, flops=store_flops),
     ModelSpec("id", build_id, flops=store_flops),
+    ModelSpec("id-hash", build_id_hash, config=IdHashConfig, flops=store_flops),
 )

@@ -13,7 +13,9 @@ feature lists, the dense count, the SID codebooks) and hands it those and ``--mo
 "store" takes batches already passed through ``SidTable.transform`` (``batch_transform``); the others
 take raw batches. "id" is STORE with the raw item-ID table: its item embedding is projected into as
 many tokens as the SID table has SIDs (when ``sids`` is given; else ``--model.id_item_tokens``,
-default 1), so the two attend over the same token count.
+default 1), so the two attend over the same token count. "id-hash" is "id" with its tokenized
+features' raw IDs hashed into ``--model.id_hash.rows`` rows; it hashes them in the model, on raw
+batches (this transform is built without ``--model.*``; ``store.models.store``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def build_model(
 def batch_transform(name: str, spec: DatasetSpec, sids: SidTable | None) -> Callable[[Batch], Batch] | None:
     """What the reader applies to every batch of model ``name``: a model that needs SIDs ("store") has
     its tokenized features moved to SIDs (``SidTable.transform``, at data time so TorchRec can pipeline
-    the lookup); None for the others, which read raw batches."""
+    the lookup); None for the others, which read raw batches ("id-hash" hashes its IDs in the model)."""
     if not registry.get(name).needs_sids:
         return None
     return functools.partial(_needs_sids(name, sids).transform, spec=spec)
