@@ -406,6 +406,11 @@ def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
     summary = (tmp_path / "cmp" / "id" / "summary.json").read_text()
     with pytest.raises(ConfigError, match=r"cmp/id was made from other inputs \(epochs: 2 -> 1\)"):
         run_comparison(replace(cfg, epochs=1))
+    lr = replace(cfg.trainer, optim=replace(cfg.trainer.optim, dense_lr=0.01))  # a --trainer.* option
+    with pytest.raises(
+        ConfigError, match=r"cmp/id was made from other inputs \(optim.dense_lr: 0.001 -> 0.01\)"
+    ):
+        run_comparison(replace(cfg, trainer=lr))
     other = tmp_path / "other"
     shutil.copytree(tiny_data, other)  # the same dataset elsewhere: the same inputs
     run_comparison(replace(cfg, data=str(other)))
