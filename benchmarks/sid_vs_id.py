@@ -2,7 +2,7 @@
 
     python benchmarks/sid_vs_id.py --data ml=DIR --data syn=DIR2 --seeds 0,1,2 --out runs/sid_vs_id \\
         [--epochs 3] [--batch-size 1024] [--num-sids 4] [--codebook-size 64] [--min-count 50]
-        [-- TRAINER FLAGS]
+        [-- TRAINER FLAGS (python -m trainer's, for every run)]
 
 Per dataset and seed (every run resumable: one whose summary.json exists is skipped):
 
@@ -28,6 +28,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from data_pipeline import cli
 from data_pipeline.cli import write_config
 from data_pipeline.spec import DatasetSpec, atomic_write_text
 from launch.compare import (
@@ -37,11 +38,12 @@ from launch.compare import (
     split_trainer_args,
     tokenize_command,
     tokenize_config,
-    train_args,
-    trainer_command,
+    train_command,
+    train_config,
 )
 from store.tokenizer.config import FitConfig, TokenizerConfig, TokenizerOptions
 from store.tokenizer.embeddings import item_sources
+from trainer.config import TrainOptions, write_toml
 
 
 def summary(run: Path) -> dict | None:
@@ -58,7 +60,7 @@ def run_seed(name: str, data: str, seed: int, args: argparse.Namespace, extra: l
     )  # fmt: skip
     cfg = CompareConfig(
         data=data, out=str(out), epochs=args.epochs, batch_size=args.batch_size, seed=seed,
-        tokenizer=tokenizer, trainer_args=extra,
+        tokenizer=tokenizer, trainer=cli.parse(TrainOptions, extra, prog="benchmarks/sid_vs_id.py ... --"),
     )  # fmt: skip
     print(f"# {name} seed {seed}: ID vs STORE", flush=True)
     run_comparison(cfg)
@@ -76,12 +78,15 @@ def run_seed(name: str, data: str, seed: int, args: argparse.Namespace, extra: l
             )
         if summary(out / arm) is None:
             print(f"# {name} seed {seed}: STORE with the item from {source}", flush=True)
-            flags = train_args(cfg, "store", sids, out / arm)
-            run_logged(trainer_command(1, flags), out / "logs" / f"train_{arm}.log", arm)
+            config = write_toml(
+                train_config(cfg, "store", sids, out / arm), out / "logs" / f"train_{arm}.toml"
+            )
+            run_logged(train_command(1, config), out / "logs" / f"train_{arm}.log", arm)
     if spec.item_id and summary(out / "no_item") is None:
         print(f"# {name} seed {seed}: ID model without the item", flush=True)
-        flags = train_args(cfg, "id", out / "sids", out / "no_item") + ["--drop", spec.item_id]
-        run_logged(trainer_command(1, flags), out / "logs" / "train_no_item.log", "no_item")
+        run = replace(train_config(cfg, "id", out / "sids", out / "no_item"), drop=spec.item_id)
+        config = write_toml(run, out / "logs" / "train_no_item.toml")
+        run_logged(train_command(1, config), out / "logs" / "train_no_item.log", "no_item")
     arms = ["id", "store", *(f"store_{src}" for src in alternatives(spec)), "no_item"]
     return {arm: s for arm in arms if (s := summary(out / arm)) is not None}
 

@@ -1,4 +1,4 @@
-"""ID baseline vs STORE on one dataset: ``python -m launch.compare --data DIR --out OUT [-- TRAINER FLAGS]``.
+"""ID baseline vs STORE on one dataset: ``python -m launch.compare --data DIR --out OUT [--trainer.* ...]``.
 
 Stages (each skipped when its output exists, so an interrupted comparison continues where it stopped):
 
@@ -7,11 +7,15 @@ Stages (each skipped when its output exists, so an interrupted comparison contin
    section (``store.tokenizer.config.TokenizerOptions``, the tokenizer's own flags and defaults:
    ``--tokenizer.num-sids``, ``--tokenizer.min-steps``, ``--tokenizer.select.train-rows``, ...) with
    the dataset, the output folder, ``--seed``, ``--high-card`` and, for learned embeddings, the ID run;
-2. train the ID baseline (``--model id``) -> OUT/id and STORE (``--model store``) -> OUT/store, on the
-   same data with the same epochs, batch size, seed, ``--high-card`` and extra trainer flags
-   (``--nproc`` > 1 runs each under torchrun); the ID model projects each high-cardinality feature
-   into K tokens, as many as STORE has SIDs (``--tokenizer.num-sids``, + 1 with
-   ``--tokenizer.disambiguate``);
+2. train the ID baseline (``--model id``) -> OUT/id and STORE (``--model store``) -> OUT/store:
+   ``python -m trainer --config OUT/logs/train_<model>.toml`` (under torchrun when ``--nproc`` > 1).
+   The file is the run's whole configuration: the ``--trainer.*`` section
+   (``trainer.config.TrainOptions``, the trainer's own flags and defaults: ``--trainer.optim.dense-lr``,
+   ``--trainer.eval.metric``, ``--trainer.model.num-layers``, ...), the same for both runs, with the
+   dataset, the model, the run folder, ``--epochs``, ``--batch-size``, ``--max-steps``, ``--seed``,
+   ``--high-card`` and what sets the token count: STORE's SID table, and for the ID model K tokens per
+   high-cardinality feature, as many as STORE has SIDs (``--tokenizer.num-sids``, + 1 with
+   ``--tokenizer.disambiguate``); the progress bar is off (the output goes to a log);
 3. report: ``launch.report`` (the code ``python -m launch.report`` runs) -> OUT/report (report.md with
    mean +- std over seeds and the paired significance tests, significance.json, PNG plots,
    tensorboard/{id,store}).
@@ -33,27 +37,27 @@ The dataset (``--data``) and an existing SID table (``--sids``) may be in object
 ``gs://``, ``hdfs://``, ...: data_pipeline/fs.py); OUT is a local folder. Logs of every stage go to
 OUT/logs/; the console shows one line per stage.
 
-Exit codes: 0 done; 2 a bad flag, its own or a trainer flag after ``--`` (those are checked as the
-trainer checks them before any stage runs, so nothing is written), bad data, or a stage that exited
-2 (it rejected its input; the error shows its log's last lines); 1 any other stage failure.
+Exit codes: 0 done; 2 a bad flag (``--tokenizer.*`` and ``--trainer.*`` included: they are checked as the
+tokenizer and the trainer check them before any stage runs, so nothing is written), bad data, or a stage
+that exited 2 (it rejected its input; the error shows its log's last lines); 1 any other stage failure.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import tyro
+from typing import TYPE_CHECKING
 
 from data_pipeline import cli, fs
 from data_pipeline.cli import ConfigError
 from data_pipeline.spec import DataError
 from store.tokenizer.config import TokenizerOptions
+from trainer.config import TrainConfig, TrainOptions, write_toml
 
 if TYPE_CHECKING:
     from store.tokenizer.pipeline import TokenizeConfig
@@ -96,8 +100,11 @@ class CompareConfig:
     """The tokenizer's options (python -m store.tokenizer's flags as --tokenizer.FLAG: --tokenizer.num-sids,
     --tokenizer.min-steps, --tokenizer.select.train-rows, ...); compare sets its --data, --out, --seed,
     --high-card and --from-run."""
-    trainer_args: Annotated[list[str], tyro.conf.Suppress] = field(default_factory=list)
-    """Extra trainer flags for both runs (e.g. --model.num_layers 3): on the command line, after '--'."""
+    trainer: TrainOptions = field(default_factory=TrainOptions)
+    """The trainer's options for both runs (python -m trainer's flags as --trainer.FLAG: --trainer.optim.dense-lr,
+    --trainer.eval.metric, --trainer.model.num-layers, ...); compare sets each run's --data, --model, --sids,
+    --out, --epochs, --batch-size, --max-steps, --seed, --high-card and the ID model's
+    --model.id_item_tokens, and turns the progress bar off."""
 
     def validate(self) -> None:
         """ConfigError naming the flag, the value and the rule."""
@@ -125,6 +132,7 @@ class CompareConfig:
         if self.max_steps < 0:
             raise ConfigError(f"--max-steps must be >= 0, got {self.max_steps}")
         self.tokenizer.validate("--tokenizer.")
+        self.trainer.validate("--trainer.")
         if self.sids and not fs.is_file(fs.join(self.sids, "meta.json")):
             raise ConfigError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
         if self.scaling and not Path(self.scaling).is_dir():
@@ -237,40 +245,29 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def train_args(cfg: CompareConfig, model: str, sids: str | Path, out: Path) -> list[str]:
-    """The trainer flags of one run; identical for both models except --model, --out and what
-    sets the token count (STORE: the SID table; ID: K tokens per high-cardinality feature)."""
-    k = cfg.tokenizer.model.num_sids + (1 if cfg.tokenizer.disambiguate else 0)  # as many as STORE's SIDs
-    tokens = ["--sids", str(sids)] if model == "store" else ["--model.id_item_tokens", str(k)]
-    args = [
-        "--data", cfg.data, "--model", model, *tokens, "--out", str(out),
-        "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed),
-        "--high-card", cfg.high_card,
-        "--resume",  # continue an interrupted run from its newest checkpoint (a warning if none)
-        "--logging.progress", "false",
-    ]  # fmt: skip
-    if cfg.max_steps:
-        args += ["--max-steps", str(cfg.max_steps)]
-    return args + list(cfg.trainer_args)
+def train_config(cfg: CompareConfig, model: str, sids: str | Path, out: Path) -> TrainConfig:
+    """One run's whole configuration: the ``--trainer.*`` options with the run's own fields; identical
+    for both models except the model, the run folder and what sets the token count (STORE: the SID
+    table; ID: K tokens per high-cardinality feature)."""
+    opts = copy.deepcopy(cfg.trainer)
+    opts.logging.progress = False  # the output goes to a log
+    if model != "store":
+        k = cfg.tokenizer.model.num_sids + (1 if cfg.tokenizer.disambiguate else 0)  # as many as STORE's SIDs
+        opts.model_config.id_item_tokens = k
+    run = {
+        "data": cfg.data, "model": model, "sids": str(sids) if model == "store" else "", "out": str(out),
+        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "max_steps": cfg.max_steps, "seed": cfg.seed,
+        "high_card": cfg.high_card,
+    }  # fmt: skip
+    options = {f.name: getattr(opts, f.name) for f in fields(TrainOptions)}
+    return TrainConfig(**options, **run)
 
 
-def check_trainer_args(cfg: CompareConfig) -> None:
-    """The trainer flags after '--' parsed and validated as ``python -m trainer`` will (the ID run's
-    command; STORE's differs only in --sids, which does not exist yet), before any stage spends time:
-    ConfigError naming the flag. A flag tyro cannot parse is printed by tyro, as the trainer prints it."""
-    if not cfg.trainer_args:
-        return
-    from trainer.config import parse_args
-
-    try:
-        parse_args(train_args(cfg, "id", "", Path(fs.local_path(cfg.out)) / "id"))
-    except SystemExit as e:  # tyro: unknown flag, missing or mistyped value (already printed)
-        if e.code in (0, None):  # --help among them: the trainer's help was printed
-            raise
-        flags = " ".join(cfg.trainer_args)
-        raise ConfigError(
-            f"the trainer flags after '--' ({flags}) are not python -m trainer's (above)"
-        ) from None
+def train_command(nproc: int, config_file: Path, overwrite: bool = False) -> list[str]:
+    """``python -m trainer --config FILE`` (FILE: a `train_config` written by ``trainer.config.write_toml``)
+    with ``--resume`` (an interrupted run continues from its newest checkpoint; a warning if none) or
+    ``--overwrite``."""
+    return trainer_command(nproc, ["--config", str(config_file), "--overwrite" if overwrite else "--resume"])
 
 
 OUT_ENTRIES = ("sids", *MODELS, "logs", "report")
@@ -316,11 +313,12 @@ def stale(cfg: CompareConfig, folder: str | Path, changed: list[str]) -> None:
     )
 
 
-def trainer_inputs(args: list[str]) -> dict:
-    """The inputs the trainer run with ``args`` will record (TrainConfig.inputs)."""
+def trainer_inputs(config_file: Path) -> dict:
+    """The inputs the trainer run with ``--config config_file`` will record (TrainConfig.inputs), read
+    back from the file as the trainer reads it."""
     from trainer.config import parse_args
 
-    return parse_args(args).inputs()
+    return parse_args(["--config", str(config_file)]).inputs()
 
 
 def run_comparison(cfg: CompareConfig) -> Path:
@@ -328,7 +326,6 @@ def run_comparison(cfg: CompareConfig) -> Path:
     from launch.report import write_report
 
     cfg.validate()
-    check_trainer_args(cfg)
     from data_pipeline import outdir
 
     out = Path(fs.local_path(cfg.out))
@@ -375,17 +372,18 @@ def run_comparison(cfg: CompareConfig) -> Path:
                 run_logged(cmd, lay.logs / "tokenize.log", "tokenizer")
                 continue
             run_dir = lay.runs[model]
-            args = train_args(seed_cfg, model, lay.sids, run_dir)
-            state, changed = stage_state(run_dir, "summary.json", trainer_inputs(args))
+            config_file = write_toml(
+                train_config(seed_cfg, model, lay.sids, run_dir), lay.logs / f"train_{model}.toml"
+            )
+            state, changed = stage_state(run_dir, "summary.json", trainer_inputs(config_file))
             if state == "done":
                 print(f"{at} train {model}{of_seed}: {run_dir} exists, same inputs: reused", flush=True)
                 continue
             if state == "changed":
                 stale(cfg, run_dir, changed)
-                args = [a if a != "--resume" else "--overwrite" for a in args]
             verb = "continue" if state == "partial" else "train"
             print(f"{at} {verb} {model}{of_seed} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}")
-            cmd = trainer_command(cfg.nproc, args)
+            cmd = train_command(cfg.nproc, config_file, overwrite=state == "changed")
             run_logged(cmd, lay.logs / f"train_{model}.log", f"training {model}")
     print(f"== {n_stages}/{n_stages} report", flush=True)
     runs = {model: [lay.runs[model] for lay in layouts] for model in MODELS}
@@ -394,7 +392,8 @@ def run_comparison(cfg: CompareConfig) -> Path:
 
 
 def split_trainer_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
-    """(own flags, trainer flags): the command line split at its first '--'."""
+    """(own flags, trainer flags): a command line split at its first '--' (the benchmarks' scripts pass
+    what follows it to ``python -m trainer``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
         return argv, []
@@ -404,17 +403,25 @@ def split_trainer_args(argv: list[str] | None) -> tuple[list[str], list[str]]:
 
 DESCRIPTION = (
     "ID baseline vs STORE: tokenize, train both with the same budget, write a report. "
-    "Trainer flags for both runs go after '--'."
+    "The trainer's options for both runs are --trainer.FLAG (python -m trainer's flags)."
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     from launch.report import console_lines
 
-    argv, extra = split_trainer_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        extra = " ".join(argv[argv.index("--") + 1 :])
+        print(
+            f"error: '-- {extra}': the trainer's flags are given as --trainer.FLAG "
+            "(--trainer.optim.dense-lr, --trainer.model.num-layers: python -m launch.compare --help)",
+            file=sys.stderr,
+        )
+        return 2
     cfg = cli.parse(CompareConfig, argv, prog="python -m launch.compare", description=DESCRIPTION)
     try:
-        report = run_comparison(replace(cfg, trainer_args=extra))
+        report = run_comparison(cfg)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ if [ ! -f "$OUT/data/spec.json" ]; then
 fi
 "$PY" -m launch.compare --data "$OUT/data" --out "$OUT/compare" --epochs 2 --batch-size 256 \
   --tokenizer.num-sids 4 --tokenizer.codebook-size 32 \
-  -- --model.embedding_dim 16 --model.num_layers 1 --eval.max_batches 8
+  --trainer.model.embedding-dim 16 --trainer.model.num-layers 1 --trainer.eval.max-batches 8
 echo
 echo "Demo done. Open $OUT/compare/report/report.md (its Significance section: the verdict with its"
 echo "95% interval; docs/launch.md says how to read it)"

@@ -244,8 +244,9 @@ def compare(
 
     Runs ``python -m launch.compare`` on one node; it starts the tokenizer and the two trainer runs
     (each on ``nproc`` processes) and writes OUT/report/report.md with plots and both TensorBoard
-    runs. Stages whose outputs exist are skipped, so a restarted job continues. Extra trainer flags
-    (applied to both models) go after ``--``; the tokenizer's options are ``--tokenizer NAME=VALUE,...``
+    runs. Stages whose outputs exist are skipped, so a restarted job continues. Trainer flags for both
+    models go after ``--`` in the trainer's spelling (``--model.num_layers 3``) and reach launch.compare as
+    its ``--trainer.*`` section (``--trainer.model.num_layers 3``); the tokenizer's options are ``--tokenizer NAME=VALUE,...``
     (launch.compare's ``--tokenizer.NAME VALUE``), each default the tokenizer's own.
 
     Args:
@@ -290,8 +291,7 @@ def compare(
         args += ["--sids", sids]
     if high_card:
         args += ["--high-card", high_card]
-    if trainer_args:
-        args += ["--", *trainer_args]
+    args += [f"--trainer.{a[2:]}" if a.startswith("--") else a for a in trainer_args]
     return specs.AppDef(
         name=name,
         roles=[

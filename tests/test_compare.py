@@ -19,8 +19,23 @@ from launch import store as components
 from launch.compare import CompareConfig, run_comparison, seed_layouts
 from launch.report import SECTIONS, bayes_optimal, md_table, per_epoch, write_report
 from store.tokenizer.config import TokenizerOptions
+from trainer.config import TrainOptions
 
-TINY_MODEL = ["--model.embedding_dim", "8", "--model.num_layers", "1", "--eval.max_batches", "2"]
+TINY_MODEL = [
+    "--trainer.model.embedding-dim",
+    "8",
+    "--trainer.model.num-layers",
+    "1",
+    "--trainer.eval.max-batches",
+    "2",
+]
+
+
+def tiny_trainer() -> TrainOptions:
+    """The trainer options of TINY_MODEL."""
+    opts = TrainOptions()
+    opts.model_config.embedding_dim, opts.model_config.num_layers, opts.eval.max_batches = 8, 1, 2
+    return opts
 
 
 def options(min_steps: int | None = None, **model) -> TokenizerOptions:
@@ -155,7 +170,7 @@ def test_compare_component_passes_seeds():
         components.compare(data="d", seeds=0)
 
 
-def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, capsys, monkeypatch):
+def test_cli_flags_and_the_trainer_section(tiny_data, tmp_path, capsys, monkeypatch):
     assert compare.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # a bad flag: exit 2
     assert "--data" in capsys.readouterr().err
     bad = ["--data", str(tiny_data), "--out", str(tmp_path / "o"), "--tokenizer.num-sids", "0"]
@@ -169,7 +184,8 @@ def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, cap
     monkeypatch.setattr(compare, "run_comparison", lambda cfg: seen.append(cfg) or tmp_path / "report.md")
     argv = ["--data", str(tiny_data), "--out", str(tmp_path / "o"), "--epochs", "2", "--batch-size", "256",
             "--tokenizer.num-sids", "4", "--tokenizer.codebook_size", "32", "--tokenizer.min-steps", "60",
-            "--high-card", "none", "--seeds", "3", "--", "--model.embedding_dim", "16", "--eval.max_batches", "8"]  # fmt: skip
+            "--high-card", "none", "--seeds", "3", "--trainer.model.embedding-dim", "16",
+            "--trainer.eval.max_batches", "8", "--trainer.no-pipeline", "--trainer.logging.tensorboard", "false"]  # fmt: skip
     assert compare.main(argv) == 0
     c = seen[0]
     t = c.tokenizer
@@ -181,7 +197,16 @@ def test_cli_flags_and_trainer_args_after_the_separator(tiny_data, tmp_path, cap
         60,
     )
     assert c.seeds == 3
-    assert c.high_card == "none" and c.trainer_args == argv[argv.index("--") + 1 :]
+    assert c.high_card == "none"
+    tr = c.trainer
+    assert (tr.model_config.embedding_dim, tr.eval.max_batches, tr.pipeline, tr.logging.tensorboard) == (
+        16, 8, False, False,
+    )  # fmt: skip
+    # the trainer's flags after '--' are refused, naming the spelling to use
+    assert compare.main([*argv[:4], "--", "--model.embedding_dim", "16"]) == 2
+    assert "'-- --model.embedding_dim 16': the trainer's flags are given as --trainer.FLAG" in (
+        capsys.readouterr().err
+    )
 
 
 def test_tokenizer_defaults_are_the_tokenizers_own(tmp_path, capsys):
@@ -224,6 +249,61 @@ def test_tokenizer_defaults_are_the_tokenizers_own(tmp_path, capsys):
     assert "tokenizer" in params and not {"method", "num_sids", "codebook_size", "min_steps"} & params
 
 
+def test_trainer_defaults_are_the_trainers_own(tiny_data, tmp_path, capsys, monkeypatch):
+    """launch.compare embeds the trainer's options (trainer.config.TrainOptions, no field of its own for
+    the learning rates, the metric, the model's size, ...): its --trainer.* defaults are python -m
+    trainer's, its help lists that section, and each run's TOML carries the options to the trainer."""
+    from data_pipeline.cli import parse
+    from trainer.config import TrainConfig, parse_args
+
+    argv = ["--data", "d", "--out", "o"]
+    from_compare = parse(CompareConfig, argv, prog="python -m launch.compare").trainer
+    from_trainer = parse(TrainConfig, [], prog="python -m trainer")
+    options = [f.name for f in dataclasses.fields(TrainOptions)]
+    assert from_compare == TrainOptions()
+    assert {n: getattr(from_compare, n) for n in options} == {n: getattr(from_trainer, n) for n in options}
+    assert from_compare.optim.dense_lr == 1e-3 and from_compare.eval.metric == "auc"  # written once, there
+    own = {f.name for f in dataclasses.fields(CompareConfig)}
+    assert not {"device", "pipeline", "optim", "eval", "model_config"} & own
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--help"])
+    assert e.value.code == 0
+    shown = capsys.readouterr().out
+    for name in ("device", "no-pipeline", "optim.dense-lr", "optim.sparse-lr", "eval.metric", "checkpoint.every",
+                 "logging.tensorboard", "sharding.default", "model.num-layers", "model.ssr.variant"):  # fmt: skip
+        assert f"--trainer.{name}" in shown, name
+    # each run's whole configuration is a TOML the trainer reads with --config, the same options for both
+    files = {}
+
+    def record(cmd, log, what):
+        files[what] = Path(cmd[cmd.index("--config") + 1])
+        assert cmd[-1] == "--resume"
+
+    monkeypatch.setattr(compare, "run_logged", record)
+    sids = tmp_path / "sids"
+    sids.mkdir()
+    (sids / "meta.json").write_text("{}")
+    out = tmp_path / "o"
+    argv = ["--data", str(tiny_data), "--out", str(out), "--sids", str(sids), "--seed", "5", "--epochs", "2",
+            "--tokenizer.num-sids", "3", "--tokenizer.disambiguate", "--trainer.eval.metric", "logloss",
+            "--trainer.model.num-layers", "3", "--trainer.optim.dense-lr", "0.01"]  # fmt: skip
+    monkeypatch.setattr(compare, "stage_state", lambda *a: ("new", []))
+    import launch.report
+
+    monkeypatch.setattr(launch.report, "write_report", lambda *a, **k: tmp_path / "report.md")
+    monkeypatch.setattr(launch.report, "console_lines", lambda *a: [])
+    assert compare.main(argv) == 0
+    assert set(files) == {"training id", "training store"}
+    runs = {what.split()[1]: parse_args(["--config", str(f)]) for what, f in files.items()}
+    for model, run in runs.items():
+        assert files[f"training {model}"] == out / "logs" / f"train_{model}.toml"
+        assert (run.model, run.out, run.seed, run.epochs) == (model, str(out / model), 5, 2)
+        assert (run.eval.metric, run.model_config.num_layers, run.optim.dense_lr) == ("logloss", 3, 0.01)
+        assert run.logging.progress is False
+    assert runs["store"].sids == str(sids) and runs["id"].sids == ""
+    assert (runs["id"].model_config.id_item_tokens, runs["store"].model_config.id_item_tokens) == (4, 0)
+
+
 def test_nested_tokenizer_options_reach_the_tokenizer(tiny_data, tmp_path, capsys, monkeypatch):
     """--tokenizer.select.train-rows and --tokenizer.min-steps reach the tokenizer stage through the
     config file compare writes (OUT/logs/tokenize.json, read by --config): in its recorded inputs and
@@ -241,7 +321,7 @@ def test_nested_tokenizer_options_reach_the_tokenizer(tiny_data, tmp_path, capsy
     out = tmp_path / "o"
     argv = ["--data", str(tiny_data), "--out", str(out), "--high-card", "none", "--seed", "2",
             "--tokenizer.num-sids", "2", "--tokenizer.codebook-size", "8", "--tokenizer.min-steps", "10",
-            "--tokenizer.select.train-rows", "5000", "--tokenizer.threads", "1", "--", *TINY_MODEL]  # fmt: skip
+            "--tokenizer.select.train-rows", "5000", "--tokenizer.threads", "1", *TINY_MODEL]  # fmt: skip
     assert compare.main(argv) == 1
     assert "stop before training" in capsys.readouterr().err
     config = json.loads((out / "logs" / "tokenize.json").read_text())
@@ -266,35 +346,38 @@ def test_nested_tokenizer_options_reach_the_tokenizer(tiny_data, tmp_path, capsy
 
 
 def test_bad_trainer_flags_exit_2_before_any_stage(tiny_data, tmp_path, capsys, monkeypatch):
-    """The flags after '--' are checked as the trainer checks them before the tokenizer or a training
-    run starts; a stage that rejects its input (exit 2) makes the comparison exit 2 too."""
+    """The --trainer.* options are checked as the trainer checks them before the tokenizer or a
+    training run starts; a stage that rejects its input (exit 2) makes the comparison exit 2 too."""
     stages = []
     monkeypatch.setattr(compare, "run_logged", lambda cmd, log, what: stages.append(what))
     out = tmp_path / "o"
-    base = ["--data", str(tiny_data), "--out", str(out), "--"]
-    assert compare.main([*base, "--optim.bogus", "1"]) == 2  # unknown to the trainer (tyro)
-    err = capsys.readouterr().err
-    assert "--optim.bogus" in err and "not python -m trainer's" in err
-    assert compare.main([*base, "--optim.dense_lr", "-1"]) == 2  # the trainer's own rule
-    assert "--optim.dense_lr must be > 0, got -1.0" in capsys.readouterr().err
+    base = ["--data", str(tiny_data), "--out", str(out)]
+    with pytest.raises(SystemExit) as e:  # unknown to the trainer's section (tyro)
+        compare.main([*base, "--trainer.optim.bogus", "1"])
+    assert e.value.code == 2 and "--trainer.optim.bogus" in capsys.readouterr().err
+    assert compare.main([*base, "--trainer.optim.dense_lr", "-1"]) == 2  # the trainer's own rule
+    assert "--trainer.optim.dense_lr must be > 0, got -1.0" in capsys.readouterr().err
+    assert compare.main([*base, "--trainer.eval.metric", "acc"]) == 2
+    assert "--trainer.eval.metric must be one of" in capsys.readouterr().err
     assert stages == [] and not out.exists()  # nothing ran, nothing was written
 
     def rejects(cmd, log, what):  # a stage that exits 2, as the tokenizer does on bad data
         raise compare.StageFailed(f"{what} failed (exit 2); log {log}", 2)
 
     monkeypatch.setattr(compare, "run_logged", rejects)
-    assert compare.main([*base, "--model.embedding_dim", "8"]) == 2
+    assert compare.main([*base, "--trainer.model.embedding_dim", "8"]) == 2
     monkeypatch.setattr(
         compare, "run_logged", lambda *a: (_ for _ in ()).throw(compare.StageFailed("boom", 3))
     )
-    assert compare.main(base[:-1]) == 1  # another failure keeps exit 1
+    assert compare.main(base) == 1  # another failure keeps exit 1
 
 
 @pytest.mark.slow
 def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
     cfg = CompareConfig(
         data=str(tiny_data), out=str(tmp_path / "cmp"), epochs=2, batch_size=256,
-        tokenizer=options(num_sids=2, codebook_size=16, min_steps=10), trainer_args=TINY_MODEL,
+        tokenizer=options(num_sids=2, codebook_size=16, min_steps=10),
+        trainer=replace(tiny_trainer(), eval=replace(TrainOptions().eval, max_batches=2, metric="logloss")),
     )  # fmt: skip
     report = run_comparison(cfg)
     md = report.read_text()
@@ -304,6 +387,8 @@ def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
         summary = json.loads((tmp_path / "cmp" / model / "summary.json").read_text())
         assert [e.epoch for e in per_epoch(summary)] == [1, 2]
         assert summary["config"]["epochs"] == 2 and summary["config"]["batch_size"] == 256
+        assert summary["config"]["eval"]["metric"] == "logloss"  # --trainer.eval.metric, in both runs
+        assert summary["config"]["model_config"]["num_layers"] == 1
         assert (report.parent / "tensorboard" / model).is_dir()
     assert "| ID baseline | 2 |" in md and "| STORE (SIDs) | 2 |" in md  # epoch-2 rows
     assert "method opmq, K = 2 semantic IDs per feature, C = 16 codewords" in md
@@ -321,6 +406,11 @@ def test_comparison_end_to_end(tiny_data, tmp_path, capsys):
     summary = (tmp_path / "cmp" / "id" / "summary.json").read_text()
     with pytest.raises(ConfigError, match=r"cmp/id was made from other inputs \(epochs: 2 -> 1\)"):
         run_comparison(replace(cfg, epochs=1))
+    lr = replace(cfg.trainer, optim=replace(cfg.trainer.optim, dense_lr=0.01))  # a --trainer.* option
+    with pytest.raises(
+        ConfigError, match=r"cmp/id was made from other inputs \(optim.dense_lr: 0.001 -> 0.01\)"
+    ):
+        run_comparison(replace(cfg, trainer=lr))
     other = tmp_path / "other"
     shutil.copytree(tiny_data, other)  # the same dataset elsewhere: the same inputs
     run_comparison(replace(cfg, data=str(other)))
@@ -344,7 +434,7 @@ def test_comparison_over_two_seeds(tiny_data, tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--batch-size", "256",
             "--tokenizer.num-sids", "2", "--tokenizer.codebook-size", "16", "--tokenizer.min-steps", "10",
-            "--seed", "3", "--seeds", "2", "--", *TINY_MODEL]  # fmt: skip
+            "--seed", "3", "--seeds", "2", *TINY_MODEL]  # fmt: skip
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out
     for seed in (3, 4):

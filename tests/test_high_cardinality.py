@@ -227,7 +227,7 @@ def test_compare_runs_end_to_end_with_defaults(kind, tmp_path):
     cmd = [PY, "-m", "launch.compare", "--data", str(data), "--out", str(out), "--epochs", "1",
            "--batch-size", "32", "--max-steps", "3", "--tokenizer.min-steps", "10",
            "--tokenizer.select.train-rows", "4000", "--tokenizer.select.valid-rows", "2000",
-           "--", "--model.num_layers", "1", "--eval.batch_size", "1024"]  # fmt: skip
+           "--trainer.model.num-layers", "1", "--trainer.eval.batch-size", "1024"]  # fmt: skip
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     spec = DatasetSpec.load(data)

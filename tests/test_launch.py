@@ -113,12 +113,13 @@ def test_compare_appdef():
     assert "--epochs 2" in args and "--nproc 2" in args and "--tokenizer.num-sids 8" in args
     assert "--tokenizer.select.min-counts 5,20 --tokenizer.disambiguate" in args
     assert "--tokenizer.sasrec.no-positives-only" in args
-    assert args.endswith("-- --model.num_layers 1")
+    assert args.endswith("--trainer.model.num_layers 1")  # the trainer's flags: compare's --trainer.* section
     # the flags it builds are launch.compare's
     from data_pipeline.cli import parse
     from launch.compare import CompareConfig
 
-    cfg = parse(CompareConfig, role.args[2 : role.args.index("--")], prog="python -m launch.compare")
+    cfg = parse(CompareConfig, role.args[2:], prog="python -m launch.compare")
+    assert cfg.trainer.model_config.num_layers == 1
     t = cfg.tokenizer
     assert (t.model.num_sids, t.select.min_counts, t.disambiguate, t.sasrec.positives_only) == (
         8,

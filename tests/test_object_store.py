@@ -237,9 +237,9 @@ def test_tokenize_and_train_from_s3_give_the_local_results(s3):
 
 
 COMPARE = ["--epochs", "1", "--batch-size", "128", "--tokenizer.num-sids", "2", "--tokenizer.codebook-size", "8",
-           "--tokenizer.min-steps", "10", "--high-card", "none", "--max-steps", "8", "--",
-           "--model.embedding_dim", "8", "--model.num_layers", "1", "--eval.max_batches", "2",
-           "--logging.tensorboard", "false"]  # fmt: skip
+           "--tokenizer.min-steps", "10", "--high-card", "none", "--max-steps", "8",
+           "--trainer.model.embedding-dim", "8", "--trainer.model.num-layers", "1", "--trainer.eval.max-batches", "2",
+           "--trainer.logging.tensorboard", "false"]  # fmt: skip
 """A tiny comparison: the item's content SIDs, then 8 steps of each arm."""
 
 

@@ -18,7 +18,14 @@ from data_pipeline.__main__ import main as data_main
 from launch import compare, report
 from tests.test_report import ROWS, USERS, fake_run, logits_of
 
-TINY_MODEL = ["--model.embedding_dim", "8", "--model.num_layers", "1", "--eval.max_batches", "2"]
+TINY_MODEL = [
+    "--trainer.model.embedding-dim",
+    "8",
+    "--trainer.model.num-layers",
+    "1",
+    "--trainer.eval.max-batches",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +285,7 @@ def test_comparison_never_gives_an_ordinary_verdict_on_all_reserved_sids(tmp_pat
             "--item", "sku", "--time", "ts"]  # fmt: skip
     assert data_main(argv) == 0
     argv = ["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "256",
-            "--tokenizer.min-steps", "10", "--", *TINY_MODEL]  # fmt: skip
+            "--tokenizer.min-steps", "10", *TINY_MODEL]  # fmt: skip
     capsys.readouterr()
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -130,8 +131,119 @@ class ShardingConfig:
 
 
 @dataclass
-class TrainConfig:
-    """One training run."""
+class TrainOptions:
+    """How a model is trained, apart from what makes one run: the data, the model, its SIDs, the
+    budget, the seed and the output folder (`TrainConfig` adds those). ``python -m trainer`` shows these
+    options as its own flags (``--device``, ``--optim.dense_lr``, ``--model.num_layers``) and
+    ``launch.compare`` embeds the same dataclass as its ``--trainer.*`` section, for both of its runs
+    (``--trainer.optim.dense-lr``, ``--trainer.model.num-layers``), so each default is written here once."""
+
+    device: str = "auto"
+    """auto (cuda if available), cpu or cuda."""
+    pipeline: bool = True
+    """Use TorchRec's TrainPipelineSparseDist (input distribution overlaps compute)."""
+    bf16: bool = True
+    """bf16 autocast of the forward on GPU (ignored on CPU)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms(True) (bit-identical resume on CPU holds without it too)."""
+    num_workers: int = 0
+    """Reader worker processes per rank (0: decode in the training process)."""
+    optim: Annotated[OptimConfig, BoolValues] = field(default_factory=OptimConfig)
+    eval: Annotated[EvalConfig, BoolValues] = field(default_factory=EvalConfig)
+    checkpoint: Annotated[CheckpointConfig, BoolValues] = field(default_factory=CheckpointConfig)
+    logging: Annotated[LoggingConfig, BoolValues] = field(default_factory=LoggingConfig)
+    sharding: Annotated[ShardingConfig, BoolValues] = field(default_factory=ShardingConfig)
+    model_config: Annotated[ModelConfig, BoolValues, tyro.conf.arg(name="model")] = field(
+        default_factory=ModelConfig
+    )
+    """Hyper-parameters of the model that --model names: shared ones, and each model's own group
+    (--model.<name>.<field>)."""
+
+    def validate(self, prefix: str = "--") -> None:
+        """ConfigError naming the flag (``prefix`` + its name: ``--optim.dense_lr`` on the trainer's command
+        line, ``--trainer.optim.dense-lr`` on launch.compare's), the value and the rule; the model's
+        hyper-parameters: ModelConfig.validate. --optim.sparse_lr unset (None) is not checked here (the
+        run's model sets it)."""
+        from trainer.distributed import SHARDING_TYPES
+
+        def bad(flag: str, value: Any, rule: str) -> ConfigError:
+            return ConfigError(f"{prefix}{flag} {rule}, got {value!r}")
+
+        non_negative = {
+            "num-workers": self.num_workers,
+            "checkpoint.every": self.checkpoint.every,
+            "eval.every_steps": self.eval.every_steps,
+            "eval.batch_size": self.eval.batch_size,
+            "eval.max_batches": self.eval.max_batches,
+            "optim.warmup_steps": self.optim.warmup_steps,
+            "optim.weight_decay": self.optim.weight_decay,
+            "optim.embedding_weight_decay": self.optim.embedding_weight_decay,
+            "eval.patience": self.eval.patience,
+            "sharding.replicate_max_rows": self.sharding.replicate_max_rows,
+        }
+        positive = {
+            "checkpoint.keep": self.checkpoint.keep,
+            "logging.every_steps": self.logging.every_steps,
+            "optim.dense_lr": self.optim.dense_lr,
+            "optim.rotation_lr": self.optim.rotation_lr,
+            "optim.rotation_every": self.optim.rotation_every,
+            "eval.popularity_buckets": self.eval.popularity_buckets,
+        }
+        if self.optim.sparse_lr is not None:
+            positive["optim.sparse_lr"] = self.optim.sparse_lr
+        for flag, v in positive.items():
+            if not v > 0:
+                raise bad(flag, v, "must be > 0")
+        for flag, v in non_negative.items():
+            if not v >= 0:
+                raise bad(flag, v, "must be >= 0")
+        choices = {
+            "device": (self.device, DEVICES),
+            "optim.sparse": (self.optim.sparse, SPARSE_OPTIMIZERS),
+            "optim.dense": (self.optim.dense, DENSE_OPTIMIZERS),
+            "optim.decay": (self.optim.decay, DECAYS),
+            "eval.metric": (self.eval.metric, tuple(METRICS)),
+            "sharding.default": (self.sharding.default, ("auto", *SHARDING_TYPES)),
+        }
+        for flag, (v, allowed) in choices.items():
+            if v not in allowed:
+                raise bad(flag, v, f"must be one of {', '.join(allowed)}")
+        if not 0 <= self.optim.min_lr_ratio <= 1:
+            raise bad("optim.min_lr_ratio", self.optim.min_lr_ratio, "must be in [0, 1]")
+        if not 0 <= self.eval.tail_buckets <= self.eval.popularity_buckets:
+            raise bad(
+                "eval.tail_buckets",
+                self.eval.tail_buckets,
+                f"must be in [0, {prefix}eval.popularity_buckets]",
+            )
+        self.table_overrides(prefix)  # parses --sharding.tables
+        try:
+            self.model_config.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def table_overrides(self, prefix: str = "--") -> dict[str, str]:
+        """--sharding.tables 't_item=row_wise,t_user=column_wise' -> {table: type}."""
+        from trainer.distributed import SHARDING_TYPES
+
+        out: dict[str, str] = {}
+        for part in (p.strip() for p in self.sharding.tables.split(",")):
+            if not part:
+                continue
+            table, sep, kind = (s.strip() for s in part.partition("="))
+            if not sep or not table or kind not in SHARDING_TYPES:
+                raise ConfigError(
+                    f"{prefix}sharding.tables expects 'table=type,...' with type in "
+                    f"{', '.join(SHARDING_TYPES)}, got part {part!r}"
+                )
+            out[table] = kind
+        return out
+
+
+@dataclass
+class TrainRun:
+    """What makes one run, apart from how it is trained: the data, the model, its SIDs, the budget, the
+    seed and the output folder."""
 
     data: str = ""
     """Dataset folder (spec.json, train/, valid/, test/)."""
@@ -154,16 +266,13 @@ class TrainConfig:
     """Rows per batch per rank."""
     seed: int = 0
     """Seed of initialisation, shuffling and dropout."""
-    device: str = "auto"
-    """auto (cuda if available), cpu or cuda."""
-    pipeline: bool = True
-    """Use TorchRec's TrainPipelineSparseDist (input distribution overlaps compute)."""
-    bf16: bool = True
-    """bf16 autocast of the forward on GPU (ignored on CPU)."""
-    deterministic: bool = False
-    """torch.use_deterministic_algorithms(True) (bit-identical resume on CPU holds without it too)."""
-    num_workers: int = 0
-    """Reader worker processes per rank (0: decode in the training process)."""
+
+
+@dataclass
+class TrainConfig(TrainOptions, TrainRun):
+    """One training run: `TrainRun`'s fields, then `TrainOptions`' (its flags are listed in that order),
+    then how the run folder is treated and the config file."""
+
     resume: bool = False
     """Continue the run in --out from its newest complete checkpoint (refused, exit 4, when the data, SID
     table or model changed since)."""
@@ -172,20 +281,10 @@ class TrainConfig:
     (or --resume) an --out holding a run is refused."""
     config: str = ""
     """TOML config file; flags override it."""
-    optim: Annotated[OptimConfig, BoolValues] = field(default_factory=OptimConfig)
-    eval: Annotated[EvalConfig, BoolValues] = field(default_factory=EvalConfig)
-    checkpoint: Annotated[CheckpointConfig, BoolValues] = field(default_factory=CheckpointConfig)
-    logging: Annotated[LoggingConfig, BoolValues] = field(default_factory=LoggingConfig)
-    sharding: Annotated[ShardingConfig, BoolValues] = field(default_factory=ShardingConfig)
-    model_config: Annotated[ModelConfig, BoolValues, tyro.conf.arg(name="model")] = field(
-        default_factory=ModelConfig
-    )
-    """Hyper-parameters of the model that --model names: shared ones, and each model's own group
-    (--model.<name>.<field>)."""
 
-    def validate(self) -> None:
-        """ConfigError naming the flag, value and rule (model hyper-parameters: ModelConfig.validate)."""
-        from trainer.distributed import SHARDING_TYPES
+    def validate(self) -> None:  # type: ignore[override]
+        """ConfigError naming the flag, value and rule: this run's fields here, the options'
+        (`TrainOptions.validate`) after the model's --optim.sparse_lr default is filled in."""
 
         def bad(flag: str, value: Any, rule: str) -> ConfigError:
             return ConfigError(f"{flag} {rule}, got {value!r}")
@@ -207,74 +306,12 @@ class TrainConfig:
             raise bad("--sids", self.sids, "must be an existing SID folder")
         if not self.out:
             raise bad("--out", self.out, "must be a folder path")
-        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size}
-        non_negative = {
-            "--max-steps": self.max_steps,
-            "--num-workers": self.num_workers,
-            "--checkpoint.every": self.checkpoint.every,
-            "--eval.every_steps": self.eval.every_steps,
-            "--eval.batch_size": self.eval.batch_size,
-            "--eval.max_batches": self.eval.max_batches,
-            "--optim.warmup_steps": self.optim.warmup_steps,
-            "--optim.weight_decay": self.optim.weight_decay,
-            "--optim.embedding_weight_decay": self.optim.embedding_weight_decay,
-            "--eval.patience": self.eval.patience,
-            "--sharding.replicate_max_rows": self.sharding.replicate_max_rows,
-        }
-        positive |= {
-            "--checkpoint.keep": self.checkpoint.keep,
-            "--logging.every_steps": self.logging.every_steps,
-            "--optim.sparse_lr": self.optim.sparse_lr,
-            "--optim.dense_lr": self.optim.dense_lr,
-            "--optim.rotation_lr": self.optim.rotation_lr,
-            "--optim.rotation_every": self.optim.rotation_every,
-            "--eval.popularity_buckets": self.eval.popularity_buckets,
-        }
-        for flag, v in positive.items():
+        for flag, v in {"--epochs": self.epochs, "--batch-size": self.batch_size}.items():
             if not v > 0:
                 raise bad(flag, v, "must be > 0")
-        for flag, v in non_negative.items():
-            if not v >= 0:
-                raise bad(flag, v, "must be >= 0")
-        choices = {
-            "--device": (self.device, DEVICES),
-            "--optim.sparse": (self.optim.sparse, SPARSE_OPTIMIZERS),
-            "--optim.dense": (self.optim.dense, DENSE_OPTIMIZERS),
-            "--optim.decay": (self.optim.decay, DECAYS),
-            "--eval.metric": (self.eval.metric, tuple(METRICS)),
-            "--sharding.default": (self.sharding.default, ("auto", *SHARDING_TYPES)),
-        }
-        for flag, (v, allowed) in choices.items():
-            if v not in allowed:
-                raise bad(flag, v, f"must be one of {', '.join(allowed)}")
-        if not 0 <= self.optim.min_lr_ratio <= 1:
-            raise bad("--optim.min_lr_ratio", self.optim.min_lr_ratio, "must be in [0, 1]")
-        if not 0 <= self.eval.tail_buckets <= self.eval.popularity_buckets:
-            raise bad(
-                "--eval.tail_buckets", self.eval.tail_buckets, "must be in [0, --eval.popularity_buckets]"
-            )
-        self.table_overrides()  # parses --sharding.tables
-        try:
-            self.model_config.validate()
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-    def table_overrides(self) -> dict[str, str]:
-        """--sharding.tables 't_item=row_wise,t_user=column_wise' -> {table: type}."""
-        from trainer.distributed import SHARDING_TYPES
-
-        out: dict[str, str] = {}
-        for part in (p.strip() for p in self.sharding.tables.split(",")):
-            if not part:
-                continue
-            table, sep, kind = (s.strip() for s in part.partition("="))
-            if not sep or not table or kind not in SHARDING_TYPES:
-                raise ConfigError(
-                    f"--sharding.tables expects 'table=type,...' with type in {', '.join(SHARDING_TYPES)}, "
-                    f"got part {part!r}"
-                )
-            out[table] = kind
-        return out
+        if not self.max_steps >= 0:
+            raise bad("--max-steps", self.max_steps, "must be >= 0")
+        super().validate("--")
 
     @property
     def checkpoint_interval(self) -> int:
@@ -376,6 +413,49 @@ def from_toml(data: dict[str, Any], where: str) -> TrainConfig:
         else:
             raise ConfigError(f"{where}: unknown key {key!r}")
     return cfg
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """``cfg`` as a TOML document that `from_toml` reads back into an equal TrainConfig (``--config
+    FILE``): top-level keys, one table per group, the model name as ``[model] name``; unset values (None)
+    and ``config`` are left out."""
+    d = cfg.to_dict()
+    d.pop("config")
+    tables = {table: d.pop(attr) for table, attr in GROUPS.items()}
+    tables["model"] = {"name": d.pop("model"), **tables["model"]}
+    return "\n".join(_toml_lines(d, "") + [line for t, v in tables.items() for line in _toml_lines(v, t)])
+
+
+def _toml_lines(values: dict[str, Any], table: str) -> list[str]:
+    """TOML lines of ``values`` under ``[table]`` (its nested dicts as ``[table.key]`` after it)."""
+    lines = [f"[{table}]"] if table else []
+    nested = []
+    for key, v in values.items():
+        if isinstance(v, dict):
+            nested += _toml_lines(v, f"{table}.{key}" if table else key)
+        elif v is not None:
+            lines.append(f"{key} = {_toml_value(v)}")
+    return lines + [""] + nested
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)  # inf and nan are TOML's spellings too
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a TOML basic string
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML spelling for {v!r}")
+
+
+def write_toml(cfg: TrainConfig, path: str | Path) -> Path:
+    """``cfg`` as the TOML file ``python -m trainer --config FILE`` reads (`to_toml`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_toml(cfg))
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
