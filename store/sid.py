@@ -48,6 +48,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from data_pipeline import fs
 from data_pipeline.batch import Batch
 from data_pipeline.spec import DataError, DatasetSpec, atomic_write_text
+from store.records import SidTableMeta
 
 SID_TABLE_FILE = "sid_table.parquet"
 SID_META_FILE = "meta.json"
@@ -211,7 +212,9 @@ class SidTable:
                 for name, codes in self.tables.items()
             },
         }
-        atomic_write_text(fs.join(root, SID_META_FILE), json.dumps(meta, indent=2) + "\n")
+        record = SidTableMeta.from_dict(meta)  # meta.json is written and read through its record
+        record.version = SidTableMeta.VERSION
+        atomic_write_text(fs.join(root, SID_META_FILE), json.dumps(record.to_dict(), indent=2) + "\n")
         return root
 
     @classmethod

@@ -117,3 +117,16 @@ def test_a_trainer_run_parses_into_its_records(run, tiny_data, tmp_path):
     assert len(summary.embedding_params_per_rank) == 1 and summary.samples_per_s > 0
     metrics = read_metrics(json.loads((out / "metrics.json").read_text()))
     assert [e for e in metrics if e.split == "valid"] == summary.valid
+    assert [e.to_dict() for e in metrics] == json.loads((out / "metrics.json").read_text())
+
+
+def test_a_tokenizer_run_writes_its_meta_through_the_record(run, tiny_data, tmp_path):
+    """meta.json is written through SidTableMeta (version 2) and reads back to the same JSON."""
+    out = tmp_path / "sids"
+    flags = ["--data", str(tiny_data), "--out", str(out), "--num-sids", "2", "--codebook-size", "8"]
+    assert run("-m", "store.tokenizer", *flags, "--min-steps", "5", "--no-progress").returncode == 0
+    raw = json.loads((out / "meta.json").read_text())
+    meta = SidTableMeta.from_dict(raw)
+    assert raw["version"] == meta.version == SidTableMeta.VERSION and meta.extra.keys() <= set(raw)
+    assert meta.to_dict() == raw and (meta.num_sids, meta.codeword_count) == (2, 8)
+    assert set(meta.tokenized()) >= {"item_id"} and meta.dataset.fingerprint

@@ -21,6 +21,7 @@ from torch import nn
 from data_pipeline import fs
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DatasetSpec
+from store.records import EvalEntry
 from trainer import distributed as D
 from trainer.logging import RunLogger, write_json
 from trainer.metrics import evaluate_predictions, popularity_buckets
@@ -144,7 +145,7 @@ class EvalHistory:
         self.entries: list[dict] = []
 
     def record(self, split: str, step: int, epoch: int, result: dict) -> None:
-        self.entries.append({"split": split, "step": step, "epoch": epoch, **result})
+        self.entries.append(EvalEntry(split, step, epoch, result).to_dict())  # one row of metrics.json
         self.logger.log({f"{split}/{k}": v for k, v in result.items() if isinstance(v, float)}, step)
         if self.write:
             write_json(self.path, self.entries)
