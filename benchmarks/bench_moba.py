@@ -86,7 +86,11 @@ def main() -> None:
     )
     sids = SidTable.from_codes(codes, codebook_size=args.codebook_size, features={"user_id": users})
     reader = ParquetBatchReader(
-        tmp / "data", "train", args.batch_size, spec=spec, transform=batch_transform("store", spec, sids)
+        tmp / "data",
+        "train",
+        args.batch_size,
+        spec=spec,
+        transform=batch_transform("store", spec, sids, ModelConfig()),
     )
     batches = []
     for batch in reader:

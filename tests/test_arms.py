@@ -1,9 +1,10 @@
 """The embedding-memory arms: "id-hash" (the ID model with each tokenized feature's raw IDs hashed
-into ``--model.id_hash.rows`` rows)."""
+into ``--model.id_hash.rows`` rows, by its data-time batch transform)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from data_pipeline.spec import DatasetSpec
 from store.models.config import ModelConfig
 from store.models.layers import low_cardinality_features
-from store.models.store import IdHash, IdHashConfig, hashed_kjt
+from store.models.store import IdHash, IdHashConfig, hashed_features
 from store.models.zoo import batch_transform, build_model
 from store.sid import sid_sources
 from tests.test_sid import NUM_ITEMS, tiny_batch, tiny_spec
@@ -45,7 +46,8 @@ def test_id_hash_trains_and_its_tables_hold_the_budget(run, tiny_data, tmp_path)
     assert raw["embedding_bytes_per_rank"] == [static + sum(spec.table_rows(f) for f in sources) * width]
 
 
-def test_id_hash_trains_through_the_pipeline_on_fused_sharded_tables(run, tiny_data, tmp_path):
+def test_id_hash_trains_through_the_pipeline_on_fused_sharded_tables(run, tiny_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="torchrec.distributed.train_pipeline")
     extra = ["--model.id_hash.rows", str(ROWS), "--sharding.default", "table_wise", "--max-steps", "3"]
     summary = _train(
         run, tiny_data, tmp_path / "hash", "id-hash", "--pipeline", "--model.history_tokens", "true", *extra
@@ -53,6 +55,10 @@ def test_id_hash_trains_through_the_pipeline_on_fused_sharded_tables(run, tiny_d
     assert summary["steps"] == 3 and summary["pipeline"], summary["pipeline_blocker"]
     plan = {r["table"]: r["sharding"] for r in summary["sharding_plan"]}
     assert plan["t_item"] == plan["t_user_id"] == "table_wise"
+    # the hash runs at data time: TorchRec pipelines both lookups, the hashed token collection's too
+    assert "will NOT be pipelined" not in caplog.text
+    pipelined = [r.getMessage() for r in caplog.records if "pipelined" in r.getMessage()]
+    assert "Module 'model.items.ec' will be pipelined" in pipelined, pipelined
 
 
 def test_id_hash_model_has_the_id_models_tokens_and_budget_rows():
@@ -64,16 +70,33 @@ def test_id_hash_model_has_the_id_models_tokens_and_budget_rows():
     assert {c.name: c.num_embeddings for c in raw.items.ec.embedding_bag_configs()} == {"t_item": NUM_ITEMS}
     assert hashed.num_item_tokens == raw.num_item_tokens == 3
     assert hashed.num_fixed_tokens == raw.num_fixed_tokens
-    assert batch_transform("id-hash", spec, None) is None  # hashed in the model, on raw batches
+    assert batch_transform("id", spec, None, cfg) is None
+
+
+def test_the_transform_hashes_the_tokenized_features_only():
+    spec = tiny_spec()
+    cfg = ModelConfig(id_hash=IdHashConfig(rows=ROWS, seed=3))
+    batch = tiny_batch(spec, rows=64)
+    out = batch_transform("id-hash", spec, None, cfg)(batch)
+    id_hash = IdHash.from_seed(ROWS, 3)
+    assert out.sparse.keys() == batch.sparse.keys() and out.sid is None
+    for key in batch.sparse.keys():
+        before, after = batch.sparse[key], out.sparse[key]
+        assert torch.equal(after.lengths(), before.lengths()), key
+        hashed = key in ("item_id", "hist_items")  # the item table's features (tiny_spec's tokenized)
+        assert torch.equal(after.values(), id_hash(before.values()) if hashed else before.values()), key
+    assert torch.equal(out.labels, batch.labels) and torch.equal(out.item_ids, batch.item_ids)
 
 
 def test_the_model_looks_up_the_hashed_row():
     spec = tiny_spec()
-    model = build_model("id-hash", spec, ModelConfig(id_hash=IdHashConfig(rows=ROWS, seed=3)), None)
-    batch = tiny_batch(spec, rows=64)
+    cfg = ModelConfig(id_hash=IdHashConfig(rows=ROWS, seed=3))
+    model = build_model("id-hash", spec, cfg, None)
+    raw = tiny_batch(spec, rows=64)
+    batch = batch_transform("id-hash", spec, None, cfg)(raw)
     pooled = model.items.lookup(batch)
     weight = model.items.ec.embedding_bags["t_item"].weight
-    items = batch.sparse["item_id"].values()
+    items = raw.sparse["item_id"].values()
     assert torch.equal(pooled["item_id"], weight[IdHash.from_seed(ROWS, 3)(items)])
     assert torch.isfinite(model(batch).logits).all()
 
@@ -97,15 +120,23 @@ def test_the_hash_is_deterministic_across_processes_and_spreads_ids():
     assert ((IdHash.from_seed(ROWS, 0)(big) >= 1) & (IdHash.from_seed(ROWS, 0)(big) < ROWS)).all()
 
 
-def test_hashed_kjt_keeps_keys_lengths_and_empty_lists():
+def test_hashed_features_keep_keys_lengths_empty_lists_and_the_other_features():
     kjt = KeyedJaggedTensor.from_lengths_sync(
-        ["item_id", "hist_items"], torch.tensor([0, 5, 7, 0, 199]), torch.tensor([1, 1, 0, 3])
+        ["item_id", "user_age", "hist_items"],
+        torch.tensor([0, 5, 40, 41, 7, 0, 199]),
+        torch.tensor([1, 1, 1, 1, 0, 3]),
     )
-    out = hashed_kjt(kjt, IdHash.from_seed(ROWS, 0))
+    id_hash = IdHash.from_seed(ROWS, 0)
+    out = hashed_features(kjt, id_hash, ("item_id", "hist_items"))
     assert out.keys() == kjt.keys() and torch.equal(out.lengths(), kjt.lengths())
-    assert out.values().tolist() == IdHash.from_seed(ROWS, 0)(kjt.values()).tolist()
-    assert out.values()[0] == 0 and out.values()[3] == 0
-    assert out["hist_items"].lengths().tolist() == [0, 3]
+    assert out.values().tolist() == [
+        *id_hash(torch.tensor([0, 5])).tolist(),
+        40,
+        41,
+        *id_hash(kjt.values()[4:]).tolist(),
+    ]
+    assert out.values()[0] == 0 and out.values()[5] == 0
+    assert out["hist_items"].lengths().tolist() == [0, 3] and kjt.values()[1] == 5  # the input unchanged
 
 
 def test_a_bad_budget_exits_2_naming_the_flag(run, tiny_data, tmp_path):

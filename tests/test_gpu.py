@@ -195,7 +195,7 @@ def test_zoo_bf16_autocast_forward_backward_finite(name):
     spec, sids = tiny_spec(), tiny_sids()
     model = build_model(name, spec, ModelConfig(), sids, device=device)
     batch = tiny_batch(spec, rows=64)
-    transform = batch_transform(name, spec, sids)
+    transform = batch_transform(name, spec, sids, ModelConfig())
     if transform is not None:
         batch = transform(batch)
     batch = batch.to(device)

@@ -28,7 +28,7 @@ from store.models.layers import (
     output_bias,
 )
 from store.models.rankmixer import RankMixerConfig
-from store.models.store import hashed_kjt, store_inputs
+from store.models.store import store_inputs
 from store.models.zoo import batch_transform, build_model
 from tests.test_sid import NUM_ITEMS, tiny_batch, tiny_sids, tiny_spec
 
@@ -49,10 +49,10 @@ def _ids(v):
 
 
 def _setup(name: str, overrides: dict, rows: int = 32, seed: int = 0):
-    spec, sids = tiny_spec(), tiny_sids()
-    model = build_model(name, spec, ModelConfig(**overrides), sids)
+    spec, sids, cfg = tiny_spec(), tiny_sids(), ModelConfig(**overrides)
+    model = build_model(name, spec, cfg, sids)
     batch = tiny_batch(spec, rows=rows, seed=seed)
-    transform = batch_transform(name, spec, sids)
+    transform = batch_transform(name, spec, sids, cfg)
     return model, (batch if transform is None else transform(batch))
 
 
@@ -111,9 +111,7 @@ def test_fx_traceable_down_to_collections_which_take_batch_kjts_directly(variant
     """What TorchRec's TrainPipelineSparseDist needs. Its tracer (torchrec's
     ``_get_leaf_module_names``) makes every direct child of a module holding a collection a leaf
     by name (unless it holds a collection too); the rest must trace, and each collection must be
-    called on ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) itself. ID-hash's token collection
-    is the one exception, and the one collection the pipeline leaves in the forward: it is called on
-    ``hashed_kjt(batch.sparse)``."""
+    called on ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) itself."""
     collections = (EmbeddingBagCollection, EmbeddingCollection)
     model, _ = _setup(*variant)
 
@@ -142,9 +140,6 @@ def test_fx_traceable_down_to_collections_which_take_batch_kjts_directly(variant
     fields = []
     for node in calls:
         (arg,) = node.args
-        if arg.op == "call_function" and arg.target is hashed_kjt:
-            assert variant[0] == "id-hash" and node.target == "items.ec"
-            arg = arg.args[0]
         assert arg.op == "call_function" and arg.args[0].op == "placeholder"
         fields.append(arg.args[1])
     assert sorted(fields) == (["sid", "sparse"] if variant[0] == "store" else ["sparse"] * len(calls))
@@ -222,20 +217,21 @@ def test_store_without_sids_and_unknown_model_are_rejected():
     assert build_model("id", spec, ModelConfig(), None).num_item_tokens == 1  # no SID table: 1 token
 
 
-def test_batch_transform_moves_tokenized_features_to_sids_for_store_only():
-    spec, sids = tiny_spec(), tiny_sids()
+def test_batch_transform_moves_tokenized_features_to_sids_for_store():
+    spec, sids, cfg = tiny_spec(), tiny_sids(), ModelConfig()
     batch = tiny_batch(spec, rows=8)
-    moved, expected = batch_transform("store", spec, sids)(batch), sids.transform(batch, spec)
+    moved, expected = batch_transform("store", spec, sids, cfg)(batch), sids.transform(batch, spec)
     sid_keys = [f"{f}_sid{k}" for k in range(3) for f in ("item_id", "hist_items")]
     assert moved.sid.keys() == expected.sid.keys() == sid_keys
     assert torch.equal(moved.sid.values(), expected.sid.values())
     assert torch.equal(moved.sid.lengths(), expected.sid.lengths())
     assert moved.sparse.keys() == ["user_age", "user_gender", "ctx_hour"]
-    assert [name for name in registry.names() if batch_transform(name, spec, sids) is not None] == ["store"]
+    transformed = [name for name in registry.names() if batch_transform(name, spec, sids, cfg) is not None]
+    assert transformed == ["store", "id-hash"]
     with pytest.raises(ValueError, match="model 'store' needs --sids"):
-        batch_transform("store", spec, None)
+        batch_transform("store", spec, None, cfg)
     with pytest.raises(ValueError, match="unknown model 'gbdt'"):
-        batch_transform("gbdt", spec, sids)
+        batch_transform("gbdt", spec, sids, cfg)
 
 
 @pytest.mark.parametrize(

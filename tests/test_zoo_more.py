@@ -83,7 +83,7 @@ def test_the_output_bias_moves_every_logit_by_the_same_amount(name):
     spec, sids = tiny_spec(), tiny_sids()
     torch.manual_seed(0)
     model = build_model(name, spec, ModelConfig(), sids).eval()
-    transform = batch_transform(name, spec, sids)
+    transform = batch_transform(name, spec, sids, ModelConfig())
     batch = tiny_batch(spec, rows=6)
     batch = batch if transform is None else transform(batch)
     with torch.no_grad():

@@ -76,7 +76,7 @@ def build(cfg: TrainConfig, env: D.DistEnv, timer: Timer) -> Built:
         spec = spec.without(feature_list(cfg.drop))
     sids = SidTable.load(cfg.sids, spec) if cfg.sids else None
     check_metric(cfg.eval.metric, spec, cfg.data)
-    transform = batch_transform(cfg.model, spec, sids)  # STORE's data-time SID lookup
+    transform = batch_transform(cfg.model, spec, sids, cfg.model_config)  # e.g. STORE's SID lookup
     reader_args = dict(rank=env.rank, world_size=env.world_size, seed=cfg.seed, num_workers=cfg.num_workers)
     train_reader = ParquetBatchReader(
         cfg.data, "train", cfg.batch_size, spec=spec, shuffle=True, drop_remainder=True,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from data_pipeline.batch import Batch
     from data_pipeline.spec import DatasetSpec
     from store.models.config import ModelConfig
     from store.sid import SidTable
@@ -62,7 +63,13 @@ class ModelSpec:
     with ``-`` as ``_``, "id-hash" -> ``--model.id_hash.rows``); it may define
     ``validate(model_config)``. None: the model reads the shared ``--model.*`` fields only."""
     needs_sids: bool = False
-    """Takes batches through ``SidTable.transform`` and needs ``--sids``."""
+    """Needs ``--sids`` (a SID table, for the model and its ``transform``)."""
+    transform: (
+        Callable[[DatasetSpec, ModelConfig, SidTable | None], Callable[[Batch], Batch] | None] | None
+    ) = None
+    """(dataset spec, ``--model.*``, SID table or None) -> what the reader applies to every batch, at data
+    time, so TorchRec's pipeline sees collections read batch fields as they come (STORE: the SID
+    lookup, ``SidTable.transform``; ID-hash: its IDs hashed into its rows); None: raw batches."""
     sparse_lr: float = SPARSE_LR
     """Default ``--optim.sparse_lr``."""
     flops: Callable[[nn.Module, int], int] | None = None

@@ -46,11 +46,10 @@ trainer can replicate it. For ID the raw batch is used; t_item serves every item
 
 ID-hash ("id-hash", ``--model.id_hash.rows`` B): the ID twin with every raw-ID table of a tokenized
 feature cut to B rows, its IDs hashed into them (``IdHash``: ID 0, the converters' missing value,
-keeps row 0; the others share rows 1..B-1, collisions allowed). The hash runs inside the model, on
-the tokenized collection's input KJT (``hashed_kjt``, an fx leaf): the reader's batch transform
-(``store.models.zoo.batch_transform``) is built without ``--model.*``, so it cannot know B. TorchRec's
-pipeline therefore runs that one collection's lookup in the forward, not ahead of it; the static
-collection stays pipelined.
+keeps row 0; the others share rows 1..B-1, collisions allowed). The hash runs at data time, like
+STORE's SID lookup: its batch transform (``hash_transform``, ``store.models.zoo.batch_transform``)
+replaces the tokenized features' values in ``batch.sparse`` by their rows, and the model reads
+``batch.sparse`` as it comes, so TorchRec's pipeline looks both collections up ahead of the forward.
 
 The model takes explicit inputs (``StoreInputs``: tables, feature lists, groups; ``store_inputs``
 makes them from the spec and the SID table) and ``--model.*`` (``ModelConfig``: STORE's options are
@@ -59,6 +58,9 @@ shared fields, read by "store", "id" and "id-hash"; "id-hash" has its group ``--
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -146,14 +148,23 @@ class IdHash:
         return torch.where(ids == 0, torch.zeros_like(ids), h)
 
 
-def hashed_kjt(kjt: KeyedJaggedTensor, id_hash: IdHash) -> KeyedJaggedTensor:
-    """``kjt`` with every value through ``id_hash`` (same keys and lengths; empty lists stay empty)."""
+def hashed_features(kjt: KeyedJaggedTensor, id_hash: IdHash, features: Collection[str]) -> KeyedJaggedTensor:
+    """``kjt`` with the values of its keys in ``features`` through ``id_hash``; the other keys' values,
+    every key, length and weight as they were (empty lists stay empty)."""
+    keys = kjt.keys()
+    values = kjt.values().clone()
+    offsets = kjt.offset_per_key()
+    for i, key in enumerate(keys):
+        if key in features:
+            values[offsets[i] : offsets[i + 1]] = id_hash(values[offsets[i] : offsets[i + 1]])
     return KeyedJaggedTensor(
-        keys=kjt.keys(), values=id_hash(kjt.values()), lengths=kjt.lengths(), stride=kjt.stride()
+        keys=keys, values=values, lengths=kjt.lengths(), weights=kjt.weights_or_none(), stride=kjt.stride()
     )
 
 
-torch.fx.wrap("hashed_kjt")  # one leaf call in TorchRec's trace of the model
+def hash_batch(batch: Batch, id_hash: IdHash, features: tuple[str, ...]) -> Batch:
+    """``batch`` with the values of its sparse features ``features`` hashed (``hashed_features``)."""
+    return dataclasses.replace(batch, sparse=hashed_features(batch.sparse, id_hash, features))
 
 
 @dataclass
@@ -179,8 +190,6 @@ class StoreInputs:
     """The H item-valued features other than the target item."""
     num_dense: int
     """Dense features (one more static group when > 0)."""
-    id_hash: IdHash | None = None
-    """ID-hash: the raw-ID token tables have ``id_hash.rows`` rows, the IDs hashed into them."""
 
 
 def sid_table_name(feature: str, k: int, item_feature: str) -> str:
@@ -260,7 +269,7 @@ class RawTokens(nn.Module):
     high-cardinality feature f), each feature's embedding projected into K tokens.
 
     pooled=True: an EmbeddingBagCollection (mean-pooled history); else an EmbeddingCollection.
-    id_hash (ID-hash): the tables have ``id_hash.rows`` rows and the IDs go through it before the lookup.
+    ID-hash's tables are the same, with ``IdHash.rows`` rows: its batches come hashed (``hash_transform``).
     """
 
     def __init__(
@@ -272,22 +281,18 @@ class RawTokens(nn.Module):
         dim: int,
         pooled: bool,
         device: torch.device | None,
-        id_hash: IdHash | None = None,
     ) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.lengths = lengths  # {history feature: HistoryFeature.max_len}
         self.pooled = pooled
-        self.id_hash = id_hash
         self.ec = item_collection(tables, dim, pooled, device)
         self.split = nn.ModuleList([nn.Linear(dim, num_tokens * dim) for _ in tables])
         self.index = {f: i for i, f in enumerate(tokenized)}  # tables are in token order
         self.table_index = {f: i for i, t in enumerate(tables) for f in t.features}  # batch feature -> table
 
     def lookup(self, batch: Batch):
-        # Every feature's IDs are hashed, the static ones too: this collection reads only its own.
-        kjt = batch.sparse if self.id_hash is None else hashed_kjt(batch.sparse, self.id_hash)
-        out = self.ec(kjt)
+        out = self.ec(batch.sparse)
         return out.to_dict() if self.pooled else out
 
     def feature_tokens(self, jts, feature: str) -> torch.Tensor:
@@ -330,9 +335,7 @@ class StoreModel(nn.Module):
         if inputs.sid_tokens and inputs.token_tables:
             self.items = SidTokens(inputs.token_tables, k, lengths, d, pooled, device)
         elif inputs.token_tables:
-            self.items = RawTokens(
-                inputs.token_tables, inputs.tokenized, k, lengths, d, pooled, device, inputs.id_hash
-            )
+            self.items = RawTokens(inputs.token_tables, inputs.tokenized, k, lengths, d, pooled, device)
         self.num_item_tokens = k
         self.tokenized = list(inputs.tokenized)
         self.static = StaticEmbedder(inputs.static_tables, d, device)
@@ -427,11 +430,11 @@ def store_inputs(
     sids: SidTable | None,
     num_tokens: int,
     init_std: float = EMBEDDING_INIT_STD,
-    id_hash: IdHash | None = None,
+    hash_rows: int | None = None,
 ) -> StoreInputs:
     """STORE's inputs when given ``sids`` (its codebooks, ``num_tokens`` = its num_sids), else the ID
-    twin's (one raw-ID table per tokenized feature, ``num_tokens`` tokens each; ``id_hash.rows`` rows
-    each with ``id_hash``).
+    twin's (one raw-ID table per tokenized feature, ``num_tokens`` tokens each; ``hash_rows`` rows each
+    when given: ID-hash's hashed tables).
 
     ``feature_groups``: ``--model.feature_groups`` (see ``resolve_groups``).
     """
@@ -447,7 +450,7 @@ def store_inputs(
         token_tables = [
             Table(
                 RAW_ITEM_TABLE if src == spec.item_id else static_table_name(src),
-                id_hash.rows if id_hash is not None else spec.table_rows(src),
+                hash_rows if hash_rows is not None else spec.table_rows(src),
                 tuple(served),
                 init_std,
             )
@@ -462,7 +465,6 @@ def store_inputs(
         sid_tokens=sids is not None,
         history=history_inputs(spec),
         num_dense=len(spec.dense),
-        id_hash=id_hash,
     )
 
 
@@ -512,10 +514,9 @@ def build_id_hash(
     spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
 ) -> StoreModel:
     """ID-hash: the ID twin (same tokens) with each tokenized feature's raw-ID table cut to
-    ``--model.id_hash.rows`` rows, the IDs hashed into them (``IdHash``)."""
-    id_hash = IdHash.from_seed(cfg.id_hash.rows, cfg.id_hash.seed)
+    ``--model.id_hash.rows`` rows; it takes batches whose IDs ``hash_transform`` hashed into them."""
     inputs = store_inputs(
-        spec, cfg.feature_groups, None, _id_tokens(cfg, sids), cfg.embedding_init_std, id_hash
+        spec, cfg.feature_groups, None, _id_tokens(cfg, sids), cfg.embedding_init_std, cfg.id_hash.rows
     )
     return StoreModel(inputs, cfg, device)
 
@@ -524,8 +525,24 @@ def _id_tokens(cfg: ModelConfig, sids: SidTable | None) -> int:
     return cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
 
 
+def sid_transform(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None) -> Callable[[Batch], Batch]:
+    """STORE's batch transform: ``sids.transform`` (the tokenized features moved to SIDs)."""
+    assert sids is not None  # needs_sids: batch_transform has checked
+    return functools.partial(sids.transform, spec=spec)
+
+
+def hash_transform(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None) -> Callable[[Batch], Batch]:
+    """ID-hash's batch transform: the values of every feature its raw-ID tables serve (the tokenized
+    features, item-valued ones included) through ``IdHash`` of ``--model.id_hash.*``
+    (``hash_batch``); the static features keep their IDs."""
+    features = tuple(f for served in sid_sources(spec).values() for f in served)
+    return functools.partial(
+        hash_batch, id_hash=IdHash.from_seed(cfg.id_hash.rows, cfg.id_hash.seed), features=features
+    )
+
+
 SPECS = (
-    ModelSpec("store", build_store, needs_sids=True, flops=store_flops),
+    ModelSpec("store", build_store, needs_sids=True, transform=sid_transform, flops=store_flops),
     ModelSpec("id", build_id, flops=store_flops),
-    ModelSpec("id-hash", build_id_hash, config=IdHashConfig, flops=store_flops),
+    ModelSpec("id-hash", build_id_hash, config=IdHashConfig, transform=hash_transform, flops=store_flops),
 )

@@ -1,5 +1,5 @@
 """One entry point for every model: ``build_model(name, spec, cfg, sids, device)``, and the batch
-transform its reader applies: ``batch_transform(name, spec, sids)``.
+transform its reader applies: ``batch_transform(name, spec, sids, cfg)``.
 
 Every model takes a ``Batch`` and returns ``ModelOutput(logits (B,), aux_losses)`` and holds its sparse
 embeddings in TorchRec collections (built on ``device``, e.g. ``meta`` before sharding).
@@ -10,17 +10,17 @@ The models are found by name in ``store.models.registry``: each model's module d
 (``store.models.inputs.field_inputs``, ``store.models.store.store_inputs``: tables with their rows,
 feature lists, the dense count, the SID codebooks) and hands it those and ``--model.*``.
 
-"store" takes batches already passed through ``SidTable.transform`` (``batch_transform``); the others
-take raw batches. "id" is STORE with the raw item-ID table: its item embedding is projected into as
+A model may declare a data-time batch transform (``ModelSpec.transform``, built by ``batch_transform``):
+"store" takes batches already passed through ``SidTable.transform``, "id-hash" batches with its
+tokenized features' raw IDs already hashed into ``--model.id_hash.rows`` rows; the others take raw
+batches. "id" is STORE with the raw item-ID table: its item embedding is projected into as
 many tokens as the SID table has SIDs (when ``sids`` is given; else ``--model.id_item_tokens``,
-default 1), so the two attend over the same token count. "id-hash" is "id" with its tokenized
-features' raw IDs hashed into ``--model.id_hash.rows`` rows; it hashes them in the model, on raw
-batches (this transform is built without ``--model.*``; ``store.models.store``).
+default 1), so the two attend over the same token count; "id-hash" is "id" with hashed tables
+(``store.models.store``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -67,13 +67,19 @@ def build_model(
     return model
 
 
-def batch_transform(name: str, spec: DatasetSpec, sids: SidTable | None) -> Callable[[Batch], Batch] | None:
-    """What the reader applies to every batch of model ``name``: a model that needs SIDs ("store") has
-    its tokenized features moved to SIDs (``SidTable.transform``, at data time so TorchRec can pipeline
-    the lookup); None for the others, which read raw batches ("id-hash" hashes its IDs in the model)."""
-    if not registry.get(name).needs_sids:
+def batch_transform(
+    name: str, spec: DatasetSpec, sids: SidTable | None, cfg: ModelConfig
+) -> Callable[[Batch], Batch] | None:
+    """What the reader applies to every batch of model ``name`` with ``--model.*`` ``cfg``: its spec's
+    ``transform`` (at data time, so TorchRec can pipeline the lookups that read its output), or None
+    (raw batches). ValueError if the model needs ``--sids`` and ``sids`` is None."""
+    model_spec = registry.get(name)
+    cfg.validate()
+    if model_spec.needs_sids:
+        sids = _needs_sids(name, sids)
+    if model_spec.transform is None:
         return None
-    return functools.partial(_needs_sids(name, sids).transform, spec=spec)
+    return model_spec.transform(spec, cfg, sids)
 
 
 def _needs_sids(name: str, sids: SidTable | None) -> SidTable:
