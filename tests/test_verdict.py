@@ -16,16 +16,8 @@ import pytest
 
 from data_pipeline.__main__ import main as data_main
 from launch import compare, report
+from tests.test_compare import TINY_MODEL
 from tests.test_report import ROWS, USERS, fake_run, logits_of
-
-TINY_MODEL = [
-    "--trainer.model.embedding-dim",
-    "8",
-    "--trainer.model.num-layers",
-    "1",
-    "--trainer.eval.max-batches",
-    "2",
-]
 
 
 @pytest.fixture(scope="module")
