@@ -142,6 +142,16 @@ def user_aucs(users: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> tupl
     return a, count
 
 
+def users_with_both_classes(users: np.ndarray, labels: np.ndarray) -> int:
+    """How many users have a positive and a negative row: the users GAUC averages over."""
+    if np.asarray(users).size == 0:
+        return 0
+    _, inverse = np.unique(users, return_inverse=True)
+    count = np.bincount(inverse.ravel())
+    pos = np.bincount(inverse.ravel(), np.asarray(labels, dtype=np.float64) > 0.5)
+    return int(((pos > 0) & (pos < count)).sum())
+
+
 def gauc_and_users(users: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
     """(GAUC, users with both classes): the impression-weighted mean of per-user AUC over those users
     (NaN, 0 when there is none)."""

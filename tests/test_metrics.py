@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from sklearn.metrics import log_loss, roc_auc_score
 
 from data_pipeline.spec import DataError, DatasetSpec
-from store.metrics import auc, gauc_and_users, logloss
+from store.metrics import auc, gauc_and_users, logloss, users_with_both_classes
 from trainer.metrics import evaluate_predictions, popularity_buckets, train_split_stats
 
 
@@ -47,6 +47,7 @@ def test_gauc_matches_sklearn_with_ties_and_one_class_users():
     users[users == 7] = 8  # a busy user
     labels[users == 3] = 1.0  # a one-class user: skipped
     got, used = gauc_and_users(users * 7 + 3, scores, labels)  # arbitrary user IDs, not 0..U-1
+    assert users_with_both_classes(users * 7 + 3, labels) == used  # metrics.json's gauc_users
     assert got == pytest.approx(sklearn_gauc(users, scores, labels), abs=1e-10)
     assert used == len([u for u in np.unique(users) if 0 < labels[users == u].mean() < 1])
 

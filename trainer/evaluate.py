@@ -114,7 +114,7 @@ def evaluate_split(
 
 
 def write_predictions(
-    path: Path, p: Predictions, with_users: bool, with_items: bool, tail: torch.Tensor | None = None
+    path: Path, p: Predictions, with_users: bool, with_items: bool, tail: np.ndarray | None = None
 ) -> None:
     """A split's predictions as parquet, written atomically: ``row`` (position in the split), ``label``,
     ``logit``, ``user`` / ``item`` when the dataset has those columns, and ``tail`` (the row's item is
@@ -132,7 +132,7 @@ def write_predictions(
     if with_items:
         columns["item"] = pa.array(p.items.numpy().astype(np.int64))
     if tail is not None:
-        columns["tail"] = pa.array(tail.numpy().astype(bool))
+        columns["tail"] = pa.array(np.asarray(tail, dtype=bool))
     fs.write_parquet(path, pa.table(columns))  # atomic: temp name, then rename
 
 

@@ -18,7 +18,7 @@ import torch
 
 from data_pipeline import fs
 from data_pipeline.spec import DataError, DatasetSpec, list_shards, split_dir
-from store.metrics import Rows, auc, compute, gauc_and_users
+from store.metrics import Rows, auc, compute, users_with_both_classes
 
 
 # -- the train split's click rate and item popularity ----------------------------------------------
@@ -90,11 +90,19 @@ def popularity_buckets(counts: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return (rank * num_buckets) // n
 
 
-def tail_rows(items: torch.Tensor, buckets: torch.Tensor | None, tail_buckets: int) -> torch.Tensor | None:
-    """(N,) bool: the rows whose item lies in popularity buckets [0, tail_buckets) (None without buckets)."""
+def item_buckets(items: torch.Tensor, buckets: torch.Tensor | None) -> np.ndarray | None:
+    """(N,) the popularity bucket of each row's item (`popularity_buckets`; IDs outside the catalog are
+    clamped into it); None without buckets (no item column)."""
     if buckets is None or not buckets.numel():
         return None
-    return buckets.cpu()[items.long().cpu().clamp(0, buckets.numel() - 1)] < tail_buckets
+    return buckets.cpu().numpy()[np.clip(items.long().cpu().numpy(), 0, buckets.numel() - 1)]
+
+
+def tail_rows(items: torch.Tensor, buckets: torch.Tensor | None, tail_buckets: int) -> np.ndarray | None:
+    """(N,) bool: the rows whose item lies in popularity buckets [0, tail_buckets) (None without buckets):
+    the rows tail_auc is computed on."""
+    item_bucket = item_buckets(items, buckets)
+    return None if item_bucket is None else item_bucket < tail_buckets
 
 
 def evaluate_predictions(
@@ -112,17 +120,14 @@ def evaluate_predictions(
     item lies in buckets [0, tail_buckets). None or empty (no item column): no tail / bucket metrics.
     """
     logits, labels = logits.float().cpu().numpy(), labels.float().cpu().numpy()
-    items = items.long().cpu().numpy()
-    tail, item_bucket = None, None
-    if buckets is not None and buckets.numel():
-        item_bucket = buckets.cpu().numpy()[np.clip(items, 0, buckets.numel() - 1)]
-        tail = item_bucket < tail_buckets
+    item_bucket = item_buckets(items, buckets)
+    tail = None if item_bucket is None else item_bucket < tail_buckets
     users_np = users.long().cpu().numpy() if users is not None else None
     out: dict = compute(Rows.of(logits, labels, users_np, tail))
     out["rows"] = int(labels.size)
     out["positive_rate"] = float(labels.mean()) if labels.size else math.nan
     if users_np is not None:
-        out["gauc_users"] = gauc_and_users(users_np, logits, labels)[1]
+        out["gauc_users"] = users_with_both_classes(users_np, labels)
     if item_bucket is not None:
         out["tail_rows"] = int(tail.sum())
         num_buckets = int(buckets.max()) + 1
