@@ -3,8 +3,9 @@
 Two tests, numpy only:
 
 - ``paired_bootstrap``: the difference of every registered metric (``store.metrics.METRICS``: AUC,
-  GAUC, logloss, ...) between each arm and a baseline, with a percentile interval, from resamples of the test split. Users are resampled as clusters (a user's
-  rows are not independent: their clicks share the user), rows when the data has no user column.
+  GAUC, logloss, ...) between each arm and a baseline, with a percentile interval, from resamples of
+  the test split. Users are resampled as clusters (a user's rows are not independent: their clicks
+  share the user), rows when the data has no user column.
   Every resample is applied to every arm and every seed, so the interval is the one of the paired
   difference. A metric of an arm with several seeds is the mean over its seeds.
 - ``delong``: DeLong, DeLong & Clarke-Pearson (1988) for the AUC of two score vectors on the same
@@ -281,7 +282,7 @@ def _resampled_metrics(
         pos = (runs[0].labels > 0.5) & mask
         neg = (runs[0].labels <= 0.5) & mask
         sub = clusters[mask]
-        sub_pos = runs[0].labels[mask] > 0.5
+        sub_pos = pos[mask]
         aucs[m.name] = (
             clusters[pos],
             clusters[neg],

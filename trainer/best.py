@@ -33,14 +33,14 @@ class BestTracker:
 
     def __init__(self, metric: str, patience: int) -> None:
         self.metric, self.patience = metric, patience
-        self.higher_is_better = metrics.get(metric).higher_is_better
+        self.direction = metrics.get(metric)  # its Metric.better says which way is better
         self.value, self.step, self.epoch, self.bad, self.stopped = math.nan, -1, -1, 0, False
 
     def update(self, result: dict, step: int, epoch: int) -> bool:
         value = float(result.get(self.metric, math.nan))
         if math.isnan(value):
             return False  # e.g. AUC of a split with one class: says nothing
-        better = self.step < 0 or (value > self.value if self.higher_is_better else value < self.value)
+        better = self.step < 0 or self.direction.better(value, self.value)
         if better:
             self.value, self.step, self.epoch, self.bad = value, step, epoch, 0
             return True

@@ -161,8 +161,6 @@ def peak_memory_per_rank(device: torch.device) -> list[int]:
 
 
 # -- the summary ---------------------------------------------------------------------------------
-# The summary lifts every registered metric's test score to its top level (store.metrics.METRICS;
-# gauc / tail_auc are absent without a user / item column).
 
 
 def build_summary(
@@ -184,16 +182,19 @@ def build_summary(
     config: dict,
     dataset: dict,
 ) -> dict:
-    """The content of OUT/summary.json (`RunSummary.to_dict`). test: the reported weights' test metrics (the best validation's
-    with --eval.restore_best), test_last: the last weights'; best: `BestTracker.record`;
+    """The content of OUT/summary.json (`RunSummary.to_dict`), with every registered metric's test score
+    (store.metrics.METRICS; gauc / tail_auc absent without a user / item column) lifted to its top
+    level. test: the reported weights' test metrics (the best validation's with
+    --eval.restore_best), test_last: the last weights'; best: `BestTracker.record`;
     footprint: `embedding_footprint_per_rank`; dataset: the spec's record (what a tokenizer reading
     this run's tables checks)."""
     import torchrec
 
     samples_per_s = throughput.samples_per_s()
+    test_entry = EvalEntry.from_dict(test)
     return RunSummary(
-        scores={k: test[k] for k in METRICS if k in test},
-        test=EvalEntry.from_dict(test),
+        scores=test_entry.scores(),
+        test=test_entry,
         test_last=EvalEntry.from_dict(test_last),
         best=BestRecord.from_dict(best),
         best_epoch=best["epoch"],
