@@ -72,6 +72,10 @@ class ModelSpec:
     lookup, ``SidTable.transform``; ID-hash: its IDs hashed into its rows); None: raw batches."""
     sparse_lr: float = SPARSE_LR
     """Default ``--optim.sparse_lr``."""
+    budget: str | None = None
+    """The field of ``config`` that holds the arm's embedding budget: B rows per tokenized feature
+    (``--model.<group>.<budget>``, e.g. ``--model.id_hash.rows``), which ``launch.frontier`` sets from
+    its ``--budgets``. None: the model's embedding memory is fixed by the data and the SID table."""
     flops: Callable[[nn.Module, int], int] | None = None
     """(built model, batch size) -> analytical forward FLOPs per batch (``store.models.flops``); None:
     no analytical count (use torch's FlopCounterMode)."""
@@ -102,6 +106,19 @@ def get(name: str) -> ModelSpec:
 def specs() -> tuple[ModelSpec, ...]:
     """Every model's spec, in ``MODELS`` order (imports every model module)."""
     return tuple(get(name) for name in MODELS)
+
+
+def budgeted() -> tuple[str, ...]:
+    """The models with an embedding budget (``ModelSpec.budget``), in ``MODELS`` order."""
+    return tuple(spec.name for spec in specs() if spec.budget is not None)
+
+
+def budget_flag(name: str) -> str:
+    """``--model.<group>.<budget>`` of model ``name``; ValueError if it has no budget."""
+    spec = get(name)
+    if spec.budget is None:
+        raise ValueError(f"model {name!r} has no embedding budget; budgeted: {', '.join(budgeted())}")
+    return f"--model.{spec.group}.{spec.budget}"
 
 
 def flag_error(flag: str, value: Any, rule: str) -> ValueError:
