@@ -545,6 +545,11 @@ SPECS = (
     ModelSpec("store", build_store, needs_sids=True, transform=sid_transform, flops=store_flops),
     ModelSpec("id", build_id, flops=store_flops),
     ModelSpec(
-        "id-hash", build_id_hash, config=IdHashConfig, transform=hash_transform, budget="rows", flops=store_flops
+        "id-hash",
+        build_id_hash,
+        config=IdHashConfig,
+        transform=hash_transform,
+        budget="rows",
+        flops=store_flops,
     ),
 )
