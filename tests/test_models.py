@@ -39,6 +39,9 @@ VARIANTS = [(name, {}) for name in registry.names()] + [
     ("store", {"history_tokens": True}),
     ("id", {"history_tokens": True}),
     ("id-hash", {"history_tokens": True}),
+    ("sid-prefix", {"history_tokens": True}),
+    ("hybrid", {"history_tokens": True}),
+    ("hybrid", {"history_tokens": True, "history_sid_tokens": True}),
     ("store", {"orthogonal_parametrization": False}),
 ]
 
@@ -74,10 +77,12 @@ def test_output_shape_and_finite_losses(variant):
 @pytest.mark.parametrize("name", registry.names())
 def test_collections_serve_exactly_the_batch_keys(name):
     spec, sids = tiny_spec(), tiny_sids()
-    model = build_model(name, spec, ModelConfig(history_tokens=True), sids)
+    cfg = ModelConfig(history_tokens=True)
+    model = build_model(name, spec, cfg, sids)
     batch = tiny_batch(spec)
-    if name == "store":
-        batch = sids.transform(batch, spec)
+    transform = batch_transform(name, spec, sids, cfg)
+    batch = batch if transform is None else transform(batch)
+    reads_sids = registry.get(name).needs_sids  # store, sid-prefix, hybrid: their tokens from batch.sid
     keys = batch.sparse.keys() + (batch.sid.keys() if batch.sid is not None else [])
     features, tables, inside = [], [], set()
     for m in model.modules():
@@ -94,13 +99,14 @@ def test_collections_serve_exactly_the_batch_keys(name):
     loose = [m for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
     assert not [m for m in loose if id(m) not in inside]
     assert set(features) == set(keys)
-    if name == "store":  # the SID collection reads batch.sid, which holds exactly its features
+    if reads_sids:  # the SID collection reads batch.sid, which holds exactly its features
         sid_ec = model.items.ec
         assert getattr(sid_ec, EXCLUSIVE_INPUT)
         assert [f for c in _configs(sid_ec) for f in c.feature_names] == batch.sid.keys()
     assert len(tables) == len(set(tables)) and all(t.startswith("t_") for t in tables)
-    if name == "store":
+    if name in ("store", "hybrid"):
         assert {t for t in tables if "sid" in t} == {"t_sid0", "t_sid1", "t_sid2"}
+    if reads_sids:
         assert "t_item" not in tables
     else:
         assert "t_item" in tables
@@ -142,7 +148,8 @@ def test_fx_traceable_down_to_collections_which_take_batch_kjts_directly(variant
         (arg,) = node.args
         assert arg.op == "call_function" and arg.args[0].op == "placeholder"
         fields.append(arg.args[1])
-    assert sorted(fields) == (["sid", "sparse"] if variant[0] == "store" else ["sparse"] * len(calls))
+    reads_sids = registry.get(variant[0]).needs_sids
+    assert sorted(fields) == (["sid", "sparse"] if reads_sids else ["sparse"] * len(calls))
 
 
 def _configs(collection):
@@ -227,7 +234,7 @@ def test_batch_transform_moves_tokenized_features_to_sids_for_store():
     assert torch.equal(moved.sid.lengths(), expected.sid.lengths())
     assert moved.sparse.keys() == ["user_age", "user_gender", "ctx_hour"]
     transformed = [name for name in registry.names() if batch_transform(name, spec, sids, cfg) is not None]
-    assert transformed == ["store", "id-hash"]
+    assert transformed == ["store", "id-hash", "sid-prefix", "hybrid"]
     with pytest.raises(ValueError, match="model 'store' needs --sids"):
         batch_transform("store", spec, None, cfg)
     with pytest.raises(ValueError, match="unknown model 'gbdt'"):

@@ -29,6 +29,8 @@ MODELS = {
     "store": "store.models.store",
     "id": "store.models.store",
     "id-hash": "store.models.store",
+    "sid-prefix": "store.models.sid_arms",
+    "hybrid": "store.models.sid_arms",
     "dnn": "store.models.dnn",
     "deepfm": "store.models.deepfm",
     "dcn": "store.models.dcn",

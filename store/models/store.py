@@ -324,7 +324,15 @@ class StoreModel(nn.Module):
     forward(batch) -> ModelOutput (logits (B,)).
     """
 
-    def __init__(self, inputs: StoreInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        inputs: StoreInputs,
+        cfg: ModelConfig,
+        device: torch.device | None = None,
+        items: nn.Module | None = None,
+    ) -> None:
+        """``items``: the tokenized features' token module, when not ``SidTokens`` or ``RawTokens`` of
+        ``inputs.token_tables`` (the hybrid arm's, ``store.models.sid_arms``)."""
         super().__init__()
         d = cfg.embedding_dim
         self.cfg = cfg
@@ -332,7 +340,9 @@ class StoreModel(nn.Module):
         k = inputs.num_tokens
         lengths = {f.name: f.max_len for f in inputs.history}
         self.items: nn.Module | None = None  # no tokenized feature (e.g. --drop item_id, nothing else high)
-        if inputs.sid_tokens and inputs.token_tables:
+        if items is not None:
+            self.items = items
+        elif inputs.sid_tokens and inputs.token_tables:
             self.items = SidTokens(inputs.token_tables, k, lengths, d, pooled, device)
         elif inputs.token_tables:
             self.items = RawTokens(inputs.token_tables, inputs.tokenized, k, lengths, d, pooled, device)
