@@ -416,6 +416,11 @@ class SidTableMeta(Record):
     rare: str | None = None
     num_items: int | None = None
     item_feature: str | None = None
+    oof_folds: int = 0
+    """Out-of-fold codes: train rows take the codes of their fold's table (``store.sid.row_folds``);
+    0: one table for every split."""
+    fold_keys: list[str] = field(default_factory=list)
+    """The sparse features whose values decide a row's fold (``oof_folds`` > 0)."""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 

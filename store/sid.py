@@ -78,6 +78,44 @@ def feature_file(feature: str) -> str:
     return f"sids_{feature}.parquet"
 
 
+def fold_file(file: str, fold: int) -> str:
+    """File of a feature's out-of-fold codes of fold ``fold`` (beside its codes file ``file``)."""
+    return file.removesuffix(".parquet") + f".fold{fold}.parquet"
+
+
+FOLD_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64: SplitMix64's increment
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 (wrapping; arithmetic shifts): the same bits on every machine."""
+    x = x ^ (x >> 30)
+    x = x * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    x = x ^ (x >> 27)
+    x = x * -7723592293110705685  # 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+def row_folds(kjt: KeyedJaggedTensor, keys: tuple[str, ...], num_folds: int) -> torch.Tensor:
+    """(B,) the fold in [0, num_folds) of each row of a batch: a hash of the row's values of the
+    sparse features ``keys`` (every value of a multi-valued one, in any order). The same row lands in
+    the same fold in every reader, batch size, epoch, process and run, so the tokenizer's fold models
+    leave out exactly the rows that take their codes in training. ValueError naming a missing key."""
+    missing = [k for k in keys if k not in kjt.keys()]
+    if missing:
+        raise ValueError(
+            f"the out-of-fold SID codes are assigned by features {missing}, which these batches lack "
+            "(tokenize with the same features as the trainer: the same --high-card, no --drop)"
+        )
+    b = kjt.stride()
+    acc = torch.zeros(b, dtype=torch.int64)
+    for i, key in enumerate(keys):
+        jt = kjt[key]
+        rows = torch.repeat_interleave(torch.arange(b), jt.lengths())
+        salt = ((i + 1) * FOLD_MIX + (1 << 63)) % (1 << 64) - (1 << 63)  # wrapped into int64
+        acc.index_add_(0, rows, _mix(jt.values().to(torch.int64) * 1_000_003 + salt))
+    return torch.remainder(_mix(acc), num_folds)
+
+
 def item_ref_features(spec: DatasetSpec) -> list[str]:
     """Sparse features whose values are item IDs (they use the item's SIDs), in spec order."""
     return [f.name for f in spec.sparse if f.item_ref]
@@ -119,8 +157,18 @@ class SidTable:
     """Key of the item feature's codes in ``tables`` ("" when there is none)."""
     meta: dict = field(default_factory=dict)
     """The rest of meta.json (dataset record, tokenizer stats), kept for checks and logging."""
+    folds: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Out-of-fold codes: {feature: integer tensor [F, rows, K]}, fold j's codes learned without the
+    train rows of fold j (``row_folds``). Train rows take their fold's codes (``transform(...,
+    train=True)``); valid and test rows, and features without folds, take ``tables``. Empty: none."""
+    fold_keys: tuple[str, ...] = ()
+    """The sparse features whose values decide a row's fold (``row_folds``)."""
     _by_sid: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
     """{feature: its codes [K, rows] contiguous, dtype code_dtype(codebook_size)}: the only copy."""
+    _folds_by_sid: dict[str, torch.Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """{feature: its fold codes [F, K, rows] contiguous, dtype code_dtype(codebook_size)}."""
 
     def __post_init__(self) -> None:
         ks = set()
@@ -142,11 +190,33 @@ class SidTable:
                 by_sid = by_sid.to(dtype, memory_format=torch.contiguous_format)  # values checked in range
             self._by_sid[name] = by_sid
         self.tables = {name: by_sid.t() for name, by_sid in self._by_sid.items()}
+        for name, codes in self.folds.items():
+            if name not in self.tables or codes.dim() != 3 or codes.shape[1:] != self.tables[name].shape:
+                raise DataError(
+                    f"out-of-fold codes of {name!r} must be [F, rows, K] over a feature of the table, got "
+                    f"{tuple(codes.shape)}"
+                )
+            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+                raise DataError(
+                    f"out-of-fold codes of {name!r} must lie in [0, codebook_size={self.codebook_size})"
+                )
+            self._folds_by_sid[name] = codes.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format)
+        if len({len(c) for c in self._folds_by_sid.values()}) > 1:
+            raise DataError("every feature with out-of-fold codes needs the same number of folds")
+        if self.folds and not self.fold_keys:
+            raise DataError("out-of-fold codes need fold_keys, the features that decide a row's fold")
+        self.folds = {name: by_sid.transpose(1, 2) for name, by_sid in self._folds_by_sid.items()}
+
+    @property
+    def num_folds(self) -> int:
+        """F: the out-of-fold tables per feature (0: none)."""
+        return len(next(iter(self._folds_by_sid.values()))) if self._folds_by_sid else 0
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the codes held in memory (every feature's one copy)."""
-        return sum(t.untyped_storage().nbytes() for t in self._by_sid.values())
+        """Bytes of the codes held in memory (every feature's one copy, and its fold copies)."""
+        held = [*self._by_sid.values(), *self._folds_by_sid.values()]
+        return sum(t.untyped_storage().nbytes() for t in held)
 
     @property
     def codes(self) -> torch.Tensor:
@@ -196,6 +266,11 @@ class SidTable:
                 cols[f"sid_{k}"] = pa.array(codes[:, k].numpy(), pa.int64())
             file = SID_TABLE_FILE if name == self.item_feature else feature_file(name)
             fs.write_parquet(fs.join(root, file), pa.table(cols))
+            for j, fold in enumerate(self.folds.get(name, ())):
+                fold_cols = dict(cols) | {
+                    f"sid_{k}": pa.array(fold[:, k].numpy(), pa.int64()) for k in range(self.num_sids)
+                }
+                fs.write_parquet(fs.join(root, fold_file(file, j)), pa.table(fold_cols))
         meta = {
             **self.meta,
             "method": self.method,
@@ -208,9 +283,12 @@ class SidTable:
                     **self.meta.get("features", {}).get(name, {}),
                     "rows": len(codes),
                     "file": SID_TABLE_FILE if name == self.item_feature else feature_file(name),
+                    "oof": name in self.folds,
                 }
                 for name, codes in self.tables.items()
             },
+            "oof_folds": self.num_folds,
+            "fold_keys": list(self.fold_keys),
         }
         record = SidTableMeta.from_dict(meta)  # meta.json is written and read through its record
         record.version = SidTableMeta.VERSION
@@ -244,12 +322,20 @@ class SidTable:
         files = {n: str(v.get("file", "")) for n, v in meta.get("features", {}).items()}
         if not files:
             files = {item_feature: SID_TABLE_FILE}
-        tables = {}
+        tables, folds = {}, {}
+        num_folds = int(meta.get("oof_folds") or 0)
         for name, file in files.items():
             id_col = "item_id" if name == item_feature else "id"
             tables[name] = _read_codes(root, file, id_col, k, c)
+            if num_folds and meta["features"][name].get("oof"):
+                folds[name] = torch.stack(
+                    [_read_codes(root, fold_file(file, j), id_col, k, c) for j in range(num_folds)]
+                )
         rest = {key: v for key, v in meta.items() if key not in ("method", "num_sids", "codebook_size")}
-        sids = cls(tables=tables, codebook_size=c, method=method, item_feature=item_feature, meta=rest)
+        sids = cls(
+            tables=tables, codebook_size=c, method=method, item_feature=item_feature, meta=rest, folds=folds,
+            fold_keys=tuple(meta.get("fold_keys") or ()),
+        )  # fmt: skip
         if spec is not None:
             sids.check_fits(spec, where=root)
         return sids
@@ -290,26 +376,39 @@ class SidTable:
                 )
 
     # -- the data-time transform -----------------------------------------------------------------
-    def transform(self, batch: Batch, spec: DatasetSpec) -> Batch:
+    def transform(self, batch: Batch, spec: DatasetSpec, train: bool = False) -> Batch:
         """Move each tokenized feature ``f`` of ``batch.sparse`` into ``batch.sid`` as ``f_sid0..K-1``
         (item-valued features through the item's codes).
 
         ``sparse`` keeps the other features (same order); ``sid`` has keys ``sid_feature_names``, the
-        lengths of ``f`` and values ``codes[id, k]``. ``item_ids`` stays the raw item ID.
+        lengths of ``f`` and values ``codes[id, k]``. ``item_ids`` stays the raw item ID. ``train``: a
+        train batch, whose rows take their fold's codes where the table has out-of-fold codes.
         """
         kjt = batch.sparse
         keys = kjt.keys()
         moved = {f for served in sid_sources(spec).values() for f in served}
         keep = [i for i, key in enumerate(keys) if key not in moved]
         sparse = kjt if len(keep) == len(keys) else kjt.permute(keep)
+        folds = None
+        if train and self.num_folds:
+            folds = (row_folds(kjt, self.fold_keys, self.num_folds), self.folds_by_sid(spec))
         return Batch(
             dense=batch.dense,
             sparse=sparse,
             labels=batch.labels,
             user_ids=batch.user_ids,
             item_ids=batch.item_ids,
-            sid=sid_features(kjt, spec, self.codes_by_sid(spec)),
+            sid=sid_features(kjt, spec, self.codes_by_sid(spec), folds),
         )
+
+    def folds_by_sid(self, spec: DatasetSpec) -> dict[str, torch.Tensor]:
+        """{tokenized feature of spec with out-of-fold codes: its fold codes [F, K, rows]}."""
+        out = {}
+        for f in spec.high_cardinality:
+            name = self.item_feature if f == spec.item_id else f
+            if name in self._folds_by_sid:
+                out[f] = self._folds_by_sid[name]
+        return out
 
     def codes_by_sid(self, spec: DatasetSpec) -> dict[str, torch.Tensor]:
         """{tokenized feature of spec: its codes [K, rows] contiguous, dtype ``code_dtype``}: one row
@@ -369,13 +468,18 @@ def _read_codes(root: str, file: str, id_col: str, k: int, c: int) -> torch.Tens
 
 
 def sid_features(
-    kjt: KeyedJaggedTensor, spec: DatasetSpec, codes_t: dict[str, torch.Tensor]
+    kjt: KeyedJaggedTensor,
+    spec: DatasetSpec,
+    codes_t: dict[str, torch.Tensor],
+    folds: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
 ) -> KeyedJaggedTensor:
     """The SID features of the tokenized features in ``kjt`` (keys ``sid_feature_names``).
 
     codes_t: {tokenized feature: its codes by SID, [K, rows], any integer dtype}
     (``SidTable.codes_by_sid``): one gather per tokenized feature serves all its batch features and
-    every SID. The values are int64 whatever the dtype of ``codes_t``."""
+    every SID. The values are int64 whatever the dtype of ``codes_t``. ``folds``: (each row's fold (B,),
+    {tokenized feature: its out-of-fold codes [F, K, rows]}): those features' values take the codes of
+    their row's fold."""
     keys = kjt.keys()
     sources = sid_sources(spec)
     missing = [f for served in sources.values() for f in served if f not in keys]
@@ -388,9 +492,16 @@ def sid_features(
         idx = [keys.index(f) for f in served]
         table = codes_t[src]
         num_sids = int(table.shape[0])
-        # row k of table[:, ids] holds every served feature's k-th SID: already in key order; the
-        # (narrow) codes widen to the int64 KJT values the embedding tables take
-        out_values.append(table[:, torch.cat([values[i] for i in idx])].reshape(-1).to(torch.int64))
+        ids = torch.cat([values[i] for i in idx])
+        if folds is not None and src in folds[1]:
+            # each value's row's fold: row r of key i repeated lengths[i, r] times
+            fold_of = torch.cat([torch.repeat_interleave(folds[0], lengths[i]) for i in idx])
+            picked = folds[1][src][fold_of, :, ids]  # (N, K)
+            out_values.append(picked.t().reshape(-1).to(torch.int64))
+        else:
+            # row k of table[:, ids] holds every served feature's k-th SID: already in key order; the
+            # (narrow) codes widen to the int64 KJT values the embedding tables take
+            out_values.append(table[:, ids].reshape(-1).to(torch.int64))
         out_lengths.append(torch.cat([lengths[i] for i in idx]).repeat(num_sids))
     if not out_values:
         return KeyedJaggedTensor.from_lengths_sync(

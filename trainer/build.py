@@ -75,12 +75,21 @@ def build(cfg: TrainConfig, env: D.DistEnv, timer: Timer) -> Built:
     if feature_list(cfg.drop):
         spec = spec.without(feature_list(cfg.drop))
     sids = SidTable.load(cfg.sids, spec) if cfg.sids else None
+    if sids is not None and sids.num_folds:
+        missing = [k for k in sids.fold_keys if k not in spec.sparse_names]
+        if missing:
+            raise ConfigError(
+                f"--sids {cfg.sids}: its out-of-fold codes are assigned by features {missing}, which this run "
+                "drops (--drop); tokenize without them, or train without --drop"
+            )
     check_metric(cfg.eval.metric, spec, cfg.data)
     transform = batch_transform(cfg.model, spec, sids, cfg.model_config)  # e.g. STORE's SID lookup
+    # train rows take their out-of-fold SIDs where the table has them (store.sid.row_folds)
+    train_transform = batch_transform(cfg.model, spec, sids, cfg.model_config, train=True)
     reader_args = dict(rank=env.rank, world_size=env.world_size, seed=cfg.seed, num_workers=cfg.num_workers)
     train_reader = ParquetBatchReader(
         cfg.data, "train", cfg.batch_size, spec=spec, shuffle=True, drop_remainder=True,
-        transform=transform, **reader_args,
+        transform=train_transform, **reader_args,
     )  # fmt: skip
     eval_bs = cfg.eval.batch_size or cfg.batch_size
     eval_readers = {

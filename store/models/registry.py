@@ -67,9 +67,10 @@ class ModelSpec:
     needs_sids: bool = False
     """Needs ``--sids`` (a SID table, for the model and its ``transform``)."""
     transform: (
-        Callable[[DatasetSpec, ModelConfig, SidTable | None], Callable[[Batch], Batch] | None] | None
+        Callable[[DatasetSpec, ModelConfig, SidTable | None, bool], Callable[[Batch], Batch] | None] | None
     ) = None
-    """(dataset spec, ``--model.*``, SID table or None) -> what the reader applies to every batch, at data
+    """(dataset spec, ``--model.*``, SID table or None, train) -> what the reader applies to every batch
+    (of the train split when ``train``: out-of-fold SIDs differ there, ``SidTable.transform``), at data
     time, so TorchRec's pipeline sees collections read batch fields as they come (STORE: the SID
     lookup, ``SidTable.transform``; ID-hash: its IDs hashed into its rows); None: raw batches."""
     sparse_lr: float = SPARSE_LR

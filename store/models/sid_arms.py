@@ -149,17 +149,19 @@ def build_sid_prefix(
     return StoreModel(dataclasses.replace(inputs, token_tables=tables), cfg, device)
 
 
-def prefix_batch(batch: Batch, sids: SidTable, spec: DatasetSpec, prefix: PrefixHash) -> Batch:
+def prefix_batch(batch: Batch, sids: SidTable, spec: DatasetSpec, prefix: PrefixHash, train: bool) -> Batch:
     """``batch`` through ``sids.transform``, its SID values then turned into prefix rows."""
-    out = sids.transform(batch, spec)
+    out = sids.transform(batch, spec, train)
     return dataclasses.replace(out, sid=prefix_features(out.sid, spec, prefix))
 
 
-def prefix_transform(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None) -> Callable[[Batch], Batch]:
+def prefix_transform(
+    spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, train: bool
+) -> Callable[[Batch], Batch]:
     assert sids is not None
     rows = prefix_rows(cfg.sid_prefix.rows, sids.num_sids, sids.codebook_size)
     prefix = PrefixHash.from_seed(rows, sids.codebook_size, cfg.sid_prefix.seed)
-    return functools.partial(prefix_batch, sids=sids, spec=spec, prefix=prefix)
+    return functools.partial(prefix_batch, sids=sids, spec=spec, prefix=prefix, train=train)
 
 
 # -- hybrid ---------------------------------------------------------------------------------------
@@ -260,7 +262,7 @@ def build_hybrid(
     return StoreModel(inputs, cfg, device, items=items)
 
 
-def hybrid_batch(batch: Batch, sids: SidTable, spec: DatasetSpec, id_hash: IdHash) -> Batch:
+def hybrid_batch(batch: Batch, sids: SidTable, spec: DatasetSpec, id_hash: IdHash, train: bool) -> Batch:
     """``batch`` through ``sids.transform``, plus the tokenized features' hashed raw IDs in ``batch.sid``
     as ``<f>_raw``."""
     features = [f for served in sid_sources(spec).values() for f in served]
@@ -272,14 +274,16 @@ def hybrid_batch(batch: Batch, sids: SidTable, spec: DatasetSpec, id_hash: IdHas
         lengths=raw.lengths(),
         stride=raw.stride(),
     )
-    out = sids.transform(batch, spec)
+    out = sids.transform(batch, spec, train)
     return dataclasses.replace(out, sid=KeyedJaggedTensor.concat([out.sid, renamed]))
 
 
-def hybrid_transform(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None) -> Callable[[Batch], Batch]:
+def hybrid_transform(
+    spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, train: bool
+) -> Callable[[Batch], Batch]:
     assert sids is not None
     id_hash = IdHash.from_seed(cfg.hybrid.rows, cfg.hybrid.seed)
-    return functools.partial(hybrid_batch, sids=sids, spec=spec, id_hash=id_hash)
+    return functools.partial(hybrid_batch, sids=sids, spec=spec, id_hash=id_hash, train=train)
 
 
 SPECS = (

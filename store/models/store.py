@@ -535,13 +535,18 @@ def _id_tokens(cfg: ModelConfig, sids: SidTable | None) -> int:
     return cfg.id_item_tokens or (sids.num_sids if sids is not None else 1)
 
 
-def sid_transform(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None) -> Callable[[Batch], Batch]:
-    """STORE's batch transform: ``sids.transform`` (the tokenized features moved to SIDs)."""
+def sid_transform(
+    spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, train: bool
+) -> Callable[[Batch], Batch]:
+    """STORE's batch transform: ``sids.transform`` (the tokenized features moved to SIDs; a train
+    batch's rows to their out-of-fold SIDs where the table has them)."""
     assert sids is not None  # needs_sids: batch_transform has checked
-    return functools.partial(sids.transform, spec=spec)
+    return functools.partial(sids.transform, spec=spec, train=train)
 
 
-def hash_transform(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None) -> Callable[[Batch], Batch]:
+def hash_transform(
+    spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, train: bool
+) -> Callable[[Batch], Batch]:
     """ID-hash's batch transform: the values of every feature its raw-ID tables serve (the tokenized
     features, item-valued ones included) through ``IdHash`` of ``--model.id_hash.*``
     (``hash_batch``); the static features keep their IDs."""

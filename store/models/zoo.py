@@ -68,9 +68,10 @@ def build_model(
 
 
 def batch_transform(
-    name: str, spec: DatasetSpec, sids: SidTable | None, cfg: ModelConfig
+    name: str, spec: DatasetSpec, sids: SidTable | None, cfg: ModelConfig, train: bool = False
 ) -> Callable[[Batch], Batch] | None:
-    """What the reader applies to every batch of model ``name`` with ``--model.*`` ``cfg``: its spec's
+    """What the reader applies to every batch of model ``name`` with ``--model.*`` ``cfg`` (``train``: of
+    the train split, whose rows take out-of-fold SIDs where the table has them): its spec's
     ``transform`` (at data time, so TorchRec can pipeline the lookups that read its output), or None
     (raw batches). ValueError if the model needs ``--sids`` and ``sids`` is None."""
     model_spec = registry.get(name)
@@ -79,7 +80,7 @@ def batch_transform(
         sids = _needs_sids(name, sids)
     if model_spec.transform is None:
         return None
-    return model_spec.transform(spec, cfg, sids)
+    return model_spec.transform(spec, cfg, sids, train)
 
 
 def _needs_sids(name: str, sids: SidTable | None) -> SidTable:

@@ -229,6 +229,12 @@ class TokenizerOptions:
     rare: str = ""
     """learned: what IDs under the cut-off get: reserved (the reserved code) or neighbours (the SIDs of
     the row their co-occurrence predicts). Empty: both are candidates (--min-count 0), else reserved."""
+    oof_folds: int = 0
+    """learned: out-of-fold codes for the train rows. The train split's rows are hashed into this many
+    folds (``store.sid.row_folds``); for each fold an FM learns the rows without that fold, and the
+    fold's train rows take those rows' SIDs, so no training row's label reaches its own SIDs (the
+    valid and test rows take the SIDs of the rows learned on the whole train split). The learned rows
+    then all come from the tokenizer's FM (--from-run is not read). 0: one table for every split."""
     disambiguate: bool = False
     """Add one code per feature that makes the SID tuples of the IDs with real SIDs unique (the most
     frequent of IDs sharing a tuple gets 0, the next 1, ...): K + 1 codes per ID."""
@@ -279,6 +285,12 @@ class TokenizerOptions:
             )
         if self.threads < 0:
             raise ConfigError(f"{flag(prefix, 'threads')} must be >= 0, got {self.threads}")
+        if self.oof_folds < 0 or self.oof_folds == 1:
+            raise ConfigError(f"{flag(prefix, 'oof_folds')} must be 0 (off) or >= 2, got {self.oof_folds}")
+        if self.oof_folds and self.disambiguate:
+            raise ConfigError(
+                f"{flag(prefix, 'oof_folds')} and {flag(prefix, 'disambiguate')} do not combine"
+            )
         self.select.validate(prefix + "select.")
         self.fm.validate(prefix + "fm.")
         self.fit.validate(prefix)

@@ -38,7 +38,7 @@ from data_pipeline import checkpoint_files
 from data_pipeline.checkpoint_files import BEST_DIR, CHECKPOINT_DIR, CheckpointError
 from data_pipeline.reader import ParquetBatchReader
 from data_pipeline.spec import DataError, DatasetSpec
-from store.sid import sid_sources
+from store.sid import row_folds, sid_sources
 from store.tokenizer.config import FMConfig
 from store.tokenizer.fit import fit
 
@@ -72,18 +72,43 @@ def train_counts(
     features: list[str],
     progress: bool = True,
     split: str = "train",
+    folds: tuple[tuple[str, ...], int] | None = None,
 ) -> dict[str, Tensor]:
     """{feature: LongTensor[rows]}: occurrences of each table row in a split (default train; an item
-    feature counts every item-valued feature's values, as they share the item table)."""
-    counts = {f: torch.zeros(spec.table_rows(f), dtype=torch.long) for f in features}
+    feature counts every item-valued feature's values, as they share the item table).
+
+    ``folds`` (fold keys, F): LongTensor[F, rows] instead, the occurrences in each fold's rows
+    (``store.sid.row_folds``)."""
+    num_folds = folds[1] if folds else 1
+    counts = {f: torch.zeros(num_folds, spec.table_rows(f), dtype=torch.long) for f in features}
     served = sid_sources(spec)  # the item's count covers every item-valued feature (one shared table)
     reader = split_reader(data_dir, spec, 8192, 0, shuffle=False, split=split)
     for batch in tqdm(reader, desc=f"count {split} IDs", unit="batch", disable=not progress):
         jts = batch.sparse.to_dict()
+        row_fold = row_folds(batch.sparse, *folds) if folds else None
         for f in features:
+            rows = counts[f].shape[1]
             for g in served[f]:
-                counts[f] += torch.bincount(jts[g].values(), minlength=len(counts[f]))[: len(counts[f])]
-    return counts
+                jt = jts[g]
+                if row_fold is None:
+                    counts[f][0] += torch.bincount(jt.values(), minlength=rows)[:rows]
+                else:
+                    fold = torch.repeat_interleave(row_fold, jt.lengths())
+                    flat = torch.bincount(fold * rows + jt.values(), minlength=num_folds * rows)
+                    counts[f] += flat[: num_folds * rows].view(num_folds, rows)
+    return counts if folds else {f: c[0] for f, c in counts.items()}
+
+
+def align(rows: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """``rows`` rotated onto ``target`` (orthogonal Procrustes over the rows with ``weight`` > 0, each
+    weighing ``weight``): two FMs trained on different rows learn the same geometry up to a rotation of
+    their factors, and the quantizer fitted to ``target``'s space must read both alike."""
+    keep = weight > 0
+    if not keep.any():
+        return rows
+    a, b = rows[keep].double(), target[keep].double()
+    u, _, vt = torch.linalg.svd((a * weight[keep, None].double()).t() @ b)
+    return (rows.double() @ (u @ vt)).to(rows.dtype)
 
 
 # -- a finished run's tables ---------------------------------------------------------------------------
@@ -186,9 +211,17 @@ class FM(nn.Module):
 
 
 def train_fm(
-    data_dir: str | os.PathLike, spec: DatasetSpec, features: list[str], cfg: FMConfig, progress: bool = True
+    data_dir: str | os.PathLike,
+    spec: DatasetSpec,
+    features: list[str],
+    cfg: FMConfig,
+    progress: bool = True,
+    leave_out: tuple[tuple[str, ...], int, int] | None = None,
 ) -> dict[str, Tensor]:
-    """Train an FM on the train split (never valid/test); {feature: FloatTensor[rows, D + 1]}."""
+    """Train an FM on the train split (never valid/test); {feature: FloatTensor[rows, D + 1]}.
+
+    ``leave_out`` (fold keys, F, j): the rows of fold j (``store.sid.row_folds``) take no part: their
+    labels and their IDs' penalty are masked out of the loss."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     model = FM(spec, cfg.dim)
@@ -206,11 +239,18 @@ def train_fm(
 
     def loss(batch) -> Tensor:
         logits, v = model(batch)
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels.float())
-        train_loss[0] += float(bce.detach()) * len(logits)
-        train_loss[1] += len(logits)
+        keep = torch.ones_like(logits)
+        if leave_out is not None:
+            keep = (row_folds(batch.sparse, leave_out[0], leave_out[1]) != leave_out[2]).float()
+        n = keep.sum().clamp(min=1.0)
+        per_row = nn.functional.binary_cross_entropy_with_logits(
+            logits, batch.labels.float(), reduction="none"
+        )
+        bce = (per_row * keep).sum() / n
+        train_loss[0] += float(bce.detach()) * float(n)
+        train_loss[1] += int(n)
         bar.update(1)
-        return bce + cfg.l2 * v.pow(2).sum() / len(logits)
+        return bce + cfg.l2 * (v.pow(2).sum((1, 2)) * keep).sum() / n
 
     def end_epoch(epoch: int) -> None:
         log.info("FM epoch %d: train logloss %.4f", epoch, train_loss[0] / max(train_loss[1], 1))

@@ -294,10 +294,47 @@ def learned_embeddings(
     """({feature: [rows, D] rows learned on the train split}, origin)."""
     if not features:
         return {}, ""
-    if args.from_run:
+    if args.from_run and not args.options.oof_folds:
         return learned.from_run(args.from_run, spec, features), f"run {args.from_run}"
     fm = replace(args.options.fm, seed=args.seed)
+    if args.options.oof_folds:
+        if args.from_run:
+            log.info(
+                "out-of-fold codes: every learned table comes from the tokenizer's FM (--from-run not read)"
+            )
+        origin = f"fm (train split; out-of-fold: {args.options.oof_folds} folds)"
+        return learned.train_fm(args.data, spec, features, fm, progress), origin
     return learned.train_fm(args.data, spec, features, fm, progress), "fm (train split)"
+
+
+def out_of_fold_rows(
+    args: TokenizeConfig, spec: DatasetSpec, features: list[str], full: dict[str, Tensor], keys: tuple[str, ...],
+    progress: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
+    """({feature: [F, rows, D]}: for each fold, the rows an FM learned without that fold's train rows,
+    rotated onto ``full``'s (``learned.align``); {feature: [F, rows]}: how often each row occurs in the
+    train rows outside each fold)."""
+    num_folds = args.options.oof_folds
+    per_fold = learned.train_counts(args.data, spec, features, progress, folds=(keys, num_folds))
+    outside = {f: per_fold[f].sum(0, keepdim=True) - per_fold[f] for f in features}
+    fm = replace(args.options.fm, seed=args.seed)
+    rows: dict[str, list[Tensor]] = {f: [] for f in features}
+    for j in range(num_folds):
+        fold = learned.train_fm(args.data, spec, features, fm, progress, leave_out=(keys, num_folds, j))
+        for f in features:
+            rows[f].append(learned.align(fold[f], full[f], outside[f][j].float()))
+    return {f: torch.stack(r) for f, r in rows.items()}, outside
+
+
+def sid_table(
+    built: dict[str, Built], codebook_size: int, method: str, item_feature: str, keys: tuple[str, ...]
+) -> SidTable:
+    """The SID table of tokenized features ``built`` (with their out-of-fold codes, if any)."""
+    folds = {f: b.folds for f, b in built.items() if b.folds is not None}
+    return SidTable(
+        {f: b.codes for f, b in built.items()}, codebook_size, method, item_feature=item_feature,
+        folds=folds, fold_keys=keys if folds else (),
+    )  # fmt: skip
 
 
 def rule_embeddings(
@@ -455,6 +492,12 @@ def run(args: TokenizeConfig) -> dict:
     learned_features = [f for f, src in sources.items() if src == LEARNED]
     learned_rows, origin = learned_embeddings(args, spec, learned_features, progress)
     counts = split_counts(args.data, spec, list(sources), "train", progress)
+    fold_keys = tuple(spec.sparse_names) if args.options.oof_folds and learned_features else ()
+    fold_rows, fold_counts = {}, {}
+    if fold_keys:
+        fold_rows, fold_counts = out_of_fold_rows(
+            args, spec, learned_features, learned_rows, fold_keys, progress
+        )
     test_counts = split_counts(args.data, spec, list(sources), "test", progress)
     valid_counts = split_counts(args.data, spec, list(sources), "valid", progress)
     fixed: dict[str, Built] = {}  # features whose embeddings do not depend on the rule: built once
@@ -482,10 +525,26 @@ def run(args: TokenizeConfig) -> dict:
             built[f].stats["valid_coverage"] = test_coverage(real, counts[f], valid_counts[f])
             if source == LEARNED:
                 built[f].stats |= reserved_rows(counts[f], real, rule)
+                if fold_keys:
+                    built[f].folds = fold_codes(f, rule, factors, built[f].tokenizer, rows, unseen_code)
+                    built[f].stats["oof_folds"] = args.options.oof_folds
             else:
                 built[f].stats["unseen_rows"] = 0
                 fixed[f] = built[f]
         return built
+
+    def fold_codes(
+        f: str, rule: Rule, factors, tok: SemanticTokenizer | None, rows: int, unseen_code: int
+    ) -> Tensor:
+        """[F, rows, K]: feature f's codes of each fold, from its rows learned without that fold."""
+        out = []
+        for j in range(args.options.oof_folds):
+            if tok is None:  # no ID has real SIDs under this rule
+                out.append(torch.full((rows, args.options.model.num_sids), unseen_code, dtype=torch.long))
+                continue
+            emb, _ = rule_embeddings(fold_rows[f][j], fold_counts[f][j], rule, factors)
+            out.append(assign_codes(emb, tok, rows, unseen_code, args.options.encode_batch_size, False)[0])
+        return torch.stack(out)
 
     forced = not learned_features or args.options.min_count > 0
     if forced:
@@ -497,7 +556,7 @@ def run(args: TokenizeConfig) -> dict:
             )
         chosen, selection = build(rule, sample), {"forced": True, "chosen": rule.name, "candidates": []}
     else:
-        chosen, selection, rule = choose(args, spec, learned_features, build, progress)
+        chosen, selection, rule = choose(args, spec, learned_features, build, progress, fold_keys)
     unseen = any(b.unseen_code is not None for b in chosen.values())
     for f, b in chosen.items():
         if b.tokenizer is not None:
@@ -540,8 +599,9 @@ def run(args: TokenizeConfig) -> dict:
         meta["num_items"] = per_feature[spec.item_id]["rows"]
         meta["tokenizer"] = TOKENIZER_DIR
     item_feature = spec.item_id if spec.item_id else ""
-    tables = {f: b.codes for f, b in chosen.items()}
-    SidTable(tables, codebook_rows, args.options.model.method, item_feature=item_feature, meta=meta).save(out)
+    table = sid_table(chosen, codebook_rows, args.options.model.method, item_feature, fold_keys)
+    table.meta = meta
+    table.save(out)
     return json.loads((out / META_FILE).read_text())
 
 
@@ -580,6 +640,8 @@ class Built:
     stats: dict
     tokenizer: SemanticTokenizer | None
     unseen_code: int | None
+    folds: Tensor | None = None
+    """[F, rows, K]: the out-of-fold codes (``--oof-folds``), None without."""
 
 
 def tokenize_feature(
@@ -621,7 +683,12 @@ def tokenize_feature(
 
 
 def choose(
-    args: TokenizeConfig, spec: DatasetSpec, features: list[str], build, progress: bool
+    args: TokenizeConfig,
+    spec: DatasetSpec,
+    features: list[str],
+    build,
+    progress: bool,
+    fold_keys: tuple[str, ...] = (),
 ) -> tuple[dict[str, Built], dict, Rule]:
     """Every candidate rule built and scored by the proxy on the valid split; the best one wins
     (``store.tokenizer.select``). Returns its features, meta.json's ``selection`` and the rule."""
@@ -641,10 +708,8 @@ def choose(
             first = built
             fitted = {f: built[f].tokenizer for f in features if built[f].tokenizer is not None}
         unseen = any(b.unseen_code is not None for b in built.values())
-        table = SidTable(
-            {f: b.codes for f, b in built.items()}, args.options.model.codebook_size + (1 if unseen else 0), args.options.model.method,
-            item_feature=item_feature,
-        )  # fmt: skip
+        codebook_rows = args.options.model.codebook_size + (1 if unseen else 0)
+        table = sid_table(built, codebook_rows, args.options.model.method, item_feature, fold_keys)
         auc = select.proxy_auc(sample.train, sample.valid, spec, table, args.options.select, args.seed)
         # a rule that leaves most of the valid rows' known IDs without real SIDs would make the comparison
         # "not comparable" (launch.report): it is chosen only when every rule does

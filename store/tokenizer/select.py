@@ -233,14 +233,14 @@ def proxy_auc(
     """Valid AUC (best epoch) of the proxy FM trained on ``train`` with the tokenized features as
     their codes (``sids``), or as raw IDs (``sids`` None)."""
 
-    def parts(b: Batch) -> tuple[list, Tensor]:
+    def parts(b: Batch, train: bool) -> tuple[list, Tensor]:
         if sids is None:
             return [b.sparse], b.dense
-        t = sids.transform(b, spec)
+        t = sids.transform(b, spec, train)  # train rows: their out-of-fold codes, as the trainer's
         return [t.sparse, t.sid], t.dense
 
-    train_parts = [(parts(b), b.labels) for b in train]
-    valid_parts = [(parts(b), b.labels) for b in valid]
+    train_parts = [(parts(b, True), b.labels) for b in train]
+    valid_parts = [(parts(b, False), b.labels) for b in valid]
     seen: dict[str, list[Tensor]] = {}  # each key's values in the sample: the proxy's table rows
     for (kjts, _), _ in train_parts + valid_parts:
         for kjt in kjts:
