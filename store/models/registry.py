@@ -29,6 +29,7 @@ MODELS = {
     "store": "store.models.store",
     "id": "store.models.store",
     "id-hash": "store.models.store",
+    "id-zch": "store.models.zch",
     "dnn": "store.models.dnn",
     "deepfm": "store.models.deepfm",
     "dcn": "store.models.dcn",

@@ -281,12 +281,14 @@ class RawTokens(nn.Module):
         dim: int,
         pooled: bool,
         device: torch.device | None,
+        collection: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.lengths = lengths  # {history feature: HistoryFeature.max_len}
         self.pooled = pooled
-        self.ec = item_collection(tables, dim, pooled, device)
+        # collection: a prebuilt one over ``tables`` (ID-ZCH's managed-collision collection, store.models.zch)
+        self.ec = collection if collection is not None else item_collection(tables, dim, pooled, device)
         self.split = nn.ModuleList([nn.Linear(dim, num_tokens * dim) for _ in tables])
         self.index = {f: i for i, f in enumerate(tokenized)}  # tables are in token order
         self.table_index = {f: i for i, t in enumerate(tables) for f in t.features}  # batch feature -> table
@@ -324,7 +326,15 @@ class StoreModel(nn.Module):
     forward(batch) -> ModelOutput (logits (B,)).
     """
 
-    def __init__(self, inputs: StoreInputs, cfg: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        inputs: StoreInputs,
+        cfg: ModelConfig,
+        device: torch.device | None = None,
+        items: nn.Module | None = None,
+    ) -> None:
+        """items: a prebuilt token module replacing the one built from ``inputs.token_tables`` (ID-ZCH's
+        ``ZchTokens``)."""
         super().__init__()
         d = cfg.embedding_dim
         self.cfg = cfg
@@ -332,7 +342,9 @@ class StoreModel(nn.Module):
         k = inputs.num_tokens
         lengths = {f.name: f.max_len for f in inputs.history}
         self.items: nn.Module | None = None  # no tokenized feature (e.g. --drop item_id, nothing else high)
-        if inputs.sid_tokens and inputs.token_tables:
+        if items is not None:
+            self.items = items
+        elif inputs.sid_tokens and inputs.token_tables:
             self.items = SidTokens(inputs.token_tables, k, lengths, d, pooled, device)
         elif inputs.token_tables:
             self.items = RawTokens(inputs.token_tables, inputs.tokenized, k, lengths, d, pooled, device)
