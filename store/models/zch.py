@@ -11,10 +11,11 @@ any size to rows: B - 1 rows hold one raw ID each, and row B - 1 is shared by ev
 (TorchRec keeps the last slot for them). In training every forward records the batch's IDs, and every
 ``--model.id_zch.eviction_interval`` steps the IDs seen since the last round compete with the
 residents for the rows (``lfu``: TorchRec's ``DistanceLFU_EvictionPolicy``, count / (steps since last
-seen + 1); ``lru``: ``LRU_EvictionPolicy``); losers are evicted, winners admitted (a freed row keeps
-the evicted ID's trained weights: TorchRec does not reset them). Evaluation only reads the map. The
-remap is stateful and runs inside the forward (unlike ID-hash's data-time hash), so this model has
-no batch transform.
+seen + 1); ``lru``: ``LRU_EvictionPolicy``); losers are evicted, winners admitted. A row freed on CPU
+keeps the evicted ID's trained weights and optimizer state for its newcomer (the unsharded
+``ManagedCollision*Collection``'s eviction hook is a no-op in TorchRec 1.6-1.8); TorchRec's row-wise
+sharded one (GPU) re-initialises them. Evaluation only reads the map. The remap is stateful and runs
+inside the forward (unlike ID-hash's data-time hash), so this model has no batch transform.
 
 The eviction interval defaults to 1 step: an ID gets its row in the step it wins one (with k > 1, new
 IDs share row B - 1 for up to k steps, and the table is empty for the first k steps), a round costs
@@ -37,7 +38,8 @@ GPUs. On CPU the trainer therefore leaves the collection unsharded (``trainer.di
 sharders are left out, so the planner shards the embedding collection inside, table- or column-wise
 or replicated) and refuses several processes (exit 2): a replicated remapper would give the same ID
 different rows on different ranks. On CUDA the tables are sharded row-wise (the collection with
-them, each rank remapping the IDs of its rows), which ``benchmarks/gpu_check.py`` runs; there the
+them, each rank remapping the IDs of its rows), which ``benchmarks/gpu_check.py`` runs (written
+without a GPU at hand, it has not run there yet); there the
 bitmap of each shard is not saved (TorchRec saves every buffer of a sharded module as rows of the
 table), so a resumed sharded run counts ``admitted`` since the resume.
 """
