@@ -9,7 +9,10 @@ Stages, each a subprocess (``sys.executable -m ...``) whose command and output g
 2. ``data_pipeline generate`` (GPU: 2,000,000 rows, 1,000,000 items), ``store.tokenizer`` (OPMQ);
 3. ``trainer --model id`` and ``--model store`` per batch size (GPU: 8192 and 32768, bf16 autocast,
    the raw item table ``t_item`` row-wise sharded, STORE's small SID codebooks replicated by the
-   default 'auto' rule, a bounded ``--max-steps``), each run's summary.json read back;
+   default 'auto' rule, a bounded ``--max-steps``), each run's summary.json read back; then
+   ``--model id-zch`` at the first batch size: its managed-collision tables (remapper and rows) sharded
+   row-wise by TorchRec on the GPU, the path the CPU tests cannot take (on CPU the remapper stays
+   whole and the collection inside is planned like ``t_item``), its admission/eviction counts shown;
 4. ``benchmarks/bench_attention.py --device cuda --dtype bfloat16`` (dense vs MoBA), two shapes.
 
 A failing stage is marked FAILED in the table (with its log's last lines) and the others still run;
@@ -353,6 +356,7 @@ def build_stages(sizes: Sizes, out: Path, work: Path) -> list[Stage]:
             stage = Stage(f"train {model}", setting, args, str(logs / f"train_{model}_b{bs}.log"))
             stage.results = {"model": model, "batch_size": bs, "run_dir": str(run)}
             stages.append(stage)
+    stages.append(zch_stage(sizes, data, sids, runs, logs))
     for name, extra in sizes.attention:
         cmd = [
             py, str(REPO / "benchmarks" / "bench_attention.py"), "--device", sizes.attention_device,
@@ -364,6 +368,25 @@ def build_stages(sizes: Sizes, out: Path, work: Path) -> list[Stage]:
                   str(logs / f"attention_{slug}.log"))
         )  # fmt: skip
     return stages
+
+
+def zch_stage(sizes: Sizes, data: Path, sids: Path, runs: Path, logs: Path) -> Stage:
+    """``trainer --model id-zch`` at the first batch size: on the GPU TorchRec shards its managed-collision
+    tables row-wise (the only way it shards them; 'auto' picks it), remapper and rows together. With
+    ``--sids`` (as the ID model) for as many tokens per ID as STORE has SIDs."""
+    bs, run = sizes.batch_sizes[0], runs / f"id-zch_b{sizes.batch_sizes[0]}"
+    args = [
+        sys.executable, "-m", "trainer", "--data", str(data), "--model", "id-zch", "--sids", str(sids), "--out", str(run),
+        "--batch-size", str(bs), "--epochs", "100", "--max-steps", str(sizes.max_steps), "--device", sizes.device,
+        "--bf16" if sizes.bf16 else "--no-bf16", "--num-workers", str(sizes.num_workers),
+        "--logging.every_steps", str(sizes.log_every), "--logging.progress", "false",
+        "--logging.tensorboard", "false", "--eval.max_batches", str(sizes.eval_batches),
+    ]  # fmt: skip
+    where = "tables row_wise with their remapper" if sizes.device == "cuda" else "remapper unsharded"
+    setting = f"batch {bs}, {sizes.device}, bf16 {'on' if sizes.bf16 else 'off'}, {where}"
+    stage = Stage("train id-zch", setting, args, str(logs / f"train_id-zch_b{bs}.log"))
+    stage.results = {"model": "id-zch", "batch_size": bs, "run_dir": str(run)}
+    return stage
 
 
 def collect_train(stage: Stage, data: Path, sids: Path, size_cache: dict) -> None:
@@ -391,6 +414,7 @@ def collect_train(stage: Stage, data: Path, sids: Path, size_cache: dict) -> Non
         sharding_plan=[p.to_dict() for p in s.sharding_plan],
         auc=s.scores.get("auc"),
         versions=s.versions,
+        zch=s.zch,
     )
     if model not in size_cache:
         try:
@@ -427,6 +451,9 @@ def table_rows(stages: list[Stage]) -> list[list[str]]:
                 detail += f" (per-table bytes unavailable: {r['table_sizes_error']})"
             if step:
                 detail += f"; step ms: {step}"
+            for table, c in (r.get("zch") or {}).items():
+                detail += f"; {table}: {c['occupied']}/{c['rows']} rows held, {c['admitted']} IDs admitted, "
+                detail += f"{c['evicted']} evicted"
         elif st.status == "ok" and st.name == "attention":
             detail = "; ".join(
                 f"{a['variant']}: {a['ms']:.2f} ms fwd+bwd ({a['vs_dense']:.2f}x dense)"

@@ -263,6 +263,10 @@ class RunSummary(Record):
     versions: dict[str, str] | None = None
     config: RunConfig = nested(RunConfig, default_factory=RunConfig)
     dataset: DatasetRef | None = nested(DatasetRef, default=None)
+    zch: dict[str, dict[str, int | None]] | None = None
+    """ID-ZCH's managed-collision tables at the end of training, {table: {rows, admitted (distinct IDs
+    that ever held a row), admissions, evicted, occupied, buffer_bytes}} (``store.models.zch.ZchCounts``);
+    None for other models."""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 

@@ -52,7 +52,9 @@ def test_gpu_check_dry_run_end_to_end(tmp_path):
     raw = json.loads((out / "gpu_check.json").read_text())
     assert raw["mode"].startswith("dry run") and raw["failed"] == []
     trains = [s for s in raw["stages"] if s["name"].startswith("train")]
-    assert {s["results"]["model"] for s in trains} == {"id", "store"}
+    assert {s["results"]["model"] for s in trains} == {"id", "store", "id-zch"}
+    zch = next(s["results"] for s in trains if s["results"]["model"] == "id-zch")
+    assert zch["zch"]["t_item"]["admitted"] > 0 and zch["sharding_plan"]
     for s in trains:
         res = s["results"]
         assert res["samples_per_s"] > 0 and res["peak_memory_bytes_per_rank"][0] > 0
@@ -61,6 +63,8 @@ def test_gpu_check_dry_run_end_to_end(tmp_path):
         kinds = {t["table"]: t["sharding"] for t in res["tables"]}
         if res["model"] == "id":
             assert kinds["t_item"] == "table_wise"
+        elif res["model"] == "id-zch":  # on CPU 'auto' replicates its 256 rows; the remapper stays whole
+            assert kinds["t_item"] == "data_parallel"
         else:
             assert "t_item" not in kinds
             assert all(v == "data_parallel" for k, v in kinds.items() if k.startswith("t_sid"))

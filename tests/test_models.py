@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import BaseManagedCollisionEmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
@@ -42,6 +43,7 @@ VARIANTS = [(name, {}) for name in registry.names()] + [
     ("sid-prefix", {"history_tokens": True}),
     ("hybrid", {"history_tokens": True}),
     ("hybrid", {"history_tokens": True, "history_sid_tokens": True}),
+    ("id-zch", {"history_tokens": True}),
     ("store", {"orthogonal_parametrization": False}),
 ]
 
@@ -117,8 +119,9 @@ def test_fx_traceable_down_to_collections_which_take_batch_kjts_directly(variant
     """What TorchRec's TrainPipelineSparseDist needs. Its tracer (torchrec's
     ``_get_leaf_module_names``) makes every direct child of a module holding a collection a leaf
     by name (unless it holds a collection too); the rest must trace, and each collection must be
-    called on ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) itself."""
-    collections = (EmbeddingBagCollection, EmbeddingCollection)
+    called on ``batch.sparse`` (STORE's SID codebooks: ``batch.sid``) itself. A managed-collision
+    collection (ID-ZCH) counts as one: TorchRec shards it whole, its remapper with its tables."""
+    collections = (EmbeddingBagCollection, EmbeddingCollection, BaseManagedCollisionEmbeddingCollection)
     model, _ = _setup(*variant)
 
     def holds(m: torch.nn.Module) -> bool:

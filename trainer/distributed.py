@@ -10,6 +10,12 @@ whole raw-ID table). Here we
    `EmbeddingShardingPlanner` place the shards (`collective_plan`: every rank gets rank 0's plan),
 4. wrap the model in `DistributedModelParallel` (dense part data-parallel).
 
+A managed-collision collection (ID-ZCH, ``store.models.zch``: a stateful raw-ID -> row remapper in front
+of an embedding collection) is sharded with its tables, row-wise, on CUDA only (TorchRec's MC sharders
+offer row-wise alone, which gloo lacks). On CPU its sharders are left out: the planner shards the
+embedding collection inside like any other and the remapper stays whole in the one process; several
+CPU processes are refused (`check_managed_collisions`), as each would remap the IDs its own way.
+
 Every collective the trainer runs outside TorchRec and DCP is here too (`barrier`, `all_reduce`,
 `all_gather_floats`, `gather_tensors`, `broadcast_from_main`); each is a no-op in a group of one.
 """
@@ -29,6 +35,7 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import BaseManagedCollisionEmbeddingCollection
 
 from data_pipeline.cli import ConfigError
 from store.models.layers import EXCLUSIVE_INPUT
@@ -180,11 +187,14 @@ class TableInfo:
     """True: in an EmbeddingBagCollection; False: in an EmbeddingCollection (sequence features)."""
     exclusive_input: bool = False
     """Its collection receives a KJT holding only the features it serves (``EXCLUSIVE_INPUT``)."""
+    managed: bool = False
+    """Behind a managed-collision module (its collection inside a ManagedCollision*Collection)."""
 
 
 def embedding_tables(model: nn.Module) -> list[TableInfo]:
     """Every table of every EmbeddingBagCollection / EmbeddingCollection in the model."""
     tables = []
+    managed = {id(m._embedding_module) for m in managed_collections(model)}
     for module in model.modules():
         if isinstance(module, EmbeddingBagCollection):
             configs, pooled = module.embedding_bag_configs(), True
@@ -194,10 +204,34 @@ def embedding_tables(model: nn.Module) -> list[TableInfo]:
             continue
         exclusive = bool(getattr(module, EXCLUSIVE_INPUT, False))
         tables += [
-            TableInfo(c.name, c.num_embeddings, c.embedding_dim, tuple(c.feature_names), pooled, exclusive)
+            TableInfo(
+                c.name,
+                c.num_embeddings,
+                c.embedding_dim,
+                tuple(c.feature_names),
+                pooled,
+                exclusive,
+                id(module) in managed,
+            )
             for c in configs
         ]
     return tables
+
+
+def managed_collections(model: nn.Module) -> list[BaseManagedCollisionEmbeddingCollection]:
+    """The model's managed-collision collections (unsharded)."""
+    return [m for m in model.modules() if isinstance(m, BaseManagedCollisionEmbeddingCollection)]
+
+
+def check_managed_collisions(model: nn.Module, env: DistEnv) -> None:
+    """ConfigError (exit 2) when several CPU processes would each hold a whole managed-collision
+    remapper: TorchRec shards it row-wise only, on GPUs; replicas would map IDs to rows apart."""
+    if env.world_size > 1 and env.device.type != "cuda" and managed_collections(model):
+        raise ConfigError(
+            f"--nproc {env.world_size} (WORLD_SIZE): this model's managed-collision tables cannot be "
+            "sharded on CPU (TorchRec shards them row-wise only, on GPUs) and would remap IDs differently "
+            "in each process; run one process (--nproc 1) or on CUDA"
+        )
 
 
 def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -225,6 +259,8 @@ def auto_sharding_type(
     EmbeddingCollection does not drop the KJT keys it does not serve, and on CPU FBGEMM's dense
     kernel (fbgemm-gpu-cpu 1.8.0) ignores ``PoolingMode.NONE`` and returns one pooled row per bag.
     """
+    if table.managed and device.type == "cuda":
+        return "row_wise"  # TorchRec's only sharding of a managed-collision collection
     if table.num_embeddings <= replicate_max_rows:
         if table.pooled or (table.exclusive_input and device.type == "cuda"):
             return "data_parallel"
@@ -261,6 +297,10 @@ def choose_sharding_types(
             raise ValueError(
                 f"{flag}: row_wise sharding needs GPUs (TorchRec's CPU/gloo path shards "
                 f"{', '.join(CPU_SHARDING_TYPES)}); pick one of those or run on CUDA"
+            )
+        if t.managed and device.type == "cuda" and kind != "row_wise":
+            raise ValueError(
+                f"{flag}: {t.name} is a managed-collision table, which TorchRec shards row_wise only on CUDA"
             )
         if kind == "data_parallel" and not t.pooled and flag:
             if device.type != "cuda":
@@ -367,6 +407,9 @@ def shard_model(
     from torchrec.distributed.sharding_plan import get_default_sharders
 
     sharders = get_default_sharders()
+    check_managed_collisions(model, env)
+    if env.device.type != "cuda":  # shard the collections inside; the remappers stay whole (see above)
+        sharders = [s for s in sharders if not _managed_collision_sharder(s)]
     plan = build_plan(model, sharding_types, env, sharders)
     dmp = DistributedModelParallel(
         module=model,
@@ -376,6 +419,11 @@ def shard_model(
         sharders=sharders,
     )
     return dmp, plan
+
+
+def _managed_collision_sharder(sharder) -> bool:
+    module_type = getattr(sharder, "module_type", None)
+    return isinstance(module_type, type) and issubclass(module_type, BaseManagedCollisionEmbeddingCollection)
 
 
 def pipeline_blocker(dmp: DistributedModelParallel) -> str | None:

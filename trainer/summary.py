@@ -160,6 +160,25 @@ def peak_memory_per_rank(device: torch.device) -> list[int]:
     return [int(p[0]) for p in D.all_gather_floats([float(peak_memory_bytes(device))], device)]
 
 
+# -- managed-collision tables ----------------------------------------------------------------------
+def zch_summary(dmp: nn.Module, env: D.DistEnv) -> dict[str, dict] | None:
+    """{table: its ``store.models.zch.ZchCounts`` as a dict, summed over ranks (row-wise shards)} of
+    the model's managed-collision tables (ID-ZCH), or None without any. Every rank calls it."""
+    from store.models.zch import zch_counts
+
+    counts = zch_counts(dmp)
+    if not counts:
+        return None
+    fields = ("rows", "admitted", "admissions", "evicted", "occupied", "buffer_bytes")
+    local = [float(-1 if getattr(c, f) is None else getattr(c, f)) for c in counts.values() for f in fields]
+    ranks = D.all_gather_floats(local, env.device)
+    out = {}
+    for i, table in enumerate(counts):
+        values = [[r[i * len(fields) + j] for r in ranks] for j in range(len(fields))]
+        out[table] = {f: None if min(v) < 0 else int(sum(v)) for f, v in zip(fields, values)}
+    return out
+
+
 # -- the summary ---------------------------------------------------------------------------------
 
 
@@ -181,13 +200,14 @@ def build_summary(
     wall_s: float,
     config: dict,
     dataset: dict,
+    zch: dict[str, dict] | None = None,
 ) -> dict:
     """The content of OUT/summary.json (`RunSummary.to_dict`), with every registered metric's test score
     (store.metrics.METRICS; gauc / tail_auc absent without a user / item column) lifted to its top
     level. test: the reported weights' test metrics (the best validation's with
     --eval.restore_best), test_last: the last weights'; best: `BestTracker.record`;
     footprint: `embedding_footprint_per_rank`; dataset: the spec's record (what a tokenizer reading
-    this run's tables checks)."""
+    this run's tables checks); zch: `zch_summary`."""
     import torchrec
 
     samples_per_s = throughput.samples_per_s()
@@ -217,6 +237,7 @@ def build_summary(
         versions={"torch": torch.__version__, "torchrec": torchrec.__version__},
         config=RunConfig.from_dict(config),
         dataset=DatasetRef.from_dict(dataset),
+        zch=zch,
     ).to_dict()
 
 

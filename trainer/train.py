@@ -45,6 +45,7 @@ from trainer.summary import (
     peak_memory_per_rank,
     timed,
     write_summary,
+    zch_summary,
 )
 
 log = logging.getLogger("trainer")
@@ -325,6 +326,7 @@ class Trainer:
         self.log_train(acc)
         if last_saved != self.step:
             self.save_checkpoint(done)
+        zch = zch_summary(self.dmp, env)  # the last weights' tables: test() may load the best ones
         test, test_last = self.test(epoch)
         wall_s = time.perf_counter() - t_start
         summary = build_summary(
@@ -333,6 +335,7 @@ class Trainer:
             pipeline=self.pipeline is not None, pipeline_blocker=self.pipeline_blocker,
             peak_memory=peak_memory_per_rank(env.device), footprint=footprint,
             sharding_plan=self.plan_rows, wall_s=wall_s, config=cfg.to_dict(), dataset=self.spec.record(),
+            zch=zch,
         )  # fmt: skip
         if env.is_main:
             write_summary(summary, self.out, self.logger)

@@ -31,6 +31,7 @@ MODELS = {
     "id-hash": "store.models.store",
     "sid-prefix": "store.models.sid_arms",
     "hybrid": "store.models.sid_arms",
+    "id-zch": "store.models.zch",
     "dnn": "store.models.dnn",
     "deepfm": "store.models.deepfm",
     "dcn": "store.models.dcn",

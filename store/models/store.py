@@ -281,12 +281,14 @@ class RawTokens(nn.Module):
         dim: int,
         pooled: bool,
         device: torch.device | None,
+        collection: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.lengths = lengths  # {history feature: HistoryFeature.max_len}
         self.pooled = pooled
-        self.ec = item_collection(tables, dim, pooled, device)
+        # collection: a prebuilt one over ``tables`` (ID-ZCH's managed-collision collection, store.models.zch)
+        self.ec = collection if collection is not None else item_collection(tables, dim, pooled, device)
         self.split = nn.ModuleList([nn.Linear(dim, num_tokens * dim) for _ in tables])
         self.index = {f: i for i, f in enumerate(tokenized)}  # tables are in token order
         self.table_index = {f: i for i, t in enumerate(tables) for f in t.features}  # batch feature -> table
@@ -331,8 +333,8 @@ class StoreModel(nn.Module):
         device: torch.device | None = None,
         items: nn.Module | None = None,
     ) -> None:
-        """``items``: the tokenized features' token module, when not ``SidTokens`` or ``RawTokens`` of
-        ``inputs.token_tables`` (the hybrid arm's, ``store.models.sid_arms``)."""
+        """``items``: a prebuilt token module replacing the one built from ``inputs.token_tables`` (the
+        hybrid arm's ``HybridTokens``, ``store.models.sid_arms``; ID-ZCH's ``ZchTokens``)."""
         super().__init__()
         d = cfg.embedding_dim
         self.cfg = cfg
