@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipeline import cli
 from data_pipeline.cli import ConfigError
 from launch import frontier
 from launch import store as components
 from launch.budget import Budget, parse_budgets
+from launch.frontier import FrontierConfig
 from launch.stats import paired_bootstrap
 from store import metrics as sm
 from trainer.metrics import evaluate_predictions, item_frequency
@@ -34,8 +36,10 @@ def test_item_slices_split_the_train_rows_in_thirds():
     counts = np.array([0, 6, 4, 6, 4, 20, 0])
     slices = sm.item_slices(counts)
     assert [sm.SLICES[c] for c in slices] == ["unseen", "torso", "tail", "torso", "tail", "head", "unseen"]
-    # ties go by item ID, so the split is exact: of four equal items the first two make up half the rows
-    assert [sm.SLICES[c] for c in sm.item_slices(np.array([5, 5, 5, 5]))] == ["head", "head", "torso", "tail"]
+    # ties go by item ID, so the split is exact: six equal items, two per third (the third item starts
+    # at exactly a third of the rows: torso)
+    six = [sm.SLICES[c] for c in sm.item_slices(np.full(6, 10))]
+    assert six == ["head", "head", "torso", "torso", "tail", "tail"]
     assert sm.item_slices(np.zeros(3, dtype=np.int64)).tolist() == [0, 0, 0]
 
 
@@ -154,6 +158,8 @@ def test_frontier_component():
     for flag, value in (("--arms", "id,id-hash"), ("--budgets", "0.1,4096r"), ("--resamples", "1000")):
         assert args[args.index(flag) + 1] == value
     assert args[-2:] == ["--trainer.model.num_layers", "2"]
+    cfg = cli.parse(FrontierConfig, args[2:], prog="python -m launch.frontier")  # launch.frontier's flags
+    assert (cfg.arms, cfg.budgets, cfg.trainer.model_config.num_layers) == ("id,id-hash", "0.1,4096r", 2)
     for kw, message in (
         (dict(arms="id-hash"), "--arms"), (dict(arms="id,nope"), "--arms"), (dict(budgets="0"), "--budgets"),
         (dict(seeds=0), "--seeds"),

@@ -52,8 +52,10 @@ class ReportArgs:
 
     def validate(self) -> None:
         """ConfigError naming the flag, the value and the rule."""
-        if bool(self.run) == bool(self.frontier):
-            raise ConfigError("give --run (NAME=DIR, one per arm) or --frontier DIR ..., not both")
+        if not self.run and not self.frontier:
+            raise ConfigError("--run is required (NAME=DIR, one per arm), or --frontier DIR ...")
+        if self.run and self.frontier:
+            raise ConfigError("--run and --frontier: give one (a comparison report, or the frontier)")
         if self.resamples < 1:
             raise ConfigError(f"--resamples must be >= 1, got {self.resamples}")
 
