@@ -67,13 +67,14 @@ MODELS = ("id", "store")
 
 
 @dataclass
-class CompareConfig:
-    """One ID-vs-SID comparison."""
+class RunsConfig:
+    """What every launcher of tokenizer and trainer runs shares (launch.compare, launch.frontier)."""
 
     data: str
     """Dataset folder (spec.json, train/, valid/, test/, items/): a path or a URI (s3://, gs://, hdfs://, ...)."""
     out: str
-    """Local output folder: sids/, id/, store/, logs/ (each with seed<k>/ inside when --seeds > 1), report/."""
+    """Local output folder: the SID tables, one folder per run, logs/ and the report (python -m launch.compare:
+    sids/, id/, store/, logs/, each with seed<k>/ inside when --seeds > 1, and report/)."""
     epochs: int = 3
     """Training epochs of each model."""
     batch_size: int = 512
@@ -91,8 +92,6 @@ class CompareConfig:
     """Seed of the tokenizer and of both runs (the first seed with --seeds)."""
     seeds: int = 1
     """Train each arm this many times, with seeds seed, seed+1, ... (tokenizer included); > 1: OUT/<arm>/seed<k>/."""
-    scaling: str = ""
-    """A bench_scaling.py output folder to include in the report (empty: that section says how to run it)."""
     overwrite: bool = False
     """Redo the stages in --out whose inputs (data, flags, SIDs) changed, replacing their outputs. Without
     it such a stage is refused (exit 2, naming what changed); stages with the same inputs are reused."""
@@ -135,6 +134,18 @@ class CompareConfig:
         self.trainer.validate("--trainer.")
         if self.sids and not fs.is_file(fs.join(self.sids, "meta.json")):
             raise ConfigError(f"--sids {self.sids}: no meta.json there (not a SID folder from the tokenizer)")
+
+
+@dataclass
+class CompareConfig(RunsConfig):
+    """One ID-vs-SID comparison."""
+
+    scaling: str = ""
+    """A bench_scaling.py output folder to include in the report (empty: that section says how to run it)."""
+
+    def validate(self) -> None:
+        """ConfigError naming the flag, the value and the rule."""
+        super().validate()
         if self.scaling and not Path(self.scaling).is_dir():
             raise ConfigError(f"--scaling {self.scaling}: folder does not exist")
         for model in MODELS:  # one layout per OUT: a single run or seed folders, not both
@@ -205,7 +216,7 @@ def run_logged(cmd: list[str], log_path: Path, what: str) -> None:
     print(f"   done in {time.perf_counter() - t0:.0f} s (log: {log_path})", flush=True)
 
 
-def tokenize_config(cfg: CompareConfig, out: str | Path, from_run: Path | None = None) -> TokenizeConfig:
+def tokenize_config(cfg: RunsConfig, out: str | Path, from_run: Path | None = None) -> TokenizeConfig:
     """The tokenizer stage's whole configuration: the user's --tokenizer.* options with the dataset,
     the output folder, the seed, --high-card and the ID run its learned rows come from."""
     from store.tokenizer.pipeline import TokenizeConfig
@@ -245,17 +256,20 @@ def trainer_command(nproc: int, args: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def train_config(cfg: CompareConfig, model: str, sids: str | Path, out: Path) -> TrainConfig:
+def train_config(cfg: RunsConfig, model: str, sids: str | Path, out: Path) -> TrainConfig:
     """One run's whole configuration: the ``--trainer.*`` options with the run's own fields; identical
-    for both models except the model, the run folder and what sets the token count (STORE: the SID
-    table; ID: K tokens per high-cardinality feature)."""
+    for every model except the model, the run folder and what sets the token count (a model that needs
+    SIDs, as STORE: the SID table; the others, as ID: K tokens per high-cardinality feature)."""
+    from store.models import registry
+
+    needs_sids = registry.get(model).needs_sids
     opts = copy.deepcopy(cfg.trainer)
     opts.logging.progress = False  # the output goes to a log
-    if model != "store":
+    if not needs_sids:
         k = cfg.tokenizer.model.num_sids + (1 if cfg.tokenizer.disambiguate else 0)  # as many as STORE's SIDs
         opts.model_config.id_item_tokens = k
     run = {
-        "data": cfg.data, "model": model, "sids": str(sids) if model == "store" else "", "out": str(out),
+        "data": cfg.data, "model": model, "sids": str(sids) if needs_sids else "", "out": str(out),
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "max_steps": cfg.max_steps, "seed": cfg.seed,
         "high_card": cfg.high_card,
     }  # fmt: skip
@@ -302,7 +316,7 @@ def stage_state(folder: str | Path, done_file: str, expected: dict) -> tuple[str
     return ("done" if (folder / done_file).is_file() else "partial"), []
 
 
-def stale(cfg: CompareConfig, folder: str | Path, changed: list[str]) -> None:
+def stale(cfg: RunsConfig, folder: str | Path, changed: list[str]) -> None:
     """Refuse a stage whose inputs changed, unless --overwrite (then it is redone)."""
     if cfg.overwrite:
         print(f"   {folder}: inputs changed ({'; '.join(changed)}): redone", flush=True)
@@ -319,6 +333,51 @@ def trainer_inputs(config_file: Path) -> dict:
     from trainer.config import parse_args
 
     return parse_args(["--config", str(config_file)]).inputs()
+
+
+def tokenize_stage(
+    cfg: RunsConfig, sids: str, logs: Path, from_run: Path | None, at: str, of_seed: str = ""
+) -> None:
+    """Tokenize for seed ``cfg.seed`` into ``sids`` (``from_run``: the ID run whose learned rows it
+    reads): reused when finished from the same inputs, continued when partial, refused or redone
+    (--overwrite) when its inputs changed; nothing with --sids. ``at``: the progress prefix."""
+    if cfg.sids:
+        print(f"{at} SIDs: using {sids}", flush=True)
+        return
+    tok = tokenize_config(cfg, sids, from_run)
+    state, changed = stage_state(sids, "meta.json", tok.inputs())
+    if state == "done":
+        print(f"{at} SIDs: {sids} exists, made from the same inputs: reused", flush=True)
+        return
+    if state == "changed":
+        stale(cfg, sids, changed)
+    m = cfg.tokenizer.model
+    source = f"learned from {from_run}" if from_run else (cfg.tokenizer.embedding or "default sources")
+    print(
+        f"{at} tokenize{of_seed} ({m.method}, K={m.num_sids}, C={m.codebook_size}, {source}) -> {sids}",
+        flush=True,
+    )
+    config_file = cli.write_config(tok, logs / "tokenize.json")
+    # partial (a run that died midway) or changed with --overwrite: its files are replaced
+    run_logged(tokenize_command(config_file, overwrite=state != "new"), logs / "tokenize.log", "tokenizer")
+
+
+def train_stage(cfg: RunsConfig, run: TrainConfig, logs: Path, name: str, at: str, what: str) -> None:
+    """Train ``run`` (a `train_config`, written to logs/train_<name>.toml) into its folder: reused when
+    finished from the same inputs, continued when partial, refused or redone (--overwrite) when its
+    inputs changed. ``at``: the progress prefix; ``what``: how the console names the run."""
+    run_dir = Path(run.out)
+    config_file = write_toml(run, logs / f"train_{name}.toml")
+    state, changed = stage_state(run_dir, "summary.json", trainer_inputs(config_file))
+    if state == "done":
+        print(f"{at} train {what}: {run_dir} exists, same inputs: reused", flush=True)
+        return
+    if state == "changed":
+        stale(cfg, run_dir, changed)
+    verb = "continue" if state == "partial" else "train"
+    print(f"{at} {verb} {what} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}", flush=True)
+    cmd = train_command(cfg.nproc, config_file, overwrite=state == "changed")
+    run_logged(cmd, logs / f"train_{name}.log", f"training {what}")
 
 
 def run_comparison(cfg: CompareConfig) -> Path:
@@ -348,43 +407,10 @@ def run_comparison(cfg: CompareConfig) -> Path:
             stage += 1
             at = f"== {stage}/{n_stages}"
             if what == "tokenize":
-                opts = cfg.tokenizer
-                source = f"learned from {lay.runs['id']}" if first else (opts.embedding or "default sources")
-                if cfg.sids:
-                    print(f"{at} SIDs: using {lay.sids}", flush=True)
-                    continue
-                tok = tokenize_config(seed_cfg, lay.sids, lay.runs["id"] if first else None)
-                state, changed = stage_state(lay.sids, "meta.json", tok.inputs())
-                if state == "done":
-                    print(f"{at} SIDs: {lay.sids} exists, made from the same inputs: reused", flush=True)
-                    continue
-                if state == "changed":
-                    stale(cfg, lay.sids, changed)
-                m = opts.model
-                print(
-                    f"{at} tokenize{of_seed} ({m.method}, K={m.num_sids}, C={m.codebook_size}, {source}) "
-                    f"-> {lay.sids}",
-                    flush=True,
-                )
-                config_file = cli.write_config(tok, lay.logs / "tokenize.json")
-                # partial (a run that died midway) or changed with --overwrite: its files are replaced
-                cmd = tokenize_command(config_file, overwrite=state != "new")
-                run_logged(cmd, lay.logs / "tokenize.log", "tokenizer")
-                continue
-            run_dir = lay.runs[model]
-            config_file = write_toml(
-                train_config(seed_cfg, model, lay.sids, run_dir), lay.logs / f"train_{model}.toml"
-            )
-            state, changed = stage_state(run_dir, "summary.json", trainer_inputs(config_file))
-            if state == "done":
-                print(f"{at} train {model}{of_seed}: {run_dir} exists, same inputs: reused", flush=True)
-                continue
-            if state == "changed":
-                stale(cfg, run_dir, changed)
-            verb = "continue" if state == "partial" else "train"
-            print(f"{at} {verb} {model}{of_seed} ({cfg.epochs} epochs, {cfg.nproc} process(es)) -> {run_dir}")
-            cmd = train_command(cfg.nproc, config_file, overwrite=state == "changed")
-            run_logged(cmd, lay.logs / f"train_{model}.log", f"training {model}")
+                tokenize_stage(seed_cfg, lay.sids, lay.logs, lay.runs["id"] if first else None, at, of_seed)
+            else:
+                run = train_config(seed_cfg, model, lay.sids, lay.runs[model])
+                train_stage(seed_cfg, run, lay.logs, model, at, f"{model}{of_seed}")
     print(f"== {n_stages}/{n_stages} report", flush=True)
     runs = {model: [lay.runs[model] for lay in layouts] for model in MODELS}
     sids = [lay.sids for lay in layouts] if not cfg.sids else cfg.sids

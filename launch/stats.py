@@ -198,14 +198,16 @@ def paired_bootstrap(
     level: float = 0.95,
     seed: int = 0,
     tail: np.ndarray | None = None,
+    item_slice: np.ndarray | None = None,
 ) -> dict[str, list[Difference]]:
     """Each arm of `logits` against `baseline` -> {arm: [Difference per metric]}, for every metric of
     the registry (``store.metrics.METRICS``) these rows can compute, in its order.
 
     labels: (N,) 0/1; logits: {arm: [(N,) per seed]}, every vector rating the same rows in the same
     order; users: (N,) user per row, the clusters that are resampled (None: rows are resampled and
-    there is no GAUC); tail: (N,) the tail-item mask (None: no tail AUC). A metric of an arm is the
-    mean over its seeds; every resample is shared by all arms and seeds.
+    there is no GAUC); tail: (N,) the tail-item mask (None: no tail AUC); item_slice: (N,) the
+    frequency slice of each row's item (``store.metrics.item_slices``; None: no slice AUCs). A metric
+    of an arm is the mean over its seeds; every resample is shared by all arms and seeds.
     """
     if baseline not in logits:
         raise ValueError(f"baseline {baseline!r} is not one of the arms {sorted(logits)}")
@@ -219,7 +221,7 @@ def paired_bootstrap(
     num_clusters = int(clusters.max()) + 1 if labels.size else 0
     arms = list(logits)
     runs = [
-        (arm, Rows(np.asarray(v, dtype=np.float64), labels, None if users is None else clusters, tail))
+        (arm, Rows.of(v, labels, None if users is None else clusters, tail, item_slice))
         for arm in arms
         for v in logits[arm]
     ]
@@ -319,4 +321,4 @@ def _resampled_metrics(
 
 def _take(rows: Rows, idx: np.ndarray) -> Rows:
     pick = lambda x: None if x is None else x[idx]  # noqa: E731
-    return Rows(rows.logits[idx], rows.labels[idx], pick(rows.users), pick(rows.tail))
+    return Rows(rows.logits[idx], rows.labels[idx], pick(rows.users), pick(rows.tail), pick(rows.item_slice))

@@ -1,10 +1,11 @@
-"""TorchX components: ``torchx run [-s SCHEDULER] launch/store.py:train|compare ...``.
+"""TorchX components: ``torchx run [-s SCHEDULER] launch/store.py:train|compare|frontier ...``.
 
 ``train`` launches the trainer (``python -m trainer``) as a distributed job through TorchX's own
 ``dist.ddp`` component (torchrun: nodes x processes per node, c10d rendezvous), so the same
 command works on ``local_cwd`` here and on the cluster schedulers TorchX ships (slurm, kubernetes,
 aws_batch, ...; see docs/launch.md). ``compare`` runs the whole ID-vs-SID comparison
-(``python -m launch.compare``) as a one-process job that starts its own trainer runs.
+(``python -m launch.compare``) as a one-process job that starts its own trainer runs; ``frontier``
+(``python -m launch.frontier``) likewise, every arm at every embedding budget.
 
 The annotations are plain ``typing`` types (no ``from __future__ import annotations``): TorchX
 reads them at run time to build each component's ``--help`` and to convert the flags.
@@ -20,6 +21,7 @@ from torchx.components import dist
 from torchx.specs.finder import ComponentValidationException
 
 from data_pipeline.cli import ConfigError
+from launch.budget import parse_budgets
 from store.models import registry
 from store.tokenizer.config import option_flags
 
@@ -305,3 +307,104 @@ def compare(
             )
         ],
     )
+
+
+def frontier(
+    *trainer_args: str,
+    data: str,
+    out: str = "runs/frontier",
+    arms: str = "id,store,id-hash",
+    budgets: str = "1,0.1,0.01",
+    epochs: int = 3,
+    batch_size: int = 512,
+    nproc: int = 1,
+    max_steps: int = 0,
+    tokenizer: Optional[Dict[str, str]] = None,
+    sids: str = "",
+    high_card: str = "",
+    seed: int = 0,
+    seeds: int = 1,
+    resamples: int = 1000,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    name: str = "store-frontier",
+    image: str = torchx.IMAGE,
+    venv: str = "",
+    env: Optional[Dict[str, str]] = None,
+) -> specs.AppDef:
+    """Accuracy-memory frontier: every arm at every embedding budget and seed, test AUC against bytes.
+
+    Runs ``python -m launch.frontier`` on one node; it starts the tokenizer and the trainer runs (each on
+    ``nproc`` processes) and writes OUT/frontier.md, frontier.json and frontier.png. Finished runs are
+    reused, so a restarted job continues. Trainer flags go after ``--`` in the trainer's spelling
+    (``--model.num_layers 3``) and reach launch.frontier as ``--trainer.*``; the tokenizer's options are
+    ``--tokenizer NAME=VALUE,...``.
+
+    Args:
+        trainer_args: extra flags for every trainer run (e.g. --model.num_layers 3)
+        data: dataset folder or object-store URI (s3://..., gs://...)
+        out: output folder (sids/, one folder per arm, logs/, frontier.md)
+        arms: models to train, comma-separated, id (the baseline) among them
+        budgets: row budgets of the budgeted arms: fractions of the largest tokenized feature's rows,
+            <n>r rows or <x>MiB per tokenized feature, e.g. 1,0.1,4096r,2MiB
+        epochs: training epochs of each run
+        batch_size: rows per batch per process
+        nproc: processes per trainer run (torchrun on this node)
+        max_steps: stop each run after this many steps (0: all epochs)
+        tokenizer: tokenizer options as NAME=VALUE pairs (the flags of python -m store.tokenizer --help)
+        sids: an existing SID table folder to use instead of tokenizing
+        high_card: high-cardinality features 'f1,f2' overriding the dataset's ('none': only the item)
+        seed: the first seed
+        seeds: seeds per run (seed, seed+1, ...; tokenizer included)
+        resamples: bootstrap resamples of the paired intervals against id
+        cpu: CPUs of the node
+        gpu: GPUs of the node
+        memMB: memory of the node in MB
+        h: a registered named resource (overrides cpu, gpu and memMB)
+        name: job name
+        image: container image (container schedulers)
+        venv: a virtualenv whose bin/ goes first on PATH (local schedulers: .venv of this checkout)
+        env: environment variables, e.g. OMP_NUM_THREADS=4
+    """
+    _check("data", bool(data), "is required (a dataset folder or s3:// / gs:// URI)", data)
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()]
+    for arm in arm_list:
+        _check("arms", arm in MODELS, f"names models of the zoo ({', '.join(MODELS)})", arms)
+    _check(
+        "arms", "id" in arm_list and len(set(arm_list)) == len(arm_list), "must name id, each arm once", arms
+    )
+    try:
+        parse_budgets(budgets)
+    except ConfigError as e:
+        raise ComponentArgError(str(e)) from None
+    tokenizer_flags = _tokenizer_flags(tokenizer or {})
+    for flag, value in (
+        ("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc), ("seeds", seeds),
+        ("resamples", resamples), ("cpu", cpu), ("memMB", memMB),
+    ):  # fmt: skip
+        _check(flag, value > 0, "must be > 0", value)
+    _check("max_steps", max_steps >= 0, "must be >= 0", max_steps)
+    _check("gpu", gpu >= 0, "must be >= 0", gpu)
+    args = [
+        "-m", "launch.frontier", "--data", data, "--out", out, "--arms", arms, "--budgets", budgets,
+        "--epochs", str(epochs), "--batch-size", str(batch_size), "--nproc", str(nproc),
+        "--max-steps", str(max_steps), "--seed", str(seed), "--seeds", str(seeds), "--resamples", str(resamples),
+        *tokenizer_flags,
+    ]  # fmt: skip
+    if sids:
+        args += ["--sids", sids]
+    if high_card:
+        args += ["--high-card", high_card]
+    args += [f"--trainer.{a[2:]}" if a.startswith("--") else a for a in trainer_args]
+    resource = specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
+    role = specs.Role(
+        name="frontier",
+        image=image,
+        entrypoint="python",
+        args=args,
+        env=_path_env(env, venv),
+        resource=resource,
+    )
+    return specs.AppDef(name=name, roles=[role])

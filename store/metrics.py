@@ -1,7 +1,8 @@
 """The evaluation metrics: one implementation of each, one registry.
 
 ``METRICS`` maps a name to a ``Metric``: how it is computed from a split's rows, whether higher is
-better, and what the rows must carry (a user column for GAUC, the tail-item mask for tail AUC). Every
+better, and what the rows must carry (a user column for GAUC, the tail-item mask for tail AUC, the
+item's frequency slice for the slice AUCs). Every
 consumer reads it: the trainer's evaluation (``metrics.json``, ``--eval.metric``), the run summary's
 headline scores, the comparison report's tables and its paired bootstrap (``launch.stats``). A metric
 added here appears in all of them.
@@ -10,7 +11,9 @@ Numpy only (float64), so the tokenizer's proxy, the trainer and the report compu
 
 - AUC is the Mann-Whitney statistic with tied scores sharing their mean rank (NaN for one class);
 - GAUC is the impression-weighted mean of per-user AUC over the users with both classes;
-- logloss is the mean binary cross-entropy of sigmoid(logit), computed from the logit.
+- logloss is the mean binary cross-entropy of sigmoid(logit), computed from the logit;
+- auc_head / auc_torso / auc_tail / auc_unseen are the AUC over the rows whose item is in that train
+  frequency slice (``item_slices``: one rule for the trainer and the report; NaN for a slice of one class).
 
 For the bootstrap a metric says how it is recomputed when cluster u (a user, or a row) weighs c_u:
 ``kind="auc"`` is an AUC over the rows of ``subset`` (``launch.stats.ClusterAuc``); ``kind="ratio"``
@@ -40,17 +43,21 @@ class Rows:
     tail: np.ndarray | None = None
     """True where the row's item is in the least popular buckets of the train split (None: no item
     column, or the popularity is not known, as in the report)."""
+    item_slice: np.ndarray | None = None
+    """The train frequency slice of the row's item (``SLICES``: 0 unseen ... 3 head; ``item_slices``);
+    None without an item column."""
 
     def has(self, needs: tuple[str, ...]) -> bool:
         return all(getattr(self, n) is not None for n in needs)
 
     @staticmethod
-    def of(logits, labels, users=None, tail=None) -> Rows:  # noqa: ANN001 (numpy or torch)
-        """Rows from numpy arrays or CPU tensors, cast to float64 / int64 / bool."""
+    def of(logits, labels, users=None, tail=None, item_slice=None) -> Rows:  # noqa: ANN001 (numpy or torch)
+        """Rows from numpy arrays or CPU tensors, cast to float64 / int64 / bool / int8."""
         as_np = lambda x, t: None if x is None else np.asarray(x, dtype=t)  # noqa: E731
         return Rows(
-            as_np(logits, np.float64), as_np(labels, np.float64), as_np(users, np.int64), as_np(tail, bool)
-        )
+            as_np(logits, np.float64), as_np(labels, np.float64), as_np(users, np.int64), as_np(tail, bool),
+            as_np(item_slice, np.int8),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class Metric:
     fn: Callable[[Rows], float]
     higher_is_better: bool
     needs: tuple[str, ...] = ()
-    """The ``Rows`` fields it reads beyond logits and labels ("users", "tail")."""
+    """The ``Rows`` fields it reads beyond logits and labels ("users", "tail", "item_slice")."""
     kind: Literal["auc", "ratio", "rows"] = "rows"
     subset: Callable[[Rows], np.ndarray] | None = None
     """kind "auc": the rows it is the AUC of (None: all)."""
@@ -168,6 +175,42 @@ def gauc(users: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> float:
     return gauc_and_users(users, scores, labels)[0]
 
 
+# -- train frequency slices ------------------------------------------------------------------------
+SLICES = ("unseen", "tail", "torso", "head")
+"""The train frequency slices of items, by code (``Rows.item_slice``, the predictions' ``item_slice``)."""
+
+
+def item_slices(counts: np.ndarray) -> np.ndarray:
+    """The train frequency slice of every item (num_items,) int8, codes of ``SLICES``, from its train rows
+    ``counts`` (num_items,).
+
+    Items with no train row are ``unseen``. The others are sorted by train rows, most first (ties by item
+    ID, so the rule is exact): an item is ``head`` while the rows of the items before it are under a third
+    of the train rows, ``torso`` while under two thirds, ``tail`` after. So head is the fewest most frequent
+    items covering (just over) the first third of the train rows, torso the next third, tail the rest."""
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.zeros(counts.size, dtype=np.int8)  # unseen
+    order = np.argsort(-counts, kind="stable")
+    before = np.cumsum(counts[order]) - counts[order]  # train rows of the more frequent items
+    total = float(counts.sum())
+    ranked = np.where(before < total / 3, 3, np.where(before < 2 * total / 3, 2, 1))
+    out[order] = np.where(counts[order] > 0, ranked, 0)
+    return out
+
+
+def _slice_auc(code: int) -> Metric:
+    name = SLICES[code]
+    return Metric(
+        f"auc_{name}",
+        "AUC (unseen items)" if name == "unseen" else f"AUC ({name} third)",
+        lambda r: auc(r.logits[r.item_slice == code], r.labels[r.item_slice == code]),
+        True,
+        needs=("item_slice",),
+        kind="auc",
+        subset=lambda r: r.item_slice == code,
+    )
+
+
 # -- the registry -------------------------------------------------------------------------------
 def _logloss_per_cluster(rows: Rows, clusters: np.ndarray, num: int) -> tuple[np.ndarray, np.ndarray]:
     loss = np.bincount(clusters, row_logloss(rows.logits, rows.labels), minlength=num)
@@ -227,6 +270,10 @@ register(
         subset=lambda r: r.tail,
     )
 )
+
+
+for _code in (3, 2, 1, 0):  # auc_head, auc_torso, auc_tail, auc_unseen
+    register(_slice_auc(_code))
 
 
 def get(name: str) -> Metric:

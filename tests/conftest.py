@@ -15,6 +15,7 @@ MAINS = {
     "trainer": "trainer.__main__",
     "store.tokenizer": "store.tokenizer.pipeline",
     "launch.compare": "launch.compare",
+    "launch.frontier": "launch.frontier",
     "launch.report": "launch.report",
 }
 """``python -m NAME`` -> the module whose main() it runs."""

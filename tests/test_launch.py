@@ -35,7 +35,7 @@ def cmd_of(app: AppDef) -> str:
 
 
 def test_components_pass_torchx_linter():
-    for fn in ("train", "compare"):
+    for fn in ("train", "compare", "frontier"):
         assert validate(str(COMPONENT), fn) == [], fn
 
 

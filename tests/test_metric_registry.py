@@ -24,6 +24,7 @@ def hit_rate_per_cluster(rows: sm.Rows, clusters: np.ndarray, num: int) -> tuple
     return np.bincount(clusters, hits, minlength=num), np.bincount(clusters, minlength=num).astype(np.float64)
 
 
+SLICE_AUCS = ["auc_head", "auc_torso", "auc_tail", "auc_unseen"]
 HIT_RATE = sm.Metric("hit_rate", "hit rate", hit_rate, True, kind="ratio", per_cluster=hit_rate_per_cluster)
 
 
@@ -54,7 +55,7 @@ def test_a_registered_metric_reaches_summary_report_and_significance(with_hit_ra
     assert "| hit rate |" in md  # the test table's column header
     sig = json.loads((report / "significance.json").read_text())
     boot = sig["arms"]["store"]["bootstrap"]
-    assert [d["metric"] for d in boot] == ["auc", "gauc", "logloss", "tail_auc", "hit_rate"]
+    assert [d["metric"] for d in boot] == ["auc", "gauc", "logloss", "tail_auc", *SLICE_AUCS, "hit_rate"]
     ids = [json.loads((o / "summary.json").read_text()) for o in runs["id"]]
     assert boot[-1]["resamples"] == 50
     assert boot[-1]["baseline"] == pytest.approx(np.mean([s["hit_rate"] for s in ids]), abs=1e-6)

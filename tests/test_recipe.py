@@ -53,7 +53,16 @@ def test_early_stopping_scores_the_test_split_with_the_best_validation_weights(d
 def test_test_predictions_file_holds_the_reported_weights_predictions(data, tmp_path):
     summary = _run_in_process(small_flags(data, tmp_path / "run", *OVERFIT, "--eval.patience", "1"))
     table = pq.read_table(tmp_path / "run" / "predictions" / "test.parquet")
-    assert table.column_names == ["row", "label", "logit", "user", "item", "tail"]
+    assert table.column_names == [
+        "row",
+        "label",
+        "logit",
+        "user",
+        "item",
+        "tail",
+        "item_train_count",
+        "item_slice",
+    ]
     spec = DatasetSpec.load(data)
     labels = np.concatenate(
         [
@@ -72,6 +81,14 @@ def test_test_predictions_file_holds_the_reported_weights_predictions(data, tmp_
     assert 0 < tail.sum() < len(tail)
     tail_auc = store_metrics.auc(table["logit"].to_numpy()[tail], labels[tail])
     assert tail_auc == pytest.approx(summary["tail_auc"], abs=1e-6, nan_ok=True)
+    # the frequency slices: the file's item_slice gives the summary's slice AUCs (as the report reads them)
+    rows = store_metrics.Rows.of(table["logit"].to_numpy(), labels, item_slice=table["item_slice"].to_numpy())
+    for name in ("auc_head", "auc_torso", "auc_tail", "auc_unseen"):
+        got = store_metrics.METRICS[name].fn(rows)
+        assert got == pytest.approx(
+            summary[name] if summary[name] is not None else math.nan, abs=1e-6, nan_ok=True
+        )
+    assert (table["item_train_count"].to_numpy()[table["item_slice"].to_numpy() == 0] == 0).all()
 
 
 def test_output_bias_starts_every_run_at_the_train_click_rate(data, tmp_path):

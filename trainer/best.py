@@ -14,8 +14,12 @@ from trainer.config import ConfigError
 
 def check_metric(name: str, spec: DatasetSpec, data: str) -> None:
     """ConfigError naming --eval.metric when the metric reads a column the dataset lacks (GAUC without
-    a user column, tail AUC without an item column): it would never be defined, so never improve."""
-    columns = {"users": ("user", spec.user_id), "tail": ("item", spec.item_id)}
+    a user column, tail or slice AUC without an item column): it would never be defined, so never improve."""
+    columns = {
+        "users": ("user", spec.user_id),
+        "tail": ("item", spec.item_id),
+        "item_slice": ("item", spec.item_id),
+    }
     lacking = [columns[need][0] for need in metrics.get(name).needs if not columns[need][1]]
     if lacking:
         raise ConfigError(

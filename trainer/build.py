@@ -16,8 +16,8 @@ from data_pipeline.spec import DatasetSpec, apply_high_card, feature_list
 from trainer import distributed as D
 from trainer.best import check_metric
 from trainer.config import ConfigError, TrainConfig
-from trainer.evaluate import item_popularity_buckets
-from trainer.metrics import train_split_stats
+from trainer.evaluate import item_train_counts
+from trainer.metrics import popularity_buckets, train_split_stats
 from trainer.optim import build_optimizer
 from trainer.preflight import check_splits
 from trainer.step import TrainModule
@@ -43,6 +43,8 @@ class Built:
     """The train split's click rate (the output bias starts there)."""
     buckets: torch.Tensor | None
     """Popularity bucket per item (None without an item column)."""
+    item_counts: torch.Tensor | None
+    """Train rows per item (None without an item column): the frequency slices."""
     dmp: nn.Module
     """The `TrainModule`, sharded by TorchRec's DistributedModelParallel."""
     tables: list[D.TableInfo]
@@ -149,13 +151,13 @@ def build(cfg: TrainConfig, env: D.DistEnv, timer: Timer) -> Built:
         from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
         pipeline = TrainPipelineSparseDist(dmp, TimedOptimizer(optimizer, timer), env.device)
-    counts = train_stats.item_counts if train_stats is not None else None
-    buckets = item_popularity_buckets(counts, spec, cfg.eval.popularity_buckets, env)
+    counts = item_train_counts(train_stats.item_counts if train_stats is not None else None, spec, env)
+    buckets = popularity_buckets(counts, cfg.eval.popularity_buckets) if counts is not None else None
     if not spec.user_id and env.is_main:
         log.info("the dataset has no user column: no GAUC")
     return Built(
         spec=spec, train_reader=train_reader, eval_readers=eval_readers, positive_rate=positive_rate,
-        buckets=buckets, dmp=dmp, tables=tables, plan_rows=plan_rows, total_steps=total_steps,
+        buckets=buckets, item_counts=counts, dmp=dmp, tables=tables, plan_rows=plan_rows, total_steps=total_steps,
         optimizer=optimizer, scheduler=scheduler, lr_groups=lr_groups, pipeline=pipeline,
         pipeline_blocker=blocker,
     )  # fmt: skip

@@ -24,27 +24,26 @@ from data_pipeline.spec import DatasetSpec
 from store.records import EvalEntry
 from trainer import distributed as D
 from trainer.logging import RunLogger, write_json
-from trainer.metrics import evaluate_predictions, popularity_buckets
+from trainer.metrics import evaluate_predictions, item_frequency
 
 log = logging.getLogger(__name__)
 
 
-def item_popularity_buckets(
-    counts: torch.Tensor | None, spec: DatasetSpec, num_buckets: int, env: D.DistEnv
-) -> torch.Tensor | None:
-    """Popularity bucket per item from the train split (`popularity_buckets`): ``counts`` are rank 0's
-    impressions per item (`trainer.metrics.train_split_stats`; ignored on the other ranks), every
-    rank receives them. None without an item column (no tail-item AUC)."""
+def item_train_counts(counts: torch.Tensor | None, spec: DatasetSpec, env: D.DistEnv) -> torch.Tensor | None:
+    """Train rows per item (num_items,) on every rank: ``counts`` are rank 0's (`trainer.metrics.
+    train_split_stats`; ignored on the other ranks). None without an item column (no tail-item AUC,
+    popularity buckets or frequency slices)."""
     if not spec.item_id:
         if env.is_main:
-            log.info("the dataset has no item column: no tail-item AUC or popularity buckets")
+            log.info(
+                "the dataset has no item column: no tail-item AUC, popularity buckets or frequency slices"
+            )
         return None
     num_items = spec.item_table.num_items if spec.item_table else None
     num_items = num_items or spec.feature(spec.item_id).vocab_size
     if not env.is_main:
         counts = torch.zeros(num_items, dtype=torch.int64)
-    counts = D.broadcast_from_main(counts, env.device)
-    return popularity_buckets(counts, num_buckets)
+    return D.broadcast_from_main(counts, env.device)
 
 
 @dataclass
@@ -97,28 +96,36 @@ def evaluate_split(
     with_users: bool,
     buckets: torch.Tensor | None,
     tail_buckets: int,
+    item_counts: torch.Tensor | None = None,
 ) -> tuple[dict, Predictions]:
     """Metrics of the whole split `reader` reads a slice of (every rank calls this), and the whole
     split's predictions in the split's row order (each rank reads a contiguous slice of it, in rank
     order, so the gathered rows come out in that order whatever the number of ranks).
 
     with_users: False when the dataset has no user column (no GAUC; `users` is then empty).
-    buckets / tail_buckets: see `evaluate_predictions`.
+    buckets / tail_buckets / item_counts: see `evaluate_predictions`.
     """
     p = predict(model, reader, device, max_batches)
     logits, labels, items = D.gather_tensors(p.logits), D.gather_tensors(p.labels), D.gather_tensors(p.items)
     users = D.gather_tensors(p.users) if with_users else None  # no user column: no GAUC
-    metrics = evaluate_predictions(logits, labels, users, items, buckets, tail_buckets)
+    metrics = evaluate_predictions(logits, labels, users, items, buckets, tail_buckets, item_counts)
     empty = torch.zeros(0, dtype=torch.int64)
     return metrics, Predictions(logits, labels, users if users is not None else empty, items)
 
 
 def write_predictions(
-    path: Path, p: Predictions, with_users: bool, with_items: bool, tail: np.ndarray | None = None
+    path: Path,
+    p: Predictions,
+    with_users: bool,
+    with_items: bool,
+    tail: np.ndarray | None = None,
+    item_counts: torch.Tensor | None = None,
 ) -> None:
     """A split's predictions as parquet, written atomically: ``row`` (position in the split), ``label``,
-    ``logit``, ``user`` / ``item`` when the dataset has those columns, and ``tail`` (the row's item is
-    in the least popular buckets, what tail AUC is computed on) when given. Runs on the same dataset
+    ``logit``, ``user`` / ``item`` when the dataset has those columns, ``tail`` (the row's item is
+    in the least popular buckets, what tail AUC is computed on) when given, and with ``item_counts``
+    (train rows per item) ``item_train_count`` and ``item_slice`` (`trainer.metrics.item_frequency`:
+    what the slice AUCs are computed on). Runs on the same dataset
     have the same rows, so two runs' files pair row by row (``launch.report``'s paired tests)."""
     import pyarrow as pa
 
@@ -133,6 +140,10 @@ def write_predictions(
         columns["item"] = pa.array(p.items.numpy().astype(np.int64))
     if tail is not None:
         columns["tail"] = pa.array(np.asarray(tail, dtype=bool))
+    frequency = item_frequency(p.items, item_counts)
+    if frequency is not None:
+        columns["item_train_count"] = pa.array(frequency.train_rows)
+        columns["item_slice"] = pa.array(frequency.slices)
     fs.write_parquet(path, pa.table(columns))  # atomic: temp name, then rename
 
 

@@ -3,8 +3,9 @@
 ``evaluate_predictions`` sees every row of the split: `trainer.evaluate` gathers the ranks'
 predictions first, so the metrics are those of the whole split, not an average of per-rank metrics.
 The scores are those of the registry ``store.metrics.METRICS`` (AUC, GAUC, logloss, tail-item AUC,
-and any metric registered there). A dataset without a user column has no GAUC (``users=None``), one
-without an item column no tail-item AUC (``buckets=None`` or empty).
+the AUC per train frequency slice, and any metric registered there). A dataset without a user column
+has no GAUC (``users=None``), one without an item column no tail-item AUC (``buckets=None`` or empty)
+and no slice AUCs (``item_counts=None``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from data_pipeline import fs
 from data_pipeline.spec import DataError, DatasetSpec, list_shards, split_dir
-from store.metrics import Rows, auc, compute, users_with_both_classes
+from store.metrics import SLICES, Rows, auc, compute, item_slices, users_with_both_classes
 
 
 # -- the train split's click rate and item popularity ----------------------------------------------
@@ -105,6 +106,31 @@ def tail_rows(items: torch.Tensor, buckets: torch.Tensor | None, tail_buckets: i
     return None if item_bucket is None else item_bucket < tail_buckets
 
 
+@dataclass
+class ItemFrequency:
+    """The train frequency of each row's item, every array (N,)."""
+
+    train_rows: np.ndarray
+    """int64: the train rows of the row's item (0 for an ID outside the catalog: the train split's
+    counts skip those)."""
+    slices: np.ndarray
+    """int8: the frequency slice of the row's item (``store.metrics.SLICES``, ``item_slices``)."""
+
+
+def item_frequency(items: torch.Tensor, counts: torch.Tensor | None) -> ItemFrequency | None:
+    """Each row's item's train rows and frequency slice, from ``counts`` (num_items,) train rows per item;
+    None without counts (no item column)."""
+    if counts is None:
+        return None
+    counts_np = counts.cpu().numpy().astype(np.int64)
+    ids = items.long().cpu().numpy()
+    inside = (ids >= 0) & (ids < counts_np.size)
+    at = np.where(inside, ids, 0)
+    train_rows = np.where(inside, counts_np[at] if counts_np.size else 0, 0)
+    slices = np.where(inside, item_slices(counts_np)[at] if counts_np.size else 0, 0).astype(np.int8)
+    return ItemFrequency(train_rows.astype(np.int64), slices)
+
+
 def evaluate_predictions(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -112,18 +138,23 @@ def evaluate_predictions(
     items: torch.Tensor,
     buckets: torch.Tensor | None = None,
     tail_buckets: int = 0,
+    item_counts: torch.Tensor | None = None,
 ) -> dict:
     """All metrics of one split from all its rows, each tensor (N,).
 
     users: None when the dataset has no user column: the result then has no gauc / gauc_users.
     buckets: popularity bucket per item (`popularity_buckets`); tail_auc is the AUC over rows whose
     item lies in buckets [0, tail_buckets). None or empty (no item column): no tail / bucket metrics.
+    item_counts: train rows per item (num_items,): the slice AUCs (auc_head, ..., `item_frequency`) and
+    ``slice_rows`` {slice: rows}; None (no item column): none.
     """
     logits, labels = logits.float().cpu().numpy(), labels.float().cpu().numpy()
     item_bucket = item_buckets(items, buckets)
     tail = None if item_bucket is None else item_bucket < tail_buckets
     users_np = users.long().cpu().numpy() if users is not None else None
-    out: dict = compute(Rows.of(logits, labels, users_np, tail))
+    frequency = item_frequency(items, item_counts)
+    item_slice = frequency.slices if frequency is not None else None
+    out: dict = compute(Rows.of(logits, labels, users_np, tail, item_slice))
     out["rows"] = int(labels.size)
     out["positive_rate"] = float(labels.mean()) if labels.size else math.nan
     if users_np is not None:
@@ -135,4 +166,6 @@ def evaluate_predictions(
             auc(logits[item_bucket == b], labels[item_bucket == b]) for b in range(num_buckets)
         ]
         out["bucket_rows"] = [int((item_bucket == b).sum()) for b in range(num_buckets)]
+    if item_slice is not None:
+        out["slice_rows"] = {name: int((item_slice == code).sum()) for code, name in enumerate(SLICES)}
     return out

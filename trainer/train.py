@@ -65,7 +65,7 @@ class Trainer:
         self.timer = Timer()
         b = build(cfg, env, self.timer)
         self.spec, self.train_reader, self.eval_readers = b.spec, b.train_reader, b.eval_readers
-        self.positive_rate, self.buckets = b.positive_rate, b.buckets
+        self.positive_rate, self.buckets, self.item_counts = b.positive_rate, b.buckets, b.item_counts
         self.dmp, self.tables, self.plan_rows, self.total_steps = b.dmp, b.tables, b.plan_rows, b.total_steps
         self.optimizer, self.scheduler, self.lr_groups = b.optimizer, b.scheduler, b.lr_groups
         self.pipeline, self.pipeline_blocker = b.pipeline, b.pipeline_blocker
@@ -217,6 +217,7 @@ class Trainer:
         result, preds = evaluate_split(
             model, self.eval_readers[split], self.env.device, max_batches=self.cfg.eval.max_batches,
             with_users=bool(self.spec.user_id), buckets=self.buckets, tail_buckets=self.cfg.eval.tail_buckets,
+            item_counts=self.item_counts,
         )  # fmt: skip
         if self.pipeline:
             self.pipeline.attach(model)
@@ -224,8 +225,9 @@ class Trainer:
             path = self.out / "predictions" / predictions
             tail = tail_rows(preds.items, self.buckets, self.cfg.eval.tail_buckets)
             write_predictions(
-                path, preds, with_users=bool(self.spec.user_id), with_items=bool(self.spec.item_id), tail=tail
-            )
+                path, preds, with_users=bool(self.spec.user_id), with_items=bool(self.spec.item_id), tail=tail,
+                item_counts=self.item_counts,
+            )  # fmt: skip
         self.timer.start += time.perf_counter() - t0
         self.evals.record(record_as or split, self.step, epoch, result)
         return result

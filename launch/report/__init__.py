@@ -32,6 +32,8 @@ Modules, each importing only those listed before it:
 * ``plots``: the per-epoch plot and the TensorBoard links;
 * ``significance``: the paired tests, comparability, the verdict, the "Significance" section;
 * ``write``: report.md and significance.json in the report folder, and the console lines;
+* ``frontier``: the accuracy-memory frontier (frontier.md, .json, .png) of run folders, for
+  ``launch.frontier`` and ``--frontier``;
 * ``cli``: the command line (``__main__`` runs it).
 
 This package re-exports the names the rest of the project uses.

@@ -1,6 +1,7 @@
 """``python -m launch.report --run id=DIR --run store=DIR [--run NAME=DIR ...] [--sids SIDS] [--scaling DIR]
-[--baseline NAME] [--resamples N] --out REPORT [--overwrite]``: the flags (a dataclass parsed with
-tyro, data_pipeline/cli.py) and `main`.
+[--baseline NAME] [--resamples N] --out REPORT [--overwrite]``, or ``python -m launch.report --frontier
+DIR ... --out REPORT`` (the accuracy-memory frontier of launch.report.frontier, from run folders or
+launch.frontier's OUT): the flags (a dataclass parsed with tyro, data_pipeline/cli.py) and `main`.
 
 Exit codes: 0 when the report is written (also when the arms are not comparable: the report says so),
 2 for a bad flag or input, with a message naming the flag, the folder or the file."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -28,9 +29,14 @@ DESCRIPTION = "The comparison report: markdown tables and PNG plots from finishe
 class ReportArgs:
     """The report of finished trainer runs."""
 
-    run: Annotated[list[str], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="NAME=DIR")]
-    """An arm's run folder, or a folder of its seeds' run folders (required; once per arm, and a NAME
-    given again adds seeds)."""
+    run: Annotated[list[str], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="NAME=DIR")] = field(
+        default_factory=list
+    )
+    """An arm's run folder, or a folder of its seeds' run folders (once per arm, and a NAME given again
+    adds seeds; required unless --frontier)."""
+    frontier: list[str] = field(default_factory=list)
+    """Instead of the comparison: the accuracy-memory frontier (frontier.md, .json, .png) of every
+    finished run in these folders (run folders or folders holding them, e.g. launch.frontier's OUT)."""
     sids: str = ""
     """SID table folder, a path or a URI (for the tokenizer statistics)."""
     scaling: str = ""
@@ -46,8 +52,10 @@ class ReportArgs:
 
     def validate(self) -> None:
         """ConfigError naming the flag, the value and the rule."""
-        if not self.run:
-            raise ConfigError("--run is required (NAME=DIR, one per arm)")
+        if not self.run and not self.frontier:
+            raise ConfigError("--run is required (NAME=DIR, one per arm), or --frontier DIR ...")
+        if self.run and self.frontier:
+            raise ConfigError("--run and --frontier: give one (a comparison report, or the frontier)")
         if self.resamples < 1:
             raise ConfigError(f"--resamples must be >= 1, got {self.resamples}")
 
@@ -63,10 +71,27 @@ def parse_runs(items: Sequence[str]) -> dict[str, list[Path]]:
     return runs
 
 
+def write_frontier_report(out: str, folders: Sequence[str], resamples: int, overwrite: bool) -> Path:
+    """REPORT/frontier.md, .json and .png of the runs in ``folders`` (an earlier frontier there is replaced)."""
+    from data_pipeline import outdir
+    from launch.report.frontier import FRONTIER_FILES, FRONTIER_MD, frontier_points, write_frontier
+
+    where = outdir.claim(
+        out, "frontier-report", replace=True, overwrite=overwrite, local=True, legacy=FRONTIER_MD,
+        owned=FRONTIER_FILES, label="launch.report --frontier",
+    )  # fmt: skip
+    where.add(*FRONTIER_FILES)
+    return write_frontier(where.path, frontier_points(folders), resamples)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse(ReportArgs, argv, prog="python -m launch.report", description=DESCRIPTION)
     try:
         args.validate()
+        if args.frontier:
+            path = write_frontier_report(args.out, args.frontier, args.resamples, args.overwrite)
+            print(f"frontier: {path}")
+            return 0
         runs = parse_runs(args.run)
         if args.baseline and args.baseline not in runs:
             raise ValueError(f"--baseline {args.baseline!r} is not one of the --run names {', '.join(runs)}")

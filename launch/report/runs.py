@@ -17,7 +17,8 @@ from data_pipeline.spec import DataError, open_shard
 from store.records import EvalEntry, RunSummary, as_summary
 
 PREDICTIONS = Path("predictions") / "test.parquet"
-"""Where a run keeps its test predictions (row, label, logit[, user, item]), relative to its folder."""
+"""Where a run keeps its test predictions (row, label, logit[, user, item, tail, item_train_count,
+item_slice]), relative to its folder."""
 
 
 @dataclass
@@ -199,6 +200,9 @@ class Paired:
     """Rows some run scored and another did not (left out of the tests)."""
     tail: np.ndarray | None = None
     """(N,) bool, the rows of tail items, when every run marked the same ones (tail AUC's test)."""
+    item_slice: np.ndarray | None = None
+    """(N,) the train frequency slice of each row's item (``store.metrics.SLICES``), when every run marked
+    the same ones (the slice AUCs' tests)."""
 
 
 def read_predictions(run: Run) -> dict[str, np.ndarray]:
@@ -245,10 +249,13 @@ def paired_predictions(arms: Mapping[str, Sequence[Run]]) -> Paired:
                 )
         logits[r.arm].append(p["logit"][at].astype(np.float64))
     dropped = max(p["row"].size for p in preds) - common.size
-    # the tail rows: only when every run marked the same ones (other --eval.tail_buckets: no tail test)
-    tails = [p["tail"][np.searchsorted(p["row"], common)] if "tail" in p else None for p in preds]
-    tail = tails[0] if all(t is not None and np.array_equal(t, tails[0]) for t in tails) else None
-    return Paired(ref["label"].astype(np.float64), ref.get("user"), logits, int(dropped), tail)
+    # the tail rows and the slices: only when every run marked the same ones (other
+    # --eval.tail_buckets: no tail test; a run without the column: no slice tests)
+    marks = {}
+    for col in ("tail", "item_slice"):
+        got = [p[col][np.searchsorted(p["row"], common)] if col in p else None for p in preds]
+        marks[col] = got[0] if all(t is not None and np.array_equal(t, got[0]) for t in got) else None
+    return Paired(ref["label"].astype(np.float64), ref.get("user"), logits, int(dropped), **marks)
 
 
 def seed_pairs(base: Sequence[Run], other: Sequence[Run]) -> list[tuple[int, int]]:

@@ -114,8 +114,9 @@ def significance(
     paired = paired_predictions(arms)
     reasons = comparability(summaries, metas, paired.labels, paired.logits)
     boot = paired_bootstrap(
-        paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed, tail=paired.tail
-    )
+        paired.labels, paired.logits, baseline, paired.users, resamples, seed=seed, tail=paired.tail,
+        item_slice=paired.item_slice,
+    )  # fmt: skip
     result = {
         "baseline": baseline,
         "rows": int(paired.labels.size),
