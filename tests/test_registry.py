@@ -39,7 +39,8 @@ def test_every_name_resolves_to_its_modules_spec(name):
 
 def test_an_unknown_name_lists_the_choices():
     with pytest.raises(
-        ValueError, match=r"unknown model 'gbdt'; choose one of store, id, id-hash, sid-prefix, hybrid, id-zch, dnn, .*, ssr"
+        ValueError,
+        match=r"unknown model 'gbdt'; choose one of store, id, id-hash, sid-prefix, hybrid, id-zch, dnn, .*, ssr",
     ):
         registry.get("gbdt")
 
