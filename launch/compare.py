@@ -234,6 +234,15 @@ def tokenize_command(config_file: Path, overwrite: bool = False) -> list[str]:
     return cmd + (["--overwrite"] if overwrite else [])
 
 
+def reads_id_run(cfg: RunsConfig) -> bool:
+    """True when the tokenizer reads the rows the ID run learned (``--from-run``), so the ID run comes
+    first: some tokenized feature's embeddings are ``learned`` and no --sids, and the out-of-fold codes
+    are not forced (``--tokenizer.oof on``: every learned table comes from the tokenizer's FM)."""
+    if cfg.sids or cfg.tokenizer.oof == "on":
+        return False
+    return learned_embeddings(cfg.data, cfg.high_card, cfg.tokenizer.embedding)
+
+
 def learned_embeddings(data: str | Path, high_card: str = "", embedding: str | None = None) -> bool:
     """True when some feature the tokenizer tokenizes in ``data`` (under ``--high-card``, with
     ``--tokenizer.embedding`` or the default sources) takes its embeddings from the ``learned`` source:
@@ -393,7 +402,7 @@ def run_comparison(cfg: CompareConfig) -> Path:
         owned=OUT_ENTRIES, label="launch.compare",
     ).add(*OUT_ENTRIES)  # fmt: skip
     layouts = seed_layouts(cfg)
-    first = not cfg.sids and learned_embeddings(cfg.data, cfg.high_card, cfg.tokenizer.embedding)
+    first = reads_id_run(cfg)
     # (what, model) in order: learned embeddings come from the ID run, so it goes first
     order = [("train", "id"), ("tokenize", ""), ("train", "store")] if first else [
         ("tokenize", ""), ("train", "id"), ("train", "store")

@@ -1,4 +1,4 @@
-"""The accuracy-memory frontier: ``python -m launch.frontier --data DIR --out OUT [--arms id,store,id-hash]
+"""The accuracy-memory frontier: ``python -m launch.frontier --data DIR --out OUT [--arms id,store,id-hash,...]
 [--budgets 1,0.1,0.01] [--seeds N] [--epochs E] [--batch-size B] [--tokenizer.* ...] [--trainer.* ...]``.
 
 Trains every arm at every embedding budget and seed with launch.compare's stages (`tokenize_stage`,
@@ -32,7 +32,7 @@ from launch.budget import Budget, parse_budgets
 from launch.compare import (
     RunsConfig,
     StageFailed,
-    learned_embeddings,
+    reads_id_run,
     tokenize_stage,
     train_config,
     train_stage,
@@ -45,8 +45,9 @@ from store.models import registry
 class FrontierConfig(RunsConfig):
     """Every arm at every embedding budget and seed, and the frontier of test AUC against bytes."""
 
-    arms: str = "id,store,id-hash"
-    """Models to train, comma-separated (names of the model registry; id, the baseline, among them)."""
+    arms: str = "id,store,id-hash,id-zch,sid-prefix,hybrid"
+    """Models to train, comma-separated (names of the model registry; id, the baseline, among them). The
+    default: every embedding arm (the raw IDs, the SIDs, and each budgeted arm of the registry)."""
     budgets: str = "1,0.1,0.01"
     """Row budgets of the budgeted arms, comma-separated: a fraction of the largest tokenized feature's rows,
     <n>r rows or <x>MiB per tokenized feature."""
@@ -119,7 +120,7 @@ def run_frontier(cfg: FrontierConfig) -> Path:
     vocab, dim = largest_vocab(cfg), cfg.trainer.model_config.embedding_dim
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
     tokenize = not cfg.sids and any(registry.get(a).needs_sids for a in cfg.arm_list())
-    first = tokenize and learned_embeddings(cfg.data, cfg.high_card, cfg.tokenizer.embedding)
+    first = tokenize and reads_id_run(cfg)
     n_stages = sum(len(frontier_runs(cfg, s)) + tokenize for s in seeds) + 1
     stage, finished = 0, []
     for seed in seeds:

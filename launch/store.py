@@ -313,7 +313,7 @@ def frontier(
     *trainer_args: str,
     data: str,
     out: str = "runs/frontier",
-    arms: str = "id,store,id-hash",
+    arms: str = "id,store,id-hash,id-zch,sid-prefix,hybrid",
     budgets: str = "1,0.1,0.01",
     epochs: int = 3,
     batch_size: int = 512,

@@ -114,11 +114,11 @@ def test_the_tokenizer_writes_fold_tables_that_leave_each_folds_rows_out(tiny_da
     out = tmp_path / "sids"
     argv = ["--data", str(tiny_data), "--out", str(out), "--num-sids", "2", "--codebook-size", "8"]
     flags = ["--min-steps", "20", "--fm-epochs", "1", "--embedding", "learned", "--no-progress"]
-    assert tokenize_main([*argv, *flags, "--oof-folds", "2", "--min-count", "1"]) == 0
+    assert tokenize_main([*argv, *flags, "--oof", "on", "--oof-folds", "2", "--min-count", "1"]) == 0
     spec = DatasetSpec.load(tiny_data)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["oof_folds"] == 2 and meta["fold_keys"] == spec.sparse_names
-    assert "out-of-fold: 2 folds" in meta["learned_from"]
+    assert meta["learned_from"] == "fm (train split), out-of-fold codes for the train rows (2 folds)"
     sids = SidTable.load(out, spec)
     assert sids.num_folds == 2 and set(sids.folds) == {"item_id", "user_id"}
     per_fold = learned.train_counts(tiny_data, spec, ["item_id"], progress=False, folds=(sids.fold_keys, 2))[
@@ -134,8 +134,9 @@ def test_the_tokenizer_writes_fold_tables_that_leave_each_folds_rows_out(tiny_da
 
 def test_oof_flags_are_checked(tiny_data, tmp_path, run):
     for flags, message in (
-        (["--oof-folds", "1"], "--oof-folds must be 0 (off) or >= 2"),
-        (["--oof-folds", "2", "--disambiguate"], "--oof-folds and --disambiguate do not combine"),
+        (["--oof-folds", "1"], "--oof-folds must be >= 2"),
+        (["--oof", "yes"], "--oof must be one of auto, on, off"),
+        (["--oof", "on", "--disambiguate"], "--oof on and --disambiguate do not combine"),
     ):
         done = run("-m", "store.tokenizer", "--data", str(tiny_data), "--out", str(tmp_path / "s"), *flags)
         assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -207,6 +207,8 @@ class SASRecConfig:
             )
 
 
+OOF_MODES = ("auto", "on", "off")
+"""Out-of-fold codes for the train rows (``--oof``): a candidate of the selection, forced, or none."""
 RARE_MODES = ("reserved", "neighbours")
 """What an ID seen fewer than min-count times in train gets (``--rare``): the reserved code, or its
 neighbours' SIDs."""
@@ -229,12 +231,14 @@ class TokenizerOptions:
     rare: str = ""
     """learned: what IDs under the cut-off get: reserved (the reserved code) or neighbours (the SIDs of
     the row their co-occurrence predicts). Empty: both are candidates (--min-count 0), else reserved."""
-    oof_folds: int = 0
-    """learned: out-of-fold codes for the train rows. The train split's rows are hashed into this many
-    folds (``store.sid.row_folds``); for each fold an FM learns the rows without that fold, and the
-    fold's train rows take those rows' SIDs, so no training row's label reaches its own SIDs (the
-    valid and test rows take the SIDs of the rows learned on the whole train split). The learned rows
-    then all come from the tokenizer's FM (--from-run is not read). 0: one table for every split."""
+    oof: str = "auto"
+    """learned: out-of-fold codes for the train rows. The train split's rows are hashed into --oof-folds
+    folds (``store.sid.row_folds``); for each fold the tokenizer's FM learns the rows without that fold,
+    and the fold's train rows take those rows' SIDs, so no training row's label reaches its own SIDs
+    (valid and test rows take the SIDs of the FM's rows learned on the whole train split). auto: one
+    candidate of the selection (rule ``out-of-fold``, scored like the others); on: forced; off: none."""
+    oof_folds: int = 4
+    """Folds of the out-of-fold codes (--oof): F + 1 short FM runs."""
     disambiguate: bool = False
     """Add one code per feature that makes the SID tuples of the IDs with real SIDs unique (the most
     frequent of IDs sharing a tuple gets 0, the next 1, ...): K + 1 codes per ID."""
@@ -285,12 +289,14 @@ class TokenizerOptions:
             )
         if self.threads < 0:
             raise ConfigError(f"{flag(prefix, 'threads')} must be >= 0, got {self.threads}")
-        if self.oof_folds < 0 or self.oof_folds == 1:
-            raise ConfigError(f"{flag(prefix, 'oof_folds')} must be 0 (off) or >= 2, got {self.oof_folds}")
-        if self.oof_folds and self.disambiguate:
+        if self.oof not in OOF_MODES:
             raise ConfigError(
-                f"{flag(prefix, 'oof_folds')} and {flag(prefix, 'disambiguate')} do not combine"
+                f"{flag(prefix, 'oof')} must be one of {', '.join(OOF_MODES)}, got {self.oof!r}"
             )
+        if self.oof_folds < 2:
+            raise ConfigError(f"{flag(prefix, 'oof_folds')} must be >= 2, got {self.oof_folds}")
+        if self.oof == "on" and self.disambiguate:
+            raise ConfigError(f"{flag(prefix, 'oof')} on and {flag(prefix, 'disambiguate')} do not combine")
         self.select.validate(prefix + "select.")
         self.fm.validate(prefix + "fm.")
         self.fit.validate(prefix)

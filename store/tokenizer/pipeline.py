@@ -294,17 +294,13 @@ def learned_embeddings(
     """({feature: [rows, D] rows learned on the train split}, origin)."""
     if not features:
         return {}, ""
-    if args.from_run and not args.options.oof_folds:
+    if args.from_run:
         return learned.from_run(args.from_run, spec, features), f"run {args.from_run}"
     fm = replace(args.options.fm, seed=args.seed)
-    if args.options.oof_folds:
-        if args.from_run:
-            log.info(
-                "out-of-fold codes: every learned table comes from the tokenizer's FM (--from-run not read)"
-            )
-        origin = f"fm (train split; out-of-fold: {args.options.oof_folds} folds)"
-        return learned.train_fm(args.data, spec, features, fm, progress), origin
-    return learned.train_fm(args.data, spec, features, fm, progress), "fm (train split)"
+    return learned.train_fm(args.data, spec, features, fm, progress), FM_ORIGIN
+
+
+FM_ORIGIN = "fm (train split)"
 
 
 def out_of_fold_rows(
@@ -312,8 +308,8 @@ def out_of_fold_rows(
     progress: bool,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
     """({feature: [F, rows, D]}: for each fold, the rows an FM learned without that fold's train rows,
-    rotated onto ``full``'s (``learned.align``); {feature: [F, rows]}: how often each row occurs in the
-    train rows outside each fold)."""
+    rotated onto ``full``'s (the FM's rows learned on the whole split; ``learned.align``);
+    {feature: [F, rows]}: how often each row occurs in the train rows outside each fold)."""
     num_folds = args.options.oof_folds
     per_fold = learned.train_counts(args.data, spec, features, progress, folds=(keys, num_folds))
     outside = {f: per_fold[f].sum(0, keepdim=True) - per_fold[f] for f in features}
@@ -492,12 +488,18 @@ def run(args: TokenizeConfig) -> dict:
     learned_features = [f for f, src in sources.items() if src == LEARNED]
     learned_rows, origin = learned_embeddings(args, spec, learned_features, progress)
     counts = split_counts(args.data, spec, list(sources), "train", progress)
-    fold_keys = tuple(spec.sparse_names) if args.options.oof_folds and learned_features else ()
-    fold_rows, fold_counts = {}, {}
-    if fold_keys:
-        fold_rows, fold_counts = out_of_fold_rows(
-            args, spec, learned_features, learned_rows, fold_keys, progress
+    opts = args.options
+    oof = bool(learned_features) and (opts.oof == "on" or (opts.oof == "auto" and not opts.disambiguate))
+    fold_keys = tuple(spec.sparse_names) if oof else ()
+    oof_rows, fold_rows, fold_counts = {}, {}, {}
+    if oof:  # the FM's rows on the whole split (those above when they are the FM's), then one per fold
+        fm = replace(opts.fm, seed=args.seed)
+        oof_rows = (
+            learned_rows
+            if origin == FM_ORIGIN
+            else learned.train_fm(args.data, spec, learned_features, fm, progress)
         )
+        fold_rows, fold_counts = out_of_fold_rows(args, spec, learned_features, oof_rows, fold_keys, progress)
     test_counts = split_counts(args.data, spec, list(sources), "test", progress)
     valid_counts = split_counts(args.data, spec, list(sources), "valid", progress)
     fixed: dict[str, Built] = {}  # features whose embeddings do not depend on the rule: built once
@@ -511,7 +513,8 @@ def run(args: TokenizeConfig) -> dict:
                 continue
             if source == LEARNED:
                 factors = sample.factors.get(f) if sample else None
-                emb, real = rule_embeddings(learned_rows[f], counts[f], rule, factors)
+                source_rows = oof_rows[f] if rule.oof else learned_rows[f]
+                emb, real = rule_embeddings(source_rows, counts[f], rule, factors)
                 rows, unseen_code = spec.table_rows(f), args.options.model.codebook_size
             else:
                 sas_cfg = replace(args.options.sasrec, seed=args.seed)
@@ -525,7 +528,7 @@ def run(args: TokenizeConfig) -> dict:
             built[f].stats["valid_coverage"] = test_coverage(real, counts[f], valid_counts[f])
             if source == LEARNED:
                 built[f].stats |= reserved_rows(counts[f], real, rule)
-                if fold_keys:
+                if rule.oof:
                     built[f].folds = fold_codes(f, rule, factors, built[f].tokenizer, rows, unseen_code)
                     built[f].stats["oof_folds"] = args.options.oof_folds
             else:
@@ -546,9 +549,9 @@ def run(args: TokenizeConfig) -> dict:
             out.append(assign_codes(emb, tok, rows, unseen_code, args.options.encode_batch_size, False)[0])
         return torch.stack(out)
 
-    forced = not learned_features or args.options.min_count > 0
+    forced = not learned_features or args.options.min_count > 0 or opts.oof == "on"
     if forced:
-        rule = Rule(max(1, args.options.min_count), args.options.rare or "reserved")
+        rule = Rule(max(1, args.options.min_count), args.options.rare or "reserved", oof=opts.oof == "on")
         sample = None
         if rule.rare == "neighbours" and rule.min_count > 1:
             sample = select.load_sample(
@@ -557,6 +560,8 @@ def run(args: TokenizeConfig) -> dict:
         chosen, selection = build(rule, sample), {"forced": True, "chosen": rule.name, "candidates": []}
     else:
         chosen, selection, rule = choose(args, spec, learned_features, build, progress, fold_keys)
+    if rule.oof:
+        origin = f"{FM_ORIGIN}, out-of-fold codes for the train rows ({opts.oof_folds} folds)"
     unseen = any(b.unseen_code is not None for b in chosen.values())
     for f, b in chosen.items():
         if b.tokenizer is not None:
@@ -700,10 +705,11 @@ def choose(
     item_feature = spec.item_id if spec.item_id else ""
     # one tokenizer per feature, fitted to every seen ID's row, encodes every candidate (the rules differ
     # in which IDs get which row); the chosen rule's tokenizers are then fitted to its own rows
-    rules = select.candidate_rules(args.options.select.min_counts, args.options.rare)  # the first is `all`
+    oof = bool(fold_keys)  # `all` first, out-of-fold last
+    rules = select.candidate_rules(args.options.select.min_counts, args.options.rare, oof)
     fitted: dict[str, SemanticTokenizer] = {}
     for rule in rules:
-        built = build(rule, sample, fitted)
+        built = build(rule, sample, None if rule.oof else fitted)  # out-of-fold: the FM's rows, its own fit
         if rule is rules[0]:
             first = built
             fitted = {f: built[f].tokenizer for f in features if built[f].tokenizer is not None}

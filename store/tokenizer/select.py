@@ -61,20 +61,25 @@ class Rule:
 
     min_count: int
     rare: str = "reserved"
+    oof: bool = False
+    """The rows come from the tokenizer's FM with out-of-fold codes for the train rows (``--oof``)."""
 
     @property
     def name(self) -> str:
-        return "all" if self.min_count <= 1 else f"{self.rare}@{self.min_count}"
+        base = "all" if self.min_count <= 1 else f"{self.rare}@{self.min_count}"
+        return f"out-of-fold {base}" if self.oof else base
 
 
-def candidate_rules(min_counts: tuple[int, ...], rare: str = "") -> list[Rule]:
+def candidate_rules(min_counts: tuple[int, ...], rare: str = "", oof: bool = False) -> list[Rule]:
     """The rules the selection tries: every seen ID learned (``all``), then ``reserved@m`` and
-    ``neighbours@m`` for each m > 1 (only one kind with ``rare``)."""
+    ``neighbours@m`` for each m > 1 (only one kind with ``rare``); with ``oof``, last, every seen ID
+    with out-of-fold codes (``out-of-fold all``: no train row's label reaches its own codes, so no
+    cut-off is needed against the leak)."""
     rules = [Rule(1)]
     for m in sorted(set(min_counts)):
         if m > 1:
             rules += [Rule(m, r) for r in RARE_MODES if not rare or r == rare]
-    return rules
+    return rules + ([Rule(1, oof=True)] if oof else [])
 
 
 # -- a bounded sample of the splits, read once -------------------------------------------------------
