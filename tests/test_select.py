@@ -122,7 +122,8 @@ def test_default_chooses_by_validation_and_records_every_candidate(syn, tmp_path
     sel = meta["selection"]
     assert not sel["forced"] and sel["train_rows"] > 0 and math.isfinite(sel["raw_id_valid_auc"])
     names = [c["name"] for c in sel["candidates"]]
-    assert names == ["all", "reserved@3", "neighbours@3", "reserved@10", "neighbours@10"]
+    assert names == ["all", "reserved@3", "neighbours@3", "reserved@10", "neighbours@10", "out-of-fold all"]
+    assert [c["oof"] for c in sel["candidates"]] == [False] * 5 + [True]
     # the best valid AUC among the rules that keep every feature's valid coverage >= 0.5
     for c in sel["candidates"]:
         low = [v for v in c["valid_coverage"].values() if v is not None and v < select.COVERAGE_FLOOR]
@@ -131,6 +132,7 @@ def test_default_chooses_by_validation_and_records_every_candidate(syn, tmp_path
     best = max((c for c in sel["candidates"] if c["eligible"]), key=lambda c: c["valid_auc"])
     assert sel["chosen"] == best["name"] and [c["chosen"] for c in sel["candidates"]].count(True) == 1
     rule = next(c for c in sel["candidates"] if c["chosen"])
+    assert meta["oof_folds"] == (4 if rule["oof"] else 0)  # out-of-fold tables only when chosen
     for f in ("user_id", "hc_id_0"):  # the learned features follow the chosen rule
         m = meta["features"][f]
         assert m["min_count"] == rule["min_count"] and m["rare"] == rule["rare"]

@@ -728,7 +728,7 @@ def choose(
             f" (coverage < {select.COVERAGE_FLOOR}: {low})" if low else "",
         )
         candidates.append({
-            "name": rule.name, "min_count": rule.min_count, "rare": rule.rare, "valid_auc": auc,
+            "name": rule.name, "min_count": rule.min_count, "rare": rule.rare, "oof": rule.oof, "valid_auc": auc,
             "ids_tokenized": {f: built[f].stats["items_tokenized"] for f in features},
             "test_coverage": {f: built[f].stats.get("test_coverage") for f in features},
             "collision_rate": {f: built[f].stats.get("collision_rate") for f in features},
