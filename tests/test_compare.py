@@ -450,7 +450,8 @@ def test_comparison_over_two_seeds(tiny_data, tmp_path, capsys):
     assert not (out / "id" / "summary.json").exists()
     sig = json.loads((out / "report" / "significance.json").read_text())
     store = sig["arms"]["store"]
-    assert [d["metric"] for d in store["bootstrap"]] == ["auc", "gauc", "logloss", "tail_auc"]
+    slices = ["auc_head", "auc_torso", "auc_tail", "auc_unseen"]  # by the item's train frequency
+    assert [d["metric"] for d in store["bootstrap"]] == ["auc", "gauc", "logloss", "tail_auc", *slices]
     assert [d["seed"] for d in store["delong"]] == ["seed 3", "seed 4"]
     auc = store["bootstrap"][0]
     runs = {
