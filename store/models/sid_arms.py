@@ -35,13 +35,14 @@ from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import DatasetSpec
 from store.models.flops import store_flops
 from store.models.layers import RAW_ITEM_TABLE, Table, masked_mean, padded, static_table_name
-from store.models.registry import ModelSpec, flag_error
+from store.models.registry import ModelSpec
 from store.models.store import (
     GOLDEN_GAMMA,
     HASH_PRIME,
     IdHash,
     SidTokens,
     StoreModel,
+    check_budget,
     hashed_features,
     store_inputs,
 )
@@ -63,10 +64,7 @@ class SidPrefixConfig:
     """Seed of the prefix hash (the same seed, the same prefix -> row map in every process and run)."""
 
     def validate(self, model_config: ModelConfig) -> None:
-        if not 1 <= self.rows < HASH_PRIME:
-            raise flag_error("sid_prefix.rows", self.rows, f"must be in [1, {HASH_PRIME - 1}]")
-        if self.seed < 0:
-            raise flag_error("sid_prefix.seed", self.seed, "must be >= 0")
+        check_budget("sid_prefix", self.rows, self.seed, least=1)
 
 
 def prefix_rows(budget: int, num_sids: int, codebook_size: int) -> list[int]:
@@ -176,10 +174,7 @@ class HybridConfig:
     """Seed of the hash function."""
 
     def validate(self, model_config: ModelConfig) -> None:
-        if not 2 <= self.rows < HASH_PRIME:
-            raise flag_error("hybrid.rows", self.rows, f"must be in [2, {HASH_PRIME - 1}] (row 0 is ID 0's)")
-        if self.seed < 0:
-            raise flag_error("hybrid.seed", self.seed, "must be >= 0")
+        check_budget("hybrid", self.rows, self.seed)
 
 
 def raw_feature_name(feature: str) -> str:

@@ -118,10 +118,17 @@ class IdHashConfig:
     """Seed of the hash function (the same seed, the same ID -> row map in every process and run)."""
 
     def validate(self, model_config: ModelConfig) -> None:
-        if not 2 <= self.rows < HASH_PRIME:
-            raise flag_error("id_hash.rows", self.rows, f"must be in [2, {HASH_PRIME - 1}] (row 0 is ID 0's)")
-        if self.seed < 0:
-            raise flag_error("id_hash.seed", self.seed, "must be >= 0")
+        check_budget("id_hash", self.rows, self.seed)
+
+
+def check_budget(group: str, rows: int, seed: int, least: int = 2) -> None:
+    """A hashed arm's ``--model.<group>.rows`` in [least, p) (least 2: row 0 is ID 0's) and
+    ``--model.<group>.seed`` >= 0; ValueError naming the flag (``flag_error``)."""
+    if not least <= rows < HASH_PRIME:
+        why = " (row 0 is ID 0's)" if least == 2 else ""
+        raise flag_error(f"{group}.rows", rows, f"must be in [{least}, {HASH_PRIME - 1}]{why}")
+    if seed < 0:
+        raise flag_error(f"{group}.seed", seed, "must be >= 0")
 
 
 @dataclass(frozen=True)
