@@ -27,7 +27,10 @@ verdict "Not comparable: REASONS." (the report is still written, and the exit co
 
 When a tokenized feature's embeddings are ``learned`` (every non-item high-cardinality feature, and
 the item when it has no content, text or history), the natural order is used instead: the ID run
-first, then the tokenizer reading the rows it learned (``--from-run OUT/id``), then STORE.
+first, then the tokenizer reading the rows it learned (``--from-run OUT/id``), then STORE. The
+tokenizer's selection may instead choose its out-of-fold codes (its own FM's rows, each train row's
+codes learned without it: ``--tokenizer.oof``); ``--tokenizer.oof on`` forces them, and then no
+stage waits for the ID run.
 
 ``--seeds N`` repeats stages 1-2 for seeds seed, seed+1, ... (tokenizer included, so learned
 embeddings come from that seed's ID run): OUT/sids/seed<k>, OUT/id/seed<k>, OUT/store/seed<k>,
