@@ -166,3 +166,18 @@ def test_frontier_component():
     ):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             components.frontier(data="d", **kw)
+
+
+def test_a_slice_test_with_one_class_resamples_gives_no_verdict():
+    from launch.report.frontier import slice_sentences
+
+    points = [{"point": "store", "embedding_bytes": 2048}, {"point": "id-hash@8", "embedding_bytes": 1024}]
+    test = {"sid": "store", "hashed": "id-hash@8", "hashed_arm": "id-hash", "metric": "auc_head",
+            "baseline": 0.90, "arm": 0.85, "diff": -0.05, "low": -0.09, "high": -0.01, "p": 0.02,
+            "verdict": "no significant difference"}  # fmt: skip
+    (few,) = slice_sentences(points, [{**test, "resamples": 660}], resamples=1000)
+    assert "no verdict: 340 of 1000 resamples had one class only" in few and "does NOT beat" in few
+    (full,) = slice_sentences(points, [{**test, "verdict": "worse", "resamples": 1000}], resamples=1000)
+    assert full.endswith("(95% interval; worse).")
+    (none,) = slice_sentences(points, [{**test, "hashed": None}], resamples=1000)
+    assert "id-hash has no budget within its bytes" in none

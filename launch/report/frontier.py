@@ -99,7 +99,8 @@ def pareto(points: Sequence[dict]) -> list[str]:
 
 def equal_bytes(points: Sequence[dict], paired, resamples: int) -> list[dict]:  # noqa: ANN001 (Paired)
     """Each SID point against each hashed arm at its largest budget within the SID point's bytes:
-    {"sid", "hashed", "metric", **Difference} per frequency slice (hashed None: no budget fits)."""
+    {"sid", "hashed", "hashed_arm", **Difference} per frequency slice (hashed None: no budget fits; the
+    Difference's "arm" is the SID point's slice AUC, its "baseline" the hashed point's)."""
     from store.models import registry
 
     def family(p: dict) -> str:
@@ -112,7 +113,9 @@ def equal_bytes(points: Sequence[dict], paired, resamples: int) -> list[dict]:  
             fits = [p for p in points if p["arm"] == arm and p["embedding_bytes"] <= s["embedding_bytes"]]
             h = max(fits, key=lambda p: p["embedding_bytes"], default=None)
             if h is None:
-                out += [{"sid": s["point"], "hashed": None, "arm": arm, "metric": m} for m in SLICE_METRICS]
+                out += [
+                    {"sid": s["point"], "hashed": None, "hashed_arm": arm, "metric": m} for m in SLICE_METRICS
+                ]
                 continue
             logits = {h["point"]: paired.logits[h["point"]], s["point"]: paired.logits[s["point"]]}
             boot = paired_bootstrap(
@@ -120,15 +123,16 @@ def equal_bytes(points: Sequence[dict], paired, resamples: int) -> list[dict]:  
                 item_slice=paired.item_slice,
             )[s["point"]]  # fmt: skip
             out += [
-                {"sid": s["point"], "hashed": h["point"], "arm": arm, **d.as_dict()}
+                {"sid": s["point"], "hashed": h["point"], "hashed_arm": arm, **d.as_dict()}
                 for d in boot
                 if d.metric in SLICE_METRICS
             ]
     return out
 
 
-def slice_sentences(points: Sequence[dict], tests: Sequence[dict]) -> list[str]:
-    """One sentence per frequency slice and (SID point, hashed arm): whether the SID point beats it."""
+def slice_sentences(points: Sequence[dict], tests: Sequence[dict], resamples: int = RESAMPLES) -> list[str]:
+    """One sentence per frequency slice and (SID point, hashed arm): whether the SID point beats it
+    (``resamples``: the bootstrap's; a test over fewer, some having had one class, gives no verdict)."""
     by_name = {p["point"]: p for p in points}
     if not tests:
         return [
@@ -140,7 +144,9 @@ def slice_sentences(points: Sequence[dict], tests: Sequence[dict]) -> list[str]:
         sid = by_name[t["sid"]]
         what = f"{slice_name.capitalize()} items: {label(t['sid'])} ({human_bytes(sid['embedding_bytes'])})"
         if t["hashed"] is None:
-            lines.append(f"{what}: {t['arm']} has no budget within its bytes; no comparison at equal bytes.")
+            lines.append(
+                f"{what}: {t['hashed_arm']} has no budget within its bytes; no comparison at equal bytes."
+            )
             continue
         vs = f"{t['hashed']} ({human_bytes(by_name[t['hashed']]['embedding_bytes'])})"
         if not math.isfinite(t["diff"]):
@@ -148,8 +154,11 @@ def slice_sentences(points: Sequence[dict], tests: Sequence[dict]) -> list[str]:
         elif t["verdict"] == BETTER:
             lines.append(f"{what} beats {vs} at equal bytes: AUC {_interval(t)} (95% interval).")
         else:
+            why = t["verdict"]
+            if t.get("resamples", resamples) < resamples:  # some resamples had one class: no verdict
+                why = f"no verdict: {resamples - t['resamples']} of {resamples} resamples had one class only"
             lines.append(
-                f"{what} does NOT beat {vs} at equal bytes: AUC {_interval(t)} (95% interval; {t['verdict']})."
+                f"{what} does NOT beat {vs} at equal bytes: AUC {_interval(t)} (95% interval; {why})."
             )
     return lines
 
@@ -185,7 +194,7 @@ def frontier(points: Mapping[str, Sequence[Run]], resamples: int = RESAMPLES, se
     tests = equal_bytes(out, paired, resamples)
     return {
         "baseline": BASELINE, "resamples": resamples, "rows": int(paired.labels.size), "points": out,
-        "pareto": pareto(out), "equal_bytes": tests, "slices": slice_sentences(out, tests),
+        "pareto": pareto(out), "equal_bytes": tests, "slices": slice_sentences(out, tests, resamples),
     }  # fmt: skip
 
 
