@@ -44,7 +44,7 @@ from store.models.store import (
     StoreModel,
     check_budget,
     hashed_features,
-    store_inputs,
+    sid_store_inputs,
 )
 from store.sid import SidTable, sid_feature_name, sid_sources
 
@@ -134,9 +134,7 @@ def build_sid_prefix(
     spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
 ) -> StoreModel:
     """STORE whose K codebooks per tokenized feature are its K prefix tables (``prefix_rows``)."""
-    assert sids is not None  # needs_sids: build_model has checked
-    sids.check_fits(spec)
-    inputs = store_inputs(spec, cfg.feature_groups, sids, sids.num_sids, cfg.embedding_init_std)
+    inputs = sid_store_inputs(spec, cfg, sids)
     rows = prefix_rows(cfg.sid_prefix.rows, sids.num_sids, sids.codebook_size)
     tables = [
         Table(prefix_table_name(src, k, spec.item_id), rows[k],
@@ -236,9 +234,7 @@ def build_hybrid(
     spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
 ) -> StoreModel:
     """STORE with a hashed raw-ID table of ``--model.hybrid.rows`` rows per tokenized feature."""
-    assert sids is not None
-    sids.check_fits(spec)
-    inputs = store_inputs(spec, cfg.feature_groups, sids, sids.num_sids, cfg.embedding_init_std)
+    inputs = sid_store_inputs(spec, cfg, sids)
     raw_tables = [
         Table(f"{RAW_ITEM_TABLE if src == spec.item_id else static_table_name(src)}_raw", cfg.hybrid.rows,
               tuple(raw_feature_name(f) for f in served), cfg.embedding_init_std)

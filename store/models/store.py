@@ -514,10 +514,15 @@ def build_store(
     spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None, device: torch.device | None
 ) -> StoreModel:
     """STORE: the SID table's codebooks, K = its num_sids tokens per tokenized feature."""
+    return StoreModel(sid_store_inputs(spec, cfg, sids), cfg, device)
+
+
+def sid_store_inputs(spec: DatasetSpec, cfg: ModelConfig, sids: SidTable | None) -> StoreInputs:
+    """The inputs of a model on SIDs (STORE and its SID arms): the SID table, checked against the
+    dataset, gives the codebooks and K = its num_sids tokens per tokenized feature."""
     assert sids is not None  # needs_sids: build_model has checked
     sids.check_fits(spec)
-    inputs = store_inputs(spec, cfg.feature_groups, sids, sids.num_sids, cfg.embedding_init_std)
-    return StoreModel(inputs, cfg, device)
+    return store_inputs(spec, cfg.feature_groups, sids, sids.num_sids, cfg.embedding_init_std)
 
 
 def build_id(
