@@ -492,13 +492,11 @@ def run(args: TokenizeConfig) -> dict:
     oof = bool(learned_features) and (opts.oof == "on" or (opts.oof == "auto" and not opts.disambiguate))
     fold_keys = tuple(spec.sparse_names) if oof else ()
     oof_rows, fold_rows, fold_counts = {}, {}, {}
-    if oof:  # the FM's rows on the whole split (those above when they are the FM's), then one per fold
-        fm = replace(opts.fm, seed=args.seed)
-        oof_rows = (
-            learned_rows
-            if origin == FM_ORIGIN
-            else learned.train_fm(args.data, spec, learned_features, fm, progress)
-        )
+    if oof:  # the FM's rows on the whole split (those above unless --from-run gave them), then one per fold
+        oof_rows = learned_rows
+        if args.from_run:
+            fm = replace(opts.fm, seed=args.seed)
+            oof_rows = learned.train_fm(args.data, spec, learned_features, fm, progress)
         fold_rows, fold_counts = out_of_fold_rows(args, spec, learned_features, oof_rows, fold_keys, progress)
     test_counts = split_counts(args.data, spec, list(sources), "test", progress)
     valid_counts = split_counts(args.data, spec, list(sources), "valid", progress)
