@@ -91,10 +91,10 @@ def test_the_fm_learns_nothing_from_the_fold_it_leaves_out(tiny_data):
         per_fold.sum(0), learned.train_counts(tiny_data, spec, ["item_id"], progress=False)["item_id"]
     )
     cfg = replace(FMConfig(epochs=1, batch_size=128), seed=0)
-    rows = learned.train_fm(tiny_data, spec, ["item_id"], cfg, progress=False, leave_out=(keys, 2, 0))[
+    rows = learned.train_fm(tiny_data, spec, ["item_id"], cfg, False, leave_out=(keys, 2, 0), logit=False)[
         "item_id"
     ]
-    start = learned.train_fm(tiny_data, spec, ["item_id"], replace(cfg, lr=1e-30), progress=False)["item_id"]
+    start = learned.train_fm(tiny_data, spec, ["item_id"], replace(cfg, lr=1e-30), False, logit=False)["item_id"]
     # IDs seen only in the left-out fold keep their initial factors and a zero first-order weight
     assert torch.allclose(rows[only_in_0], start[only_in_0], rtol=0, atol=1e-12)  # start: lr ~ 0
     assert (rows[only_in_0, -1] == 0).all()
@@ -157,3 +157,38 @@ def test_the_trainer_refuses_to_drop_a_feature_that_decides_the_folds(tiny_data,
                "--out", str(tmp_path / "o"), "--drop", dropped, "--max-steps", "1")  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert f"out-of-fold codes are assigned by features ['{dropped}']" in done.stderr
+
+
+def test_the_fm_logit_frame_measures_rows_by_the_logit_change_they_cause(tiny_data):
+    """|frame[a] - frame[b]|^2 is the mean squared change of the FM's train logits when every row's
+    ID moves from b's row to a's: the tokenizer quantizes FM rows in that metric."""
+    spec = DatasetSpec.load(tiny_data)
+    feature = "user_id"
+    assert [f.name for f in spec.sparse if learned.table_of(spec, f.name) == f"t_{feature}"] == [feature]
+    torch.manual_seed(0)
+    model = learned.FM(spec, 4)
+    i = model.index[learned.table_of(spec, feature)]
+    with torch.no_grad():
+        for table in (*model.v, *model.w):
+            table.weight.normal_(0.0, 0.5)
+    reader = learned.split_reader(tiny_data, spec, 256, 0, shuffle=False)
+    frame = learned.logit_frame(model, reader, [feature], progress=False)[feature]
+    raw = model.embeddings(feature)
+    assert frame.shape == raw.shape
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model(batch)[0] for batch in reader])
+
+    for a, b in [(3, 7), (10, 40)]:
+        before = logits()
+        delta = raw[a] - raw[b]
+        with torch.no_grad():  # every ID's row moved by a - b: each logit moves by <a - b, its context>
+            model.v[i].weight += delta[:-1]
+            model.w[i].weight += delta[-1]
+        change = (logits() - before).double().pow(2).mean()
+        with torch.no_grad():
+            model.v[i].weight -= delta[:-1]
+            model.w[i].weight -= delta[-1]
+        assert float(change) > 0
+        assert float((frame[a] - frame[b]).double().pow(2).sum()) == pytest.approx(float(change), rel=1e-3)

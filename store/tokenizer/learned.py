@@ -10,7 +10,13 @@ exist only for items that carry them). Two ways to get the rows:
 - ``train_fm(...)``: a short run of a small factorization machine (first-order weights + pairwise
   interactions over every sparse feature, a linear term over the dense ones) on the TRAIN split only,
   in this process. Its embedding of an ID is ``[v_id, w_id]`` (the D-wide factor and the first-order
-  weight), so the popularity/CTR an ID carries survives quantization.
+  weight), so the popularity/CTR an ID carries survives quantization. The rows come in the FM's *logit
+  frame* (``logit_frame``): multiplied by M^(1/2), M the second moment over the train rows of the
+  context ``[sum of the row's other factors, 1]`` an ID's row meets, so that the Euclidean distance
+  between two rows is the RMS change of the FM's logit when one replaces the other. The tokenizer
+  quantizes them with one scale for every dimension (``isotropic``): its codes then keep what moves the
+  prediction (on a table where the click is mostly the item's own, the first-order weight) rather than
+  giving each of the D + 1 dimensions the same share.
 
 ``train_counts`` counts how often each row of each feature occurs in the train split. A row that never
 occurs has an untrained (random) embedding, and a row seen only a few times has one that mostly
@@ -217,8 +223,10 @@ def train_fm(
     cfg: FMConfig,
     progress: bool = True,
     leave_out: tuple[tuple[str, ...], int, int] | None = None,
+    logit: bool = True,
 ) -> dict[str, Tensor]:
-    """Train an FM on the train split (never valid/test); {feature: FloatTensor[rows, D + 1]}.
+    """Train an FM on the train split (never valid/test); {feature: FloatTensor[rows, D + 1]}, in the
+    FM's logit frame (``logit_frame``; ``logit=False``: the raw ``[v, w]``).
 
     ``leave_out`` (fold keys, F, j): the rows of fold j (``store.sid.row_folds``) take no part: their
     labels and their IDs' penalty are masked out of the loss."""
@@ -260,4 +268,42 @@ def train_fm(
     bar.close()
     if not math.isfinite(loss_sum):
         raise DataError(f"{data_dir}: the FM's train loss is not finite (lower --fm.lr)")
-    return {f: model.embeddings(f) for f in features}
+    if not logit:
+        return {f: model.embeddings(f) for f in features}
+    return logit_frame(model, split_reader(data_dir, spec, 8192, 0, shuffle=False), features, progress)
+
+
+@torch.no_grad()
+def logit_frame(model: FM, reader, features: list[str], progress: bool = True) -> dict[str, Tensor]:
+    """{feature: [rows, D + 1]}: the FM's rows ``e = [v, w]`` times M^(1/2), where M = E[c c^T] over
+    the rows of ``reader`` and c = [s, 1], s the sum of the row's factors of every other feature.
+
+    The FM's logit depends on a feature's row through <e, c> (w + <v, s>), so replacing e by e' moves
+    it by <e - e', c> and E[<e - e', c>^2] = |(e - e') M^(1/2)|^2: in this frame a quantizer's squared
+    error is the mean squared change of the logit it causes. An item-valued feature's rows (one table
+    shared by several features) take M summed over those features' occurrences."""
+    spec = model.spec
+    dim = model.v[0].embedding_dim
+    wanted = {model.index[table_of(spec, f)] for f in features}
+    moment = {i: torch.zeros(dim + 1, dim + 1, dtype=torch.float64) for i in wanted}
+    seen = {i: 0 for i in wanted}
+    for batch in tqdm(reader, desc="FM logit frame", unit="batch", disable=not progress):
+        jts = batch.sparse.to_dict()
+        tables = [model.index[table_of(spec, g.name)] for g in spec.sparse]
+        v = torch.stack(
+            [model.v[i](jts[g.name].values(), jts[g.name].offsets()) for g, i in zip(spec.sparse, tables)], 1
+        )
+        total = v.sum(1)
+        ones = torch.ones(len(v), 1)
+        for k, i in enumerate(tables):
+            if i in wanted:
+                c = torch.cat([total - v[:, k], ones], 1).double()
+                moment[i] += c.t() @ c
+                seen[i] += len(c)
+    out = {}
+    for f in features:
+        i = model.index[table_of(spec, f)]
+        lam, vec = torch.linalg.eigh(moment[i] / max(seen[i], 1))
+        root = (vec * lam.clamp(min=0).sqrt()) @ vec.t()
+        out[f] = (model.embeddings(f).double() @ root).float()
+    return out

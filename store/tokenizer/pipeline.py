@@ -64,10 +64,18 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def train_tokenizer(
-    embeddings: Tensor, config: TokenizerConfig, train: FitConfig | None = None, progress: bool = True
+    embeddings: Tensor,
+    config: TokenizerConfig,
+    train: FitConfig | None = None,
+    progress: bool = True,
+    isotropic: bool = False,
 ) -> SemanticTokenizer:
     """Fit a tokenizer to embeddings [N, D] (float). Returns it in eval mode; ``tok.history`` has the
-    mean losses of each epoch and ``tok.reseeded`` the number of re-seeded codewords."""
+    mean losses of each epoch and ``tok.reseeded`` the number of re-seeded codewords.
+
+    The embeddings are standardised per dimension (mean 0, std 1), or with ``isotropic`` by one scale
+    for all (their RMS std) so that a dimension keeps the weight the embedding's metric gives it (the
+    FM's rows in its logit frame: ``learned.logit_frame``)."""
     train = train or FitConfig()
     train.validate()
     x = embeddings.detach().float().cpu()
@@ -80,7 +88,8 @@ def train_tokenizer(
     gen = torch.Generator().manual_seed(train.seed)
     tok = SemanticTokenizer(config)
     tok.mean.copy_(x.mean(0))
-    tok.std.copy_(x.std(0, unbiased=False).clamp(min=1e-6))
+    std = x.std(0, unbiased=False)
+    tok.std.copy_((std.pow(2).mean().sqrt().expand_as(std) if isotropic else std).clamp(min=1e-6))
     x = tok.standardise(x)
 
     q = tok.quantizer
@@ -512,15 +521,17 @@ def run(args: TokenizeConfig) -> dict:
             if source == LEARNED:
                 factors = sample.factors.get(f) if sample else None
                 source_rows = oof_rows[f] if rule.oof else learned_rows[f]
+                isotropic = rule.oof or not args.from_run  # the FM's rows, in its logit frame
                 emb, real = rule_embeddings(source_rows, counts[f], rule, factors)
                 rows, unseen_code = spec.table_rows(f), args.options.model.codebook_size
             else:
                 sas_cfg = replace(args.options.sasrec, seed=args.seed)
                 emb = open_source(args.data, spec, source, args.out, sasrec_config=sas_cfg, progress=progress)
                 rows, unseen_code, real = emb.num_items, None, torch.ones(emb.num_items, dtype=torch.bool)
+                isotropic = False
             tok = (fitted or {}).get(f)
             built[f] = tokenize_feature(
-                args, spec, f, source, emb, rows, unseen_code, real, counts[f], progress, tok
+                args, spec, f, source, emb, rows, unseen_code, real, counts[f], progress, tok, isotropic
             )
             built[f].stats["test_coverage"] = test_coverage(real, counts[f], test_counts[f])
             built[f].stats["valid_coverage"] = test_coverage(real, counts[f], valid_counts[f])
@@ -650,8 +661,10 @@ class Built:
 def tokenize_feature(
     args: TokenizeConfig, spec: DatasetSpec, f: str, source: str, emb: ItemEmbeddings, rows: int,
     unseen_code: int | None, real: Tensor, count: Tensor, progress: bool, tok: SemanticTokenizer | None = None,
+    isotropic: bool = False,
 ) -> Built:  # fmt: skip
-    """Fit a tokenizer to one feature's embeddings (or reuse ``tok``) and assign every row its codes."""
+    """Fit a tokenizer to one feature's embeddings (or reuse ``tok``) and assign every row its codes
+    (``isotropic``: one standardisation scale for every dimension, ``train_tokenizer``)."""
     log.info("%s: embeddings %s, dim %d, %d of %d rows", f, source, emb.dim, int(real.sum()), rows)
     cfg = replace(args.options.model, input_dim=emb.dim)
     x = sample_embeddings(emb, args.options.max_train_items, seed=args.seed)
@@ -665,7 +678,7 @@ def tokenize_feature(
         return Built(codes, stats, None, unseen_code)
     t1 = time.perf_counter()
     if tok is None:
-        tok = train_tokenizer(x, cfg, replace(args.options.fit, seed=args.seed), progress=progress)
+        tok = train_tokenizer(x, cfg, replace(args.options.fit, seed=args.seed), progress, isotropic)
     train_seconds = time.perf_counter() - t1
     recon = relative_recon_error(tok, x[:100_000])
     codes, stats = assign_codes(emb, tok, rows, unseen_code, args.options.encode_batch_size, progress)
