@@ -156,6 +156,27 @@ def test_training_leaves_no_dead_codes_on_clustered_data():
     assert min(used) >= 12, used
 
 
+def test_isotropic_standardisation_keeps_the_weight_of_each_dimension():
+    """Per dimension, a dimension that carries the clusters at a small scale counts as much as the
+    others; isotropic (one scale), a dimension 100x smaller barely moves the codes."""
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(400, 3, generator=g)
+    small = 0.01 * torch.randint(0, 2, (400, 1), generator=g).float()  # two clusters, tiny scale
+    x = torch.cat([big, small], 1)
+    cfg = TokenizerConfig(method="opmq", num_sids=2, codebook_size=8)
+    per_dim = train_tokenizer(x, cfg, FAST, progress=False)
+    iso = train_tokenizer(x, cfg, FAST, progress=False, isotropic=True)
+    rms = x.std(0, unbiased=False).pow(2).mean().sqrt()
+    assert torch.allclose(iso.std, rms.expand(4)) and torch.allclose(per_dim.std, x.std(0, unbiased=False))
+
+    def moved(tok) -> float:  # share of items whose codes change when the small dimension flips
+        flipped = x.clone()
+        flipped[:, 3] = 0.01 - flipped[:, 3]
+        return float((tok.encode(x) != tok.encode(flipped)).any(1).float().mean())
+
+    assert moved(iso) < 0.1 < moved(per_dim)
+
+
 # -- quality on planted clusters -----------------------------------------------------------------
 
 
