@@ -4,7 +4,9 @@
 
 1. item embeddings from ``--embedding`` (see ``store.tokenizer.embeddings``), streamed;
 2. a tokenizer trained by minibatch Adam on (a sample of at most ``--max-train-items`` of) them, after
-   standardisation and k-means initialisation of the codebooks; dead codewords are re-seeded;
+   standardisation (per dimension; with one scale for all for the FM's rows, which come in its logit
+   frame: ``learned.logit_frame``) and k-means initialisation of the codebooks; dead codewords are
+   re-seeded;
 3. every item streamed through the tokenizer in batches into OUT/sid_table.parquet
    (item_id, sid_0..sid_{K-1}, int64), with OUT/tokenizer/ (config.json + weights.pt) and OUT/meta.json
    (method, sizes, embedding source, quality: relative reconstruction error, per-codebook utilisation
