@@ -94,7 +94,9 @@ def test_the_fm_learns_nothing_from_the_fold_it_leaves_out(tiny_data):
     rows = learned.train_fm(tiny_data, spec, ["item_id"], cfg, False, leave_out=(keys, 2, 0), logit=False)[
         "item_id"
     ]
-    start = learned.train_fm(tiny_data, spec, ["item_id"], replace(cfg, lr=1e-30), False, logit=False)["item_id"]
+    start = learned.train_fm(tiny_data, spec, ["item_id"], replace(cfg, lr=1e-30), False, logit=False)[
+        "item_id"
+    ]
     # IDs seen only in the left-out fold keep their initial factors and a zero first-order weight
     assert torch.allclose(rows[only_in_0], start[only_in_0], rtol=0, atol=1e-12)  # start: lr ~ 0
     assert (rows[only_in_0, -1] == 0).all()
