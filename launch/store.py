@@ -13,7 +13,7 @@ reads them at run time to build each component's ``--help`` and to convert the f
 
 # ruff: noqa: UP006, UP035, UP045  (TorchX 0.7 parses typing.Optional/Dict/List, not X | None)
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torchx
 import torchx.specs as specs
@@ -220,6 +220,70 @@ def train(
     return app
 
 
+def _runs_app(
+    module: str,
+    role: str,
+    name: str,
+    trainer_args: Sequence[str],
+    extra_args: List[str],
+    extra_counts: Dict[str, int],
+    *,
+    data: str,
+    out: str,
+    epochs: int,
+    batch_size: int,
+    nproc: int,
+    max_steps: int,
+    tokenizer: Optional[Dict[str, str]],
+    sids: str,
+    high_card: str,
+    seed: int,
+    seeds: int,
+    cpu: int,
+    gpu: int,
+    memMB: int,
+    h: Optional[str],
+    image: str,
+    venv: str,
+    env: Optional[Dict[str, str]],
+) -> specs.AppDef:
+    """The one-node job of a launcher that tokenizes and trains several runs (``python -m module``:
+    launch.compare, launch.frontier): their shared arguments checked and spelled, ``extra_args`` after
+    them and ``extra_counts`` ({flag: value}, checked > 0 and passed as --flag value)."""
+    _check("data", bool(data), "is required (a dataset folder or s3:// / gs:// URI)", data)
+    tokenizer_flags = _tokenizer_flags(tokenizer or {})
+    counts = {"epochs": epochs, "batch_size": batch_size, "nproc": nproc, "seeds": seeds, **extra_counts}
+    for flag, value in (*counts.items(), ("cpu", cpu), ("memMB", memMB)):
+        _check(flag, value > 0, "must be > 0", value)
+    _check("max_steps", max_steps >= 0, "must be >= 0", max_steps)
+    _check("gpu", gpu >= 0, "must be >= 0", gpu)
+    args = [
+        "-m", module, "--data", data, "--out", out, *extra_args, "--epochs", str(epochs),
+        "--batch-size", str(batch_size), "--nproc", str(nproc), "--max-steps", str(max_steps),
+        "--seed", str(seed), "--seeds", str(seeds),
+        *(a for flag, value in extra_counts.items() for a in (f"--{flag.replace('_', '-')}", str(value))),
+        *tokenizer_flags,
+    ]  # fmt: skip
+    if sids:
+        args += ["--sids", sids]
+    if high_card:
+        args += ["--high-card", high_card]
+    args += [f"--trainer.{a[2:]}" if a.startswith("--") else a for a in trainer_args]
+    return specs.AppDef(
+        name=name,
+        roles=[
+            specs.Role(
+                name=role,
+                image=image,
+                entrypoint="python",
+                args=args,
+                env=_path_env(env, venv),
+                resource=specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h),
+            )
+        ],
+    )
+
+
 def compare(
     *trainer_args: str,
     data: str,
@@ -276,37 +340,12 @@ def compare(
         venv: a virtualenv whose bin/ goes first on PATH (local schedulers: .venv of this checkout)
         env: environment variables, e.g. OMP_NUM_THREADS=4
     """
-    _check("data", bool(data), "is required (a dataset folder or s3:// / gs:// URI)", data)
-    tokenizer_flags = _tokenizer_flags(tokenizer or {})
-    for flag, value in (("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc), ("seeds", seeds)):
-        _check(flag, value > 0, "must be > 0", value)
-    _check("max_steps", max_steps >= 0, "must be >= 0", max_steps)
-    for flag, value in (("cpu", cpu), ("memMB", memMB)):
-        _check(flag, value > 0, "must be > 0", value)
-    _check("gpu", gpu >= 0, "must be >= 0", gpu)
-    args = [
-        "-m", "launch.compare", "--data", data, "--out", out, "--epochs", str(epochs),
-        "--batch-size", str(batch_size), "--nproc", str(nproc), "--max-steps", str(max_steps),
-        "--seed", str(seed), "--seeds", str(seeds), *tokenizer_flags,
-    ]  # fmt: skip
-    if sids:
-        args += ["--sids", sids]
-    if high_card:
-        args += ["--high-card", high_card]
-    args += [f"--trainer.{a[2:]}" if a.startswith("--") else a for a in trainer_args]
-    return specs.AppDef(
-        name=name,
-        roles=[
-            specs.Role(
-                name="compare",
-                image=image,
-                entrypoint="python",
-                args=args,
-                env=_path_env(env, venv),
-                resource=specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h),
-            )
-        ],
-    )
+    return _runs_app(
+        "launch.compare", "compare", name, trainer_args, [], {},
+        data=data, out=out, epochs=epochs, batch_size=batch_size, nproc=nproc, max_steps=max_steps,
+        tokenizer=tokenizer, sids=sids, high_card=high_card, seed=seed, seeds=seeds, cpu=cpu, gpu=gpu,
+        memMB=memMB, h=h, image=image, venv=venv, env=env,
+    )  # fmt: skip
 
 
 def frontier(
@@ -368,7 +407,6 @@ def frontier(
         venv: a virtualenv whose bin/ goes first on PATH (local schedulers: .venv of this checkout)
         env: environment variables, e.g. OMP_NUM_THREADS=4
     """
-    _check("data", bool(data), "is required (a dataset folder or s3:// / gs:// URI)", data)
     arm_list = [a.strip() for a in arms.split(",") if a.strip()]
     for arm in arm_list:
         _check("arms", arm in MODELS, f"names models of the zoo ({', '.join(MODELS)})", arms)
@@ -379,32 +417,10 @@ def frontier(
         parse_budgets(budgets)
     except ConfigError as e:
         raise ComponentArgError(str(e)) from None
-    tokenizer_flags = _tokenizer_flags(tokenizer or {})
-    for flag, value in (
-        ("epochs", epochs), ("batch_size", batch_size), ("nproc", nproc), ("seeds", seeds),
-        ("resamples", resamples), ("cpu", cpu), ("memMB", memMB),
-    ):  # fmt: skip
-        _check(flag, value > 0, "must be > 0", value)
-    _check("max_steps", max_steps >= 0, "must be >= 0", max_steps)
-    _check("gpu", gpu >= 0, "must be >= 0", gpu)
-    args = [
-        "-m", "launch.frontier", "--data", data, "--out", out, "--arms", arms, "--budgets", budgets,
-        "--epochs", str(epochs), "--batch-size", str(batch_size), "--nproc", str(nproc),
-        "--max-steps", str(max_steps), "--seed", str(seed), "--seeds", str(seeds), "--resamples", str(resamples),
-        *tokenizer_flags,
-    ]  # fmt: skip
-    if sids:
-        args += ["--sids", sids]
-    if high_card:
-        args += ["--high-card", high_card]
-    args += [f"--trainer.{a[2:]}" if a.startswith("--") else a for a in trainer_args]
-    resource = specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
-    role = specs.Role(
-        name="frontier",
-        image=image,
-        entrypoint="python",
-        args=args,
-        env=_path_env(env, venv),
-        resource=resource,
-    )
-    return specs.AppDef(name=name, roles=[role])
+    return _runs_app(
+        "launch.frontier", "frontier", name, trainer_args, ["--arms", arms, "--budgets", budgets],
+        {"resamples": resamples},
+        data=data, out=out, epochs=epochs, batch_size=batch_size, nproc=nproc, max_steps=max_steps,
+        tokenizer=tokenizer, sids=sids, high_card=high_card, seed=seed, seeds=seeds, cpu=cpu, gpu=gpu,
+        memMB=memMB, h=h, image=image, venv=venv, env=env,
+    )  # fmt: skip
