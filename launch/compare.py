@@ -445,30 +445,41 @@ DESCRIPTION = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    from launch.report import console_lines
-
+def run_cli(
+    config_type: type, argv: list[str] | None, prog: str, description: str, run
+) -> tuple[int, object]:
+    """A launcher's command line (launch.compare, launch.frontier): ``argv`` parsed into ``config_type``
+    and ``run(cfg)`` called. Returns (0, its result), or (exit code, None) after printing the error:
+    2 for bad flags or input (and a stage that rejected its input), 1 for a stage that failed."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
         extra = " ".join(argv[argv.index("--") + 1 :])
         print(
             f"error: '-- {extra}': the trainer's flags are given as --trainer.FLAG "
-            "(--trainer.optim.dense-lr, --trainer.model.num-layers: python -m launch.compare --help)",
+            f"(--trainer.optim.dense-lr, --trainer.model.num-layers: {prog} --help)",
             file=sys.stderr,
         )
-        return 2
-    cfg = cli.parse(CompareConfig, argv, prog="python -m launch.compare", description=DESCRIPTION)
+        return 2, None
+    cfg = cli.parse(config_type, argv, prog=prog, description=description)
     try:
-        report = run_comparison(cfg)
+        return 0, run(cfg)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2, None
     except StageFailed as e:  # exit 2 when the stage rejected its input (its own exit code 2)
         print(f"error: {e}", file=sys.stderr)
-        return 2 if e.returncode == 2 else 1
+        return 2 if e.returncode == 2 else 1, None
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 1, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from launch.report import console_lines
+
+    code, report = run_cli(CompareConfig, argv, "python -m launch.compare", DESCRIPTION, run_comparison)
+    if code:
+        return code
     print(f"report: {report}")
     print(f"tensorboard: tensorboard --logdir {report.parent / 'tensorboard'}")
     # last: the verdicts, each tokenized feature's test coverage and collision rates, and whether the

@@ -25,14 +25,13 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from data_pipeline import cli, fs
+from data_pipeline import fs
 from data_pipeline.cli import ConfigError
-from data_pipeline.spec import DataError
 from launch.budget import Budget, parse_budgets
 from launch.compare import (
     RunsConfig,
-    StageFailed,
     reads_id_run,
+    run_cli,
     tokenize_stage,
     train_config,
     train_stage,
@@ -154,15 +153,9 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = cli.parse(FrontierConfig, argv, prog="python -m launch.frontier", description=DESCRIPTION)
-    try:
-        md = run_frontier(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StageFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if e.returncode == 2 else 1
+    code, md = run_cli(FrontierConfig, argv, "python -m launch.frontier", DESCRIPTION, run_frontier)
+    if code:
+        return code
     print(f"frontier: {md}")
     for line in json.loads(md.with_suffix(".json").read_text())["slices"]:
         print(line)
