@@ -180,6 +180,8 @@ class FM(nn.Module):
         self.spec = spec
         self.tables = {table_of(spec, f.name): spec.table_rows(f.name) for f in spec.sparse}
         self.index = {t: i for i, t in enumerate(self.tables)}
+        self.feature_tables = [self.index[table_of(spec, f.name)] for f in spec.sparse]
+        """The table of each sparse feature, in ``spec.sparse``'s order."""
         self.v = nn.ModuleList(
             nn.EmbeddingBag(n, dim, mode="mean", sparse=True, include_last_offset=True)
             for n in self.tables.values()
@@ -194,16 +196,20 @@ class FM(nn.Module):
         self.dense = nn.Linear(len(spec.dense), 1) if spec.dense else None
         self.bias = nn.Parameter(torch.zeros(1))
 
+    def pooled(self, batch, tables: nn.ModuleList) -> list[Tensor]:
+        """Each sparse feature's pooled rows of its table in ``tables`` (``self.v`` or ``self.w``)."""
+        jts = batch.sparse.to_dict()
+        return [
+            tables[i](jts[f.name].values(), jts[f.name].offsets())
+            for f, i in zip(self.spec.sparse, self.feature_tables)
+        ]
+
     def forward(self, batch) -> tuple[Tensor, Tensor]:
         """-> logits (B,), the factors of this batch (B, F, D) (for the L2 penalty)."""
-        jts = batch.sparse.to_dict()
-        vs, first = [], self.bias.expand(len(batch.labels))
-        for f in self.spec.sparse:
-            i = self.index[table_of(self.spec, f.name)]
-            jt = jts[f.name]
-            vs.append(self.v[i](jt.values(), jt.offsets()))
-            first = first + self.w[i](jt.values(), jt.offsets()).squeeze(1)
-        v = torch.stack(vs, 1)
+        first = self.bias.expand(len(batch.labels))
+        for w in self.pooled(batch, self.w):
+            first = first + w.squeeze(1)
+        v = torch.stack(self.pooled(batch, self.v), 1)
         pairs = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(1)
         logits = first + pairs
         if self.dense is not None:
@@ -288,14 +294,10 @@ def logit_frame(model: FM, reader, features: list[str], progress: bool = True) -
     moment = {i: torch.zeros(dim + 1, dim + 1, dtype=torch.float64) for i in wanted}
     seen = {i: 0 for i in wanted}
     for batch in tqdm(reader, desc="FM logit frame", unit="batch", disable=not progress):
-        jts = batch.sparse.to_dict()
-        tables = [model.index[table_of(spec, g.name)] for g in spec.sparse]
-        v = torch.stack(
-            [model.v[i](jts[g.name].values(), jts[g.name].offsets()) for g, i in zip(spec.sparse, tables)], 1
-        )
+        v = torch.stack(model.pooled(batch, model.v), 1)
         total = v.sum(1)
         ones = torch.ones(len(v), 1)
-        for k, i in enumerate(tables):
+        for k, i in enumerate(model.feature_tables):
             if i in wanted:
                 c = torch.cat([total - v[:, k], ones], 1).double()
                 moment[i] += c.t() @ c
