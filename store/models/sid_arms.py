@@ -25,24 +25,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_pipeline.batch import Batch
-from data_pipeline.hashing import splitmix64
 from data_pipeline.spec import DatasetSpec
 from store.models.flops import store_flops
 from store.models.layers import RAW_ITEM_TABLE, Table, masked_mean, padded, static_table_name
 from store.models.registry import ModelSpec
 from store.models.store import (
-    GOLDEN_GAMMA,
     HASH_PRIME,
     IdHash,
     SidTokens,
     StoreModel,
     check_budget,
+    hash_coefficients,
     hashed_features,
     sid_store_inputs,
 )
@@ -89,10 +87,7 @@ class PrefixHash:
 
     @classmethod
     def from_seed(cls, rows: list[int], codebook_size: int, seed: int) -> PrefixHash:
-        states = [(seed + j * GOLDEN_GAMMA) % (1 << 64) for j in range(1, 2 * len(rows) + 1)]
-        draws = [int(v) for v in splitmix64(np.array(states, dtype=np.uint64))]
-        a = tuple(1 + v % (HASH_PRIME - 1) for v in draws[0::2])
-        b = tuple(v % HASH_PRIME for v in draws[1::2])
+        a, b = zip(*hash_coefficients(seed, len(rows)))
         return cls(codebook_size, tuple(rows), a, b)
 
     def __call__(self, codes: torch.Tensor) -> torch.Tensor:

@@ -131,6 +131,14 @@ def check_budget(group: str, rows: int, seed: int, least: int = 2) -> None:
         raise flag_error(f"{group}.seed", seed, "must be >= 0")
 
 
+def hash_coefficients(seed: int, count: int) -> list[tuple[int, int]]:
+    """``count`` pairs (a, b), a in [1, p), b in [0, p), of the universal hash ((a * x + b) mod p), from
+    SplitMix64's first 2 * ``count`` outputs from state ``seed`` (the state advances by 2^64 / phi)."""
+    states = [(seed + j * GOLDEN_GAMMA) % (1 << 64) for j in range(1, 2 * count + 1)]
+    draws = [int(v) for v in splitmix64(np.array(states, dtype=np.uint64))]
+    return [(1 + a % (HASH_PRIME - 1), b % HASH_PRIME) for a, b in zip(draws[0::2], draws[1::2])]
+
+
 @dataclass(frozen=True)
 class IdHash:
     """The map of raw IDs to the ``rows`` rows of a hashed table: ID 0 -> row 0 (the converters' missing
@@ -144,10 +152,8 @@ class IdHash:
 
     @classmethod
     def from_seed(cls, rows: int, seed: int) -> IdHash:
-        # SplitMix64's first two outputs from state ``seed`` (the state advances by 2^64 / phi)
-        states = [(seed + k * GOLDEN_GAMMA) % (1 << 64) for k in (1, 2)]
-        a, b = (int(v) for v in splitmix64(np.array(states, dtype=np.uint64)))
-        return cls(rows, 1 + a % (HASH_PRIME - 1), b % HASH_PRIME)
+        ((a, b),) = hash_coefficients(seed, 1)
+        return cls(rows, a, b)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """Raw int64 IDs (>= 0) -> rows in [0, rows), same shape."""
